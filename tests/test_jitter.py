@@ -1,0 +1,343 @@
+"""Tests for jitter.py against independent oracles: Monte-Carlo simulations built from the paper's
+definition of an effective sample, numerical optimisation, binomial tolerances, hand values, published
+parameter counts, and a fresh interpreter that imports a lone copy of the file."""
+import copy
+import math
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import jitter as J
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+COUNTS = np.array([60, 30, 12])
+A = np.array([0.25, 0.5, 5 / 6])  # a_i n_i = 15, 15, 10 representatives
+
+
+# ------------------------------------------------------------------------------------------------
+# 1. Theory vs Monte-Carlo simulation of the sampling process
+# ------------------------------------------------------------------------------------------------
+def simulate(counts, a, u, n, replacement, trials, rng, quota=False):
+    """Effective samples per class after n draws, averaged over trials (mean, standard error).
+
+    Paper §3.1 definition: class i holds a_i n_i non-redundant 'representatives' (a random subset); the rest
+    are redundant with data already in the class. A draw is effective iff it is a representative that was
+    not drawn before (a repeat is redundant with itself). Classes are drawn i.i.d. from u (or, quota=True,
+    exactly round(u_i n) times); items uniformly (with replacement) or from a shuffled queue (without).
+    """
+    m = len(counts)
+    out = np.zeros((trials, m))
+    for t in range(trials):
+        reps = [rng.permutation(c) < round(ai * c) for c, ai in zip(counts, a)]
+        k = np.round(u * n).astype(int) if quota else np.bincount(rng.choice(m, n, p=u), minlength=m)
+        for i in range(m):
+            if replacement:
+                items = rng.integers(0, counts[i], k[i])
+            else:  # a queue in random order; after a full pass no new representative can appear anyway
+                items = rng.permutation(counts[i])[: min(k[i], counts[i])]
+            out[t, i] = reps[i][np.unique(items)].sum()
+    return out.mean(0), out.std(0) / math.sqrt(trials)
+
+
+@pytest.mark.parametrize("n", [20, 100, 300])
+def test_with_replacement_closed_form_matches_simulation(n):
+    rng = np.random.default_rng(n)
+    u = np.array([0.5, 0.3, 0.2])
+    mean, se = simulate(COUNTS, A, u, n, True, 1500, rng)
+    np.testing.assert_array_less(np.abs(mean - J.effective_samples(COUNTS, A, u, n, True)), 4 * se + 1e-9)
+
+
+@pytest.mark.parametrize("n", [20, 600])  # far below / far above the cap, where min(E k, n_i) = E min(k, n_i)
+def test_without_replacement_closed_form_matches_simulation(n):
+    rng = np.random.default_rng(n)
+    u = np.array([0.5, 0.3, 0.2])
+    mean, se = simulate(COUNTS, A, u, n, False, 1500, rng)
+    np.testing.assert_array_less(np.abs(mean - J.effective_samples(COUNTS, A, u, n, False)), 4 * se + 1e-9)
+
+
+def test_without_replacement_quota_simulation_through_the_cap():
+    rng = np.random.default_rng(0)
+    u = np.array([0.5, 0.3, 0.2])  # 100 draws: 50 < 60, 30 = 30, 20 > 12 class draws
+    mean, se = simulate(COUNTS, A, u, 100, False, 1500, rng, quota=True)
+    np.testing.assert_array_less(np.abs(mean - J.effective_samples(COUNTS, A, u, 100, False)), 4 * se + 1e-9)
+
+
+def test_one_epoch_without_replacement_reaches_all_effective_samples():
+    rng = np.random.default_rng(1)
+    N = COUNTS.sum()
+    mean, se = simulate(COUNTS, A, COUNTS / N, N, False, 50, rng, quota=True)  # one shuffled epoch
+    assert mean.sum() == pytest.approx((A * COUNTS).sum())
+    assert J.total_effective_samples(COUNTS, A, COUNTS / N, N, False) == pytest.approx((A * COUNTS).sum())
+    # with replacement one epoch gives only 1 - (1 - 1/N)^N ~ 63% of it (spec §1.3)
+    ratio = J.total_effective_samples(COUNTS, A, COUNTS / N, N, True) / (A * COUNTS).sum()
+    assert ratio == pytest.approx(1 - (1 - 1 / N) ** N)
+
+
+def test_recurrences_match_closed_forms():
+    u = np.array([0.5, 0.3, 0.2])
+    for n in (1, 7, 50, 400):
+        np.testing.assert_allclose(J.effective_samples_recurrence(COUNTS, A, u, n, True),
+                                   J.effective_samples(COUNTS, A, u, n, True), rtol=1e-10)
+    for n in (1, 7, 30):  # below the cap: u_i (n - 1) <= n_i - 1
+        np.testing.assert_allclose(J.effective_samples_recurrence(COUNTS, A, u, n, False),
+                                   J.effective_samples(COUNTS, A, u, n, False), rtol=1e-10)
+    t = J.effective_samples(torch.tensor(COUNTS), A, u, 50, True)  # torch in, torch out
+    assert isinstance(t, torch.Tensor) and np.allclose(t.numpy(), J.effective_samples(COUNTS, A, u, 50))
+
+
+def test_balanced_utilisation_iff_u_proportional_to_a_n():
+    u = A * COUNTS / (A * COUNTS).sum()
+    for rep in (True, False):  # large n: R_i = a_i n_i / (u_i n) is the same for every class
+        np.testing.assert_allclose(J.utilisation_ratio(COUNTS, A, u, 10 ** 6, rep), 1.0, atol=1e-6)
+    Q = J.utilisation_ratio(COUNTS, A, COUNTS / COUNTS.sum(), 10 ** 6, True)
+    assert Q[0, 2] == pytest.approx(A[0] / A[2], rel=1e-6)  # u ∝ n: Q -> a_i / a_j
+
+
+def numerical_optimum(counts, a, n, steps=20000, lr=1e-3):
+    """Exponentiated-gradient ascent of S_n on the simplex (the oracle for the optimal u)."""
+    u = counts / counts.sum()
+    for _ in range(steps):
+        u = u * np.exp(lr * a * n * (1 - u / counts) ** (n - 1))
+        u /= u.sum()
+    return u
+
+
+def test_optimal_u_with_replacement():
+    counts, a, n = np.array([100, 50, 20, 10.0]), np.array([0.3, 0.5, 0.8, 0.9]), 150
+    S = lambda u: J.total_effective_samples(counts, a, u, n, True)
+    u_num = numerical_optimum(counts, a, n)
+    u_exact = J.optimal_u_with_replacement(counts, a, n, exact=True)
+    np.testing.assert_allclose(u_exact, u_num, atol=1e-6)
+    rng = np.random.default_rng(0)
+    for _ in range(50):  # beats every nearby perturbation within the simplex
+        d = rng.normal(size=4)
+        assert S(u_exact) >= S(u_exact + 1e-3 * (d - d.mean())) - 1e-12
+    u_paper = J.optimal_u_with_replacement(counts, a, n)  # printed 1/n exponent: close, not exact
+    assert np.abs(u_paper - u_num).max() < 5e-3 and S(u_paper) > S(u_num) - 1e-3
+    big = J.optimal_u_with_replacement(counts, a, 10 ** 7)  # n -> inf: u -> n / N
+    np.testing.assert_allclose(big, counts / counts.sum(), atol=1e-4)
+
+
+def test_greedy_fill_beats_random_u():
+    counts, a = np.array([100, 50, 20, 10.0]), np.array([0.3, 0.5, 0.8, 0.9])
+    rng = np.random.default_rng(0)
+    for n in (15, 60, 150, 180, 400):
+        S = lambda u: J.total_effective_samples(counts, a, u, n, False)
+        u_g = J.optimal_u_without_replacement(counts, a, n)
+        assert u_g.sum() == pytest.approx(1.0)
+        assert all(S(u_g) >= S(rng.dirichlet(np.ones(4))) - 1e-12 for _ in range(200))
+    assert J.optimal_u_without_replacement(counts, a, 60)[[2, 3]] == pytest.approx([20 / 60, 10 / 60])
+
+
+def cifar100_lt():
+    return np.array([int(500 * 0.01 ** (i / 99)) for i in range(100)])
+
+
+def test_G_hand_values_and_derivative():
+    n_j = cifar100_lt()
+    N = n_j.sum()
+    a = 0.9 * np.sqrt(n_j.min() / n_j)  # a ∝ n^{-1/2}; spec §1.5: G(0.95)=1128 > G(1)=1111 > G(1.05)=1093
+    assert [round(J.G(n_j, a, x, N)) for x in (0.95, 1.0, 1.05)] == [1128, 1111, 1093]
+    # App. A.1: dG/dx at x=1 = n (1-1/N)^{n-1} sum_j a_j [n_j ln n_j N - n_j sum_k n_k ln n_k] / N^2
+    n = N
+    hand = n * (1 - 1 / N) ** (n - 1) * (a * (n_j * np.log(n_j) * N - n_j * (n_j * np.log(n_j)).sum())).sum() / N ** 2
+    fd = (J.G(n_j, a, 1 + 1e-6, n) - J.G(n_j, a, 1 - 1e-6, n)) / 2e-6
+    assert fd == pytest.approx(hand, rel=1e-5)
+    assert J.method1_total(n_j, a, 0.05, n, p=(1, 0, 0)) == pytest.approx(J.G(n_j, a, 1.0, n))
+
+
+def test_method2_utilisation_kl_derivative():
+    n_j = cifar100_lt().astype(float)
+    a = 0.9 * np.sqrt(n_j.min() / n_j)
+    u = n_j / n_j.sum()
+    kl = lambda d: J.utilisation_kl(J.method2_utilisation(n_j, a, d))
+    # App. A.1 proof 2 with x = 1 - δt: dKL/dx|_{x=1} = (sum u^-1) [(1/m) sum u^2 - sum a u^2 / sum a]
+    dkl_dx = (1 / u).sum() * ((u ** 2).mean() - (a * u ** 2).sum() / a.sum())
+    assert dkl_dx > 0
+    assert (kl(1e-7) - kl(0.0)) / 1e-7 == pytest.approx(-dkl_dx, rel=1e-3)
+    assert kl(0.05) < kl(0.0)
+    assert J.utilisation_kl(np.ones(5)) == pytest.approx(0.0, abs=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. The δt schedule
+# ------------------------------------------------------------------------------------------------
+def test_delta_t_hand_values():
+    single = dict(alpha=1.0, beta=1.5, gamma=0.01, delta_fixed=0.5, delta_fixed_from=350)
+    assert J.delta_t(0, 500, **single) == pytest.approx(0.01)         # γ floor
+    assert J.delta_t(100, 500, **single) == pytest.approx(0.2 ** 1.5)  # 0.0894
+    assert J.delta_t(349, 500, **single) == pytest.approx(0.698 ** 1.5)
+    assert J.delta_t(350, 500, **single) == 0.5 and J.delta_t(499, 500, **single) == 0.5
+    ride = dict(alpha=0.05, beta=2.0, gamma=0.01)
+    assert J.delta_t(10, 200, **ride) == pytest.approx(0.05 * 0.01)   # (0.05)^2 < γ
+    assert J.delta_t(100, 200, **ride, xi=0.4) == pytest.approx(0.4 * 0.05 * 0.25)
+    assert J.delta_t(100, 200, **ride, floor="min") == pytest.approx(0.05 * 0.01)
+    assert J.delta_t(100, 200, **ride, exponent_on="total") == pytest.approx(0.05 * max(100 / 200 ** 2, 0.01))
+
+
+@pytest.mark.parametrize("kind,lo,hi", [("jitter1", 0.0, 1.0), ("jitter2", 1.0, 1.0), ("jitter-noreplace", -0.5, 0.5)])
+def test_sampler_delta_within_bounds(kind, lo, hi):
+    labels = torch.randint(0, 5, (200,), generator=torch.Generator().manual_seed(0))
+    s = J.make_sampler(kind, labels, 5, 16, 40, alpha=0.8, beta=2.0, gamma=0.05, delta_fixed=0.25,
+                       delta_fixed_from=30, gen=torch.Generator().manual_seed(1))
+    deltas = []
+    for e in range(40):
+        s.set_epoch(e)
+        env = 0.8 * max((e / 40) ** 2, 0.05)
+        if e >= 30:
+            assert s.delta == 0.25  # stage override
+        else:
+            assert lo * env - 1e-12 <= s.delta <= hi * env + 1e-12
+            deltas.append(s.delta / env)
+    assert len(set(deltas)) == (1 if kind == "jitter2" else 30)  # ξ random per epoch except Method 2
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. Samplers
+# ------------------------------------------------------------------------------------------------
+N_CLS = np.array([200, 100, 50, 25, 12, 6])
+
+
+def lt_labels(seed=0):
+    y = torch.repeat_interleave(torch.arange(6), torch.tensor(N_CLS))
+    return y[torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))]
+
+
+def mixture_z(counts, T, B, U, p):
+    """z-scores of class counts over T batches when each batch picks loader k (freqs U[k]) w.p. p[k]."""
+    U, p = np.asarray(U), np.asarray(p)[:, None]
+    mu = (p * U).sum(0)
+    var = (p * (B * U * (1 - U) + B ** 2 * U ** 2)).sum(0) - B ** 2 * mu ** 2  # per-batch count variance
+    return (counts - T * B * mu) / np.sqrt(T * var)
+
+
+def empirical(s, labels, T):
+    idx = torch.cat([s.next_batch() for _ in range(T)])
+    return torch.bincount(labels[idx], minlength=6).numpy()
+
+
+@pytest.mark.parametrize("kind", ["instance", "balanced", "reversed", "jitter1", "jitter2"])
+def test_with_replacement_class_frequencies(kind):
+    y, T, B, d = lt_labels(), 3000, 32, 0.3
+    s = J.make_sampler(kind, y, 6, B, 10, delta_fixed=d, delta_fixed_from=0, gen=torch.Generator().manual_seed(2))
+    u = N_CLS / N_CLS.sum()
+    pw = lambda x: N_CLS ** x / (N_CLS ** x).sum()
+    U, p = {"instance": ([u], [1]), "balanced": ([np.full(6, 1 / 6)], [1]), "reversed": ([pw(-1.0)], [1]),
+            "jitter1": ([u, pw(1 + d), pw(1 - d)], [1 / 3] * 3),       # Method 1 mixture
+            "jitter2": ([u, pw(-1.0)], [1 - d, d])}[kind]              # Method 2: (1-δ)u + δū
+    s.set_epoch(0)
+    assert s.iters_per_epoch == math.ceil(len(y) / B)
+    np.testing.assert_allclose(s.class_probs().numpy(), (np.array(p)[:, None] * np.array(U)).sum(0), atol=1e-12)
+    assert np.abs(mixture_z(empirical(s, y, T), T, B, U, p)).max() < 5
+
+
+def epochs_of(s, y, E):
+    """Yields the indices of each of E whole epochs (lazily, so s.delta is that epoch's δt)."""
+    for e in range(E):
+        s.set_epoch(e)
+        yield torch.cat([s.next_batch() for _ in range(s.iters_per_epoch)])
+
+
+@pytest.mark.parametrize("kind", ["jitter-noreplace", "shuffle"])
+def test_no_delta_is_a_permutation_per_epoch(kind):
+    y = lt_labels()
+    s = J.make_sampler(kind, y, 6, 32, 3, alpha=0.0, gen=torch.Generator().manual_seed(3))
+    for ep in epochs_of(s, y, 3):
+        assert torch.equal(torch.sort(ep).values, torch.arange(len(y)))
+
+
+def test_noreplace_quotas_and_queues_across_epochs():
+    y = lt_labels()
+    N = len(y)
+    # β = 0 makes the ramp 1, so δt = ξ 1.6 with ξ ~ U(-0.5, 0.5): quotas overshoot head or tail classes
+    s = J.make_sampler("jitter-noreplace", y, 6, 32, 12, alpha=1.6, beta=0.0, gen=torch.Generator().manual_seed(4))
+    seen = [np.zeros(c, int) for c in N_CLS]
+    members = [torch.nonzero(y == c).flatten() for c in range(6)]
+    pos = {int(i): (c, j) for c in range(6) for j, i in enumerate(members[c])}
+    for e, ep in enumerate(epochs_of(s, y, 12)):
+        assert len(ep) == N
+        target = N_CLS ** (1 + s.delta) / (N_CLS ** (1 + s.delta)).sum() * N  # ũ_i N
+        got = np.bincount(y[ep].numpy(), minlength=6)
+        assert np.abs(got - target).max() < 1.0 + 1e-9
+        for i in ep.tolist():
+            c, j = pos[i]
+            seen[c][j] += 1
+        for c in range(6):  # no index is repeated before its class is used up, across epoch boundaries
+            assert seen[c].max() - seen[c].min() <= 1, (e, c)
+
+
+@pytest.mark.parametrize("kind,kw", [("jitter-noreplace", {}), ("jitter-noreplace", {"quota_rounding": "multinomial"}),
+                                     ("jitter1", {}), ("jitter2", {}), ("shuffle", {})])
+def test_resume_is_bit_identical(kind, kw):
+    y = lt_labels()
+    mk = lambda seed: J.make_sampler(kind, y, 6, 32, 6, alpha=0.6, beta=1.0, gen=torch.Generator().manual_seed(seed), **kw)
+    s = mk(5)
+    for _ in range(20):  # crosses the first epoch boundary (13 iterations per epoch)
+        s.next_batch()
+    sd = copy.deepcopy(s.state_dict())
+    ref = [s.next_batch() for _ in range(15)]
+    r = mk(99)
+    r.load_state_dict(sd)
+    r.set_epoch(sd["epoch"])  # a trainer's set_epoch for the current epoch must not reshuffle
+    assert all(torch.equal(a, b) for a, b in zip(ref, [r.next_batch() for _ in range(15)]))
+    assert r.epoch == s.epoch and r.delta == s.delta and torch.equal(r.class_probs(), s.class_probs())
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. Models
+# ------------------------------------------------------------------------------------------------
+def n_params(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+def test_resnet32_parameter_counts():
+    assert n_params(J.resnet32(10)) == 464_154  # LDAM-DRW / Idelbayev ResNet-32
+    assert n_params(J.resnet32(100)) == 470_004  # spec §6.1: 0.470M
+    assert n_params(J.resnet32(10, norm_linear=True)) == 464_154 - 10  # no bias
+    assert n_params(J.resnet32(10, group_l2norm=True)) == 464_154 - 650 + 256 * 10 + 10
+
+
+@pytest.mark.parametrize("mode,groups", [("multi", (1, 2, 4, 8)), ("single4", (4,)), ("expand", (4,))])
+def test_group_l2norm(mode, groups):
+    torch.manual_seed(0)
+    model = J.resnet32(10, group_l2norm=mode)
+    x = torch.randn(4, 3, 16, 16)  # any size: the pool is global
+    h = model.gl2n(model.features(x))
+    assert h.shape == (4, model.gl2n.out_dim)
+    off = 0
+    for g in groups:  # every chunk of every granularity has unit norm
+        width = model.gl2n.out_dim // len(groups)
+        chunks = h[:, off:off + width].reshape(4, g, -1)
+        torch.testing.assert_close(chunks.norm(dim=2), torch.ones(4, g))
+        off += width
+    logits = model(x)
+    assert logits.shape == (4, 10)
+    logits.logsumexp(1).sum().backward()
+    assert model.conv1.weight.grad.abs().sum() > 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Copy test: jitter.py works alone in an empty directory
+# ------------------------------------------------------------------------------------------------
+def test_jitter_py_works_alone(tmp_path):
+    shutil.copy(REPO / "jitter.py", tmp_path / "jitter.py")
+    code = (
+        "import sys, torch, jitter\n"
+        "y = torch.randint(0, 10, (500,))\n"
+        "s = jitter.make_sampler('jitter1', y, 10, 64, 5, alpha=0.5, beta=1.0, gamma=0.01, gen=torch.Generator().manual_seed(0))\n"
+        "s.set_epoch(2); b = s.next_batch(); assert b.shape == (64,) and b.dtype == torch.int64\n"
+        "repo, venv = %r, %r\n"
+        "bad = [m for m, v in list(sys.modules.items()) if (getattr(v, '__file__', None) or '').startswith(repo)"
+        " and not (getattr(v, '__file__', None) or '').startswith(venv)]\n"
+        "assert bad == [], bad\n"
+        "assert jitter.__file__.startswith(%r), jitter.__file__\n"
+        "print('ok')\n" % (str(REPO), str(REPO / ".venv"), str(tmp_path))
+    )
+    r = subprocess.run([sys.executable, "-E", "-s", "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                       env={"PATH": "/usr/bin:/bin"}, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
