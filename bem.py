@@ -1,0 +1,488 @@
+"""BEM: Balanced and Entropy-based Mix (Zheng et al., CVPR 2024, arXiv 2404.01179): the core module.
+
+The file stands alone. It imports only torch, numpy, cv2 and the stdlib, so it can be copied by itself.
+The hot path (cam_boxes, BEM.draw / mix / update) runs in batches with fixed shapes and never syncs with
+the host. All randomness comes from the `gen` argument (a torch.Generator on the tensors' device).
+
+Public API, in the paper's order:
+  §4.1 CamMix  cam, grad_cam_weights, cam_boxes, largest_component_box, fallback_box, paste, mixed_ce
+  §4.2 CBMB    effective_number (Eq. 2); class BEM (per-class device ring buffers, Eq. 3, Eq. 4)
+  §4.3 EL      entropy (E1); BEM.sampling_probs (ESS), BEM.labeled_ratio (ESM), BEM.class_weights (ECB)
+  baselines    mixup, cutmix_box, saliency_box, in_batch_sources, mix_batch (MixUp/CutMix/SaliencyMix/CamMix)
+
+Reconstruction choices. The paper's text stops before §4.3; the defaults follow spec/bem.md §1.1-1.4 and §5:
+| choice | default | alternatives | why |
+|---|---|---|---|
+| CAM weights | head row of the (pseudo-)label (plain CAM, WRN block3) | Grad-CAM `grad_cam_weights` (ResNet-50 layer3) | plain CAM needs feature dim == head dim |
+| CAM post-processing | ReLU, bilinear upsample to image size, per-sample min-max | none | CAM convention (Zhou et al.) |
+| tau_c | 0.5 of the min-max-normalised CAM | 0.2-0.7 | paper stresses tight boxes; classic CAM boxes use 0.2 |
+| mixed-label ratio | lam = 1 - box area / image area | none | SaliencyMix authors' code recomputes lam from the pasted area |
+| degenerate box (empty / whole image) | CutMix box, lam ~ Beta(1,1), random centre | none | spec §1.2 step 7; stays on the device |
+| CAM box timing | cached at push time from the step's joint forward | `cam_refresh=True`: recomputed at draw time | no extra forward pass |
+| bank | 2 FIFO queues per class (labeled GT, confident unlabeled), `bank_size` 64 | 32 for ImageNet-127 | memory-bank practice; tail classes have 5-15 labels |
+| entry | uint8 weak view + label + CAM box | dataset index + replayed augmentation | simplest; it is the view whose fmap gave the box |
+| lambda_d, est_start | 0.99, 2500 steps (5 x 500) | 3000 (ACR code: 0-based `epoch > 5`) | ACR's ema_u / est_epoch, which Eq. 3 duplicates |
+| d^u before est_start | uniform (ACR's u_py init), so E_c^u is already included | E_c^x only | avoids ~80x tail over-sampling from 5 labeled images |
+| d^u counts | pseudo-labels with mask_u & u_real, normalised histogram | none | ACR excludes labeled images in U (target -2) |
+| entropy | Shannon entropy of the weak-view softmax, nats | / log C (cancels) | E1 |
+| e^x, e^u | EMA (lambda_e = lambda_d) of per-class mean entropy; absent classes keep value; init log C | none | E2; log C = entropy of an untrained net |
+| entropy_set | 'all' truly-unlabeled samples (u_real) | 'masked' | Fig. 1 plots all unlabeled data |
+| e_c | e^x_c + e^u_c, mean-normalised as e~_c | count-weighted mean | E2 |
+| ESS | 'mul': s_c ∝ e~_c / E_c | 'add': alpha*norm(1/E) + (1-alpha)*norm(e~); 'off': Eq. 4 | E3, no new hyper-parameter |
+| ESM | 'class': r_c = e^u_c / (e^x_c + e^u_c) | 'batch': class means; 'off': r_c = esm_ratio (0.5) | E4 |
+| ECB | 'on': w_c = C (e~_c/E_c) / sum_k (e~_k/E_k) | 'cb': Cui's C (1/E_c)/sum(1/E); 'off': None | E5, sums to C like Cui et al. |
+| ECB use | w in mixed_ce on the mixed unlabeled terms (train.py) | all unlabeled terms | E5: ACR's LA losses are not re-balanced twice |
+| what is mixed | every strong view (ACR: both; train.py) | only the second | spec §5 #11 |
+| MixUp baseline | lam ~ Beta(1,1), uint8 output rounded | Beta(0.75) (MixMatch) | the same lam law as CutMix |
+| class draw | inverse-CDF (searchsorted) on s_c | torch.multinomial | multinomial's 1-sample path calls .item() |
+| empty queue / class | other queue of the class, then renormalise s_c over non-empty classes | none | spec E4; equals redrawing |
+| connected components | 8-connectivity; equal areas -> smallest first-pixel raster index | none | identical to cv2 CCL_WU + argmax |
+| SaliencyMix | per-sample box at the cv2 fine-grained saliency argmax (host, ablation only) | one box per batch (authors) | per-sample pipeline |
+"""
+import math
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# §4.1 CamMix
+# ---------------------------------------------------------------------------------------------------------------
+def cam(fmap, weights):
+    """Plain CAM: sum_k w_k A_k. fmap [B,K,h,w], weights [B,K] (the head row of each sample's label) -> [B,h,w]."""
+    return torch.einsum('bkhw,bk->bhw', fmap.float(), weights.float())
+
+
+def grad_cam_weights(score, fmap):
+    """Grad-CAM channel weights mean_{h,w} d score_b / d fmap_b -> [B,K].
+
+    Use this when the head sits after a later block (ResNet-50: CAM layer = layer3, head after layer4).
+    score [B] is the logit of each sample's class. fmap must be in its graph; the graph is retained for the
+    training backward. In train-mode BN, samples interact only through batch statistics (a small cross term)."""
+    g, = torch.autograd.grad(score.sum(), fmap, retain_graph=True)
+    return g.mean((2, 3))
+
+
+def _box_of(mask, W):
+    """Bounding box (x1, y1, x2, y2), x2/y2 exclusive, of a flat mask [B,HW]; all zeros if the mask is empty."""
+    idx = torch.arange(mask.shape[1], device=mask.device)
+    xs, ys, big = idx % W, idx // W, mask.shape[1]
+    box = torch.stack([torch.where(mask, xs, big).amin(1), torch.where(mask, ys, big).amin(1),
+                       torch.where(mask, xs, -1).amax(1) + 1, torch.where(mask, ys, -1).amax(1) + 1], 1)
+    return torch.where(mask.any(1, keepdim=True), box, 0)
+
+
+def _nbr_min_max(f, fg):
+    """Min and max of f over each pixel's 3x3 foreground neighbourhood, itself included (f < 2^24, exact in fp32)."""
+    big = f.shape[1] * f.shape[2]
+    lo = torch.where(fg, f, big).float().unsqueeze(1)
+    hi = torch.where(fg, f, -1).float().unsqueeze(1)
+    mn = -F.max_pool2d(-lo, 3, 1, 1)  # max_pool pads with -inf, i.e. outside the image never wins
+    return mn.squeeze(1).long(), F.max_pool2d(hi, 3, 1, 1).squeeze(1).long()
+
+
+def _label_components(fg):
+    """Root id (a pixel index) of each foreground pixel's 8-connected component. fg bool [B,H,W] -> f long [B,HW].
+
+    Star hooking with full pointer jumping. At the start of each round every tree is a star (all pixels point
+    to their root). (1) Each root r hooks onto m_r, the smallest adjacent root, if m_r < r. (2) A 'stagnant'
+    root hooks onto its largest adjacent root t. Stagnant means it did not hook and nothing hooked onto it.
+    t did hook in (1), because s < t is adjacent to it. (3) Each pixel jumps to its root.
+    Why no cycles: (1) strictly decreases the label; (2) starts at roots with no incoming pointer.
+    Why a fixed count suffices: in a component of k >= 2 stars, every star either hooks or receives a hook.
+    So every surviving root heads >= 2 old stars, and k at least halves per round. Then L = ceil(log2 HW)
+    rounds leave one star. In round t the pointer chains are at most k_t <= 2^(L-t) long, so L-t jumps reach
+    the root."""
+    B, H, W = fg.shape
+    HW, L = H * W, max(1, math.ceil(math.log2(H * W)))
+    ids = torch.arange(HW, device=fg.device).expand(B, HW)
+    f, fgf = ids.clone(), fg.reshape(B, HW)
+    for t in range(L):
+        mn, mx = (v.reshape(B, HW) for v in _nbr_min_max(f.view(B, H, W), fg))
+        m_root = torch.full_like(f, HW).scatter_reduce(1, f, torch.where(fgf, mn, HW), 'amin')
+        M_root = torch.full_like(f, -1).scatter_reduce(1, f, torch.where(fgf, mx, -1), 'amax')
+        is_root = fgf & (f == ids)
+        hook = is_root & (m_root < ids)                                                   # (1)
+        recv = torch.zeros_like(f).scatter_reduce(1, torch.where(hook, m_root, ids), hook.long(), 'amax')
+        stagnant = is_root & ~hook & (recv == 0) & (M_root > ids)                         # (2)
+        f = torch.where(hook, m_root, torch.where(stagnant, M_root, f))
+        for _ in range(L - t):                                                            # (3)
+            f = f.gather(1, f)
+    return f
+
+
+def largest_component_box(mask):
+    """Box of the largest 8-connected component. mask bool [B,H,W] -> int64 [B,4] (x1, y1, x2, y2).
+
+    x2 and y2 are exclusive; the box is all zeros for an empty mask. Equal areas: the component whose first
+    pixel has the smallest raster index y*W+x wins. This equals cv2.connectedComponentsWithStatsWithAlgorithm(
+    m, 8, cv2.CV_32S, cv2.CCL_WU) + argmax of area, because WU numbers labels in raster order."""
+    B, H, W = mask.shape
+    HW, fg = H * W, mask.reshape(B, H * W)
+    f = _label_components(mask)
+    ids = torch.arange(HW, device=mask.device).expand(B, HW)
+    area = torch.zeros_like(f).scatter_add(1, f, fg.long())
+    first = torch.full_like(f, HW).scatter_reduce(1, f, torch.where(fg, ids, HW), 'amin')
+    key = torch.where(area > 0, area * (HW + 1) + (HW - first), -1)  # area first, then the earliest pixel
+    best = key.argmax(1, keepdim=True)
+    return _box_of(fg & (f == best), W)
+
+
+def cam_boxes(cam_map, size, tau_c=0.5):
+    """cam_map [B,h,w] -> boxes int64 [B,4] at image size (H, W): ReLU -> bilinear -> min-max -> >= tau_c -> LCC box."""
+    m = F.interpolate(F.relu(cam_map.float()).unsqueeze(1), size=size, mode='bilinear', align_corners=False)
+    m = m.squeeze(1)
+    lo, hi = m.amin((1, 2), keepdim=True), m.amax((1, 2), keepdim=True)
+    m = (m - lo) / (hi - lo).clamp_min(1e-12)  # a flat CAM gives an empty mask -> degenerate -> fallback
+    return largest_component_box(m >= tau_c)  # reconstructed: tau_c = 0.5, see README
+
+
+def cutmix_box(B, H, W, gen):
+    """CutMix's rand_bbox per sample: lam ~ Beta(1,1) = U(0,1), side = int(S*sqrt(1-lam)), uniform centre."""
+    dev = gen.device
+    cut = torch.sqrt(1 - torch.rand(B, generator=gen, device=dev))
+    cw, ch = (W * cut).long(), (H * cut).long()
+    cx = torch.randint(0, W, (B,), generator=gen, device=dev)
+    cy = torch.randint(0, H, (B,), generator=gen, device=dev)
+    return torch.stack([(cx - cw // 2).clamp(0, W), (cy - ch // 2).clamp(0, H),
+                        (cx + cw // 2).clamp(0, W), (cy + ch // 2).clamp(0, H)], 1)
+
+
+def _degenerate(box, H, W):
+    area = (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])
+    return (area == 0) | (area == H * W)
+
+
+def fallback_box(box, H, W, gen, valid=None):
+    """Replace degenerate boxes (empty or the whole image) with CutMix boxes (spec §1.2 step 7).
+    Always draws B boxes, so the generator advances the same way whatever the data."""
+    bad = _degenerate(box, H, W)
+    if valid is not None:
+        bad = bad & valid
+    return torch.where(bad[:, None], cutmix_box(box.shape[0], H, W, gen), box)
+
+
+def paste(target, source, box):
+    """CamMix / CutMix paste at the same coordinates. Returns (mixed, lam [B] = 1 - box area / image area)."""
+    B, _, H, W = target.shape
+    ys = torch.arange(H, device=box.device).view(1, H, 1)
+    xs = torch.arange(W, device=box.device).view(1, 1, W)
+    x1, y1, x2, y2 = (box[:, i].view(B, 1, 1) for i in range(4))
+    inside = (xs >= x1) & (xs < x2) & (ys >= y1) & (ys < y2)
+    lam = 1 - inside.flatten(1).sum(1).float() / (H * W)  # spec §1.2 step 6: area ratio
+    return torch.where(inside.unsqueeze(1), source, target), lam
+
+
+def _ce(logits, target):
+    if target.dtype.is_floating_point:  # soft distribution [B,C] (ABC)
+        return -(target * F.log_softmax(logits, 1)).sum(1)
+    return F.cross_entropy(logits, target, reduction='none')
+
+
+def mixed_ce(logits, target, mask, mix=None):
+    """Per-sample (mixed) CE [B] (spec E5).
+
+    mix=None: mask * CE(logits, target).
+    mix=dict(lam=[B], y_src=[B] long, w=[C] or None):
+        mask * (lam * w[target] * CE(logits, target) + (1 - lam) * w[y_src] * CE(logits, y_src)).
+    target is long [B] or a soft float [B,C]; a soft target indexes w by its argmax."""
+    logits = logits.float()
+    loss = _ce(logits, target)
+    if mix is None:
+        return mask * loss
+    w = mix.get('w')
+    hard = target.argmax(1) if target.dtype.is_floating_point else target
+    w_t, w_s = (1.0, 1.0) if w is None else (w[hard], w[mix['y_src']])
+    lam = mix['lam']
+    return mask * (lam * w_t * loss + (1 - lam) * w_s * _ce(logits, mix['y_src']))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# §4.2 Class balanced mix bank (CBMB) and §4.3 entropy-based learning (EL)
+# ---------------------------------------------------------------------------------------------------------------
+def effective_number(counts, beta=0.999):
+    """Eq. 2: E_c = (1 - beta^N_c) / (1 - beta), elementwise on a tensor of (possibly fractional) counts."""
+    counts = torch.as_tensor(counts, dtype=torch.float64)
+    return (1 - beta ** counts) / (1 - beta)
+
+
+def entropy(logits):
+    """E1: Shannon entropy (nats) of softmax(logits) -> [B]."""
+    logp = F.log_softmax(logits.float(), 1)
+    return -(logp.exp() * logp).sum(1)
+
+
+def _class_mean(values, labels, sel, C):
+    """Per-class sum and count of values over the selected samples (histogram on the device, no sync)."""
+    sel = sel.to(values.dtype)
+    s = torch.zeros(C, dtype=values.dtype, device=values.device).index_add_(0, labels, values * sel)
+    n = torch.zeros(C, dtype=values.dtype, device=values.device).index_add_(0, labels, sel)
+    return s, n
+
+
+class BEM:
+    """Class-balanced mix bank + Eq. 3 estimate + entropy statistics (ESS / ESM / ECB).
+
+    Constructor: BEM(num_classes, image_shape=(3,H,W), labeled_counts=[N_c] (list/tensor), unlabeled_size=M,
+    device, **flags). All flags are keyword-only; see __init__. Everything lives on `device`.
+
+    Call protocol per training step t (a 0-based Python int); n = strong views to mix (ACR: both, n = 2*B_u):
+      1. src, y_src, box, from_l = bem.draw(n, gen)      # BEFORE the forward; bank as of step t-1
+            src uint8 [n,3,H,W], y_src long [n], box long [n,4] (fallback already applied), from_l bool [n].
+            With cam_refresh=True pass cam_fn=f(src uint8, y_src) -> (fmap [n,K,h,w], weights [n,K]).
+      2. u_s_mix, lam = bem.mix(u_s, src, box, gen)      # u_s uint8 [n,3,H,W] -> uint8, lam float [n]
+      3. joint forward on cat(x_l, u_w, u_s_mix) -> logits, fmap; pseudo-labels q_u and mask_u as usual.
+      4. bem.update(t, x_l=x_l, y_l=y_l, logits_l=logits_l, fmap_l=fmap_l, u_w=u_w, logits_w=logits_w,
+                    q_u=q_u, mask_u=mask_u, u_real=u_real, fmap_w=fmap_w, head_weights=head.weight)
+            x_l, u_w: uint8 weak views [B,3,H,W] (the images that produced fmap_l / fmap_w);
+            y_l, q_u: long [B]; logits_*: [B,C]; mask_u: bool or 0/1 float [B] (the confidence mask);
+            u_real: bool [B], False for labeled images inside the unlabeled set (ACR split);
+            fmap_*: [B,K,h,w] (detached inside); head_weights: [C,K] of the head that made q_u.
+            Grad-CAM (ResNet-50): pass cam_w_l / cam_w_u [B,K] from grad_cam_weights instead of head_weights.
+      5. w = bem.class_weights()   # ECB [C] or None;  q_u repeated to n if needed:
+         loss_u = mixed_ce(logits_s, q_u, mask_u, dict(lam=lam, y_src=y_src, w=w)).mean()
+    At step 0 the bank is empty: draw returns zero boxes, so mix leaves the targets unchanged (lam = 1).
+    draw / mix / update never call .item(), .cpu() or nonzero. stats() and state_dict() are for log/ckpt time.
+    """
+
+    def __init__(self, num_classes, image_shape, labeled_counts, unlabeled_size, device, *,
+                 bank_size=64,          # reconstructed: 64 CIFAR/STL, 32 ImageNet-127 (spec §5 #10)
+                 beta=0.999,            # Eq. 2, stated in the paper
+                 lambda_d=0.99,         # reconstructed: ACR's ema_u (spec §5 #12)
+                 est_start=2500,        # reconstructed: ACR's est_epoch 5 x 500 steps (spec §5 #12)
+                 lambda_e=None,         # reconstructed: entropy EMA = lambda_d (E2)
+                 entropy_set='all',     # reconstructed: 'all' | 'masked' unlabeled samples (E2, Fig. 1)
+                 ess='mul', alpha=0.5,  # reconstructed: 'mul' | 'add' | 'off' (E3)
+                 esm='class', esm_ratio=0.5,  # reconstructed: 'class' | 'batch' | 'off' (fixed ratio) (E4)
+                 ecb='on',              # reconstructed: 'on' | 'cb' | 'off' (E5)
+                 tau_c=0.5,             # reconstructed: CAM threshold (spec §5 #9)
+                 mix='cammix',          # mixing method used with the bank: cammix | cutmix | saliencymix | mixup
+                 cam_refresh=False):    # reconstructed: cache boxes at push time; True = recompute at draw
+        C, K = num_classes, bank_size
+        self.C, self.K, self.shape, self.device = C, K, tuple(image_shape), torch.device(device)
+        self.M, self.beta, self.lambda_d, self.est_start = unlabeled_size, beta, lambda_d, est_start
+        self.lambda_e = lambda_d if lambda_e is None else lambda_e
+        self.entropy_set, self.ess, self.alpha, self.esm, self.esm_ratio = entropy_set, ess, alpha, esm, esm_ratio
+        self.ecb, self.tau_c, self.mix_method, self.cam_refresh = ecb, tau_c, mix, cam_refresh
+        kw = dict(device=self.device)
+        self.N_x = torch.as_tensor(labeled_counts, dtype=torch.float64, **kw)
+        # bank: queue q (0 = labeled, 1 = unlabeled), class c, slot k -> row q*C*K + c*K + k; the last row is a
+        # trash row that absorbs writes of unselected samples, so pushes keep a fixed shape
+        self.bank_img = torch.zeros(2 * C * K + 1, *self.shape, dtype=torch.uint8, **kw)
+        self.bank_box = torch.zeros(2 * C * K + 1, 4, dtype=torch.long, **kw)
+        self.ptr = torch.zeros(2, C, dtype=torch.long, **kw)     # next slot to overwrite (the oldest when full)
+        self.filled = torch.zeros(2, C, dtype=torch.long, **kw)
+        self.d_u = torch.full((C,), 1.0 / C, dtype=torch.float64, **kw)  # ACR's u_py init: uniform
+        self.e_x = torch.full((C,), math.log(C), dtype=torch.float64, **kw)  # reconstructed: init = log C
+        self.e_u = self.e_x.clone()
+        self.acc = {k: torch.zeros(C, dtype=torch.float64, **kw) for k in ('u_count', 'u_count_masked', 'u_H')}
+        self.acc_box = torch.zeros(3, dtype=torch.float64, **kw)  # drawn boxes: n, sum of area fraction, n fallback
+
+    # ---- §4.2 Eq. 2-4 and §4.3 E3-E5 ----
+    def effective_numbers(self):
+        """E_c = E_c^x + E_c^u with N_c^u = M * d_c^u (Eq. 2); a class below 1 effective sample counts as 1."""
+        E = effective_number(self.N_x, self.beta) + effective_number(self.M * self.d_u, self.beta)
+        return E.clamp_min(1.0)
+
+    def _entropy_over_E(self):
+        e = self.e_x + self.e_u                      # reconstructed: e_c = e^x_c + e^u_c (E2)
+        e_tilde = e / e.mean()                       # mean-normalised class entropy
+        return e_tilde, e_tilde / self.effective_numbers()
+
+    def sampling_probs(self):
+        """s_c: Eq. 4 (ess='off'), or ESS (E3)."""
+        inv_E = 1 / self.effective_numbers()
+        e_tilde, ratio = self._entropy_over_E()
+        F_c = {'off': inv_E,                                                   # Eq. 4: F_c = 1/E_c
+               'mul': ratio,                                                   # reconstructed: E3
+               'add': self.alpha * inv_E / inv_E.sum() + (1 - self.alpha) * e_tilde / e_tilde.sum()}[self.ess]
+        return F_c / F_c.sum()
+
+    def labeled_ratio(self):
+        """r_c: probability of drawing the mixing partner from the labeled queue (ESM, E4)."""
+        if self.esm == 'class':
+            return self.e_u / (self.e_x + self.e_u)
+        if self.esm == 'batch':
+            return (self.e_u.mean() / (self.e_x.mean() + self.e_u.mean())).expand(self.C)
+        return torch.full((self.C,), float(self.esm_ratio), dtype=torch.float64, device=self.device)
+
+    def class_weights(self):
+        """ECB weights w_c (E5), sum to C; 'cb' = Cui et al. without entropy; None when ecb='off'."""
+        if self.ecb == 'off':
+            return None
+        F_c = self._entropy_over_E()[1] if self.ecb == 'on' else 1 / self.effective_numbers()
+        return (self.C * F_c / F_c.sum()).float()
+
+    # ---- bank ----
+    def push(self, images, labels, boxes, valid, labeled):
+        """FIFO-push the samples with valid=True into queue labeled/unlabeled of their class. Fixed shapes."""
+        C, K, q = self.C, self.K, 0 if labeled else 1
+        oh = ((labels[:, None] == torch.arange(C, device=labels.device)) & valid[:, None]).long()  # [B,C]
+        count = oh.sum(0)
+        rank = (oh.cumsum(0) - oh).gather(1, labels[:, None]).squeeze(1)      # order within its class
+        keep = valid & (rank >= (count[labels] - K))                          # only the newest K per class
+        slot = (self.ptr[q, labels] + rank) % K
+        row = torch.where(keep, q * C * K + labels * K + slot, 2 * C * K)     # rejects go to the trash row
+        self.bank_img.index_copy_(0, row, images)
+        self.bank_box.index_copy_(0, row, boxes)
+        self.ptr[q] = (self.ptr[q] + count) % K
+        self.filled[q] = (self.filled[q] + count).clamp(max=K)
+
+    def _sample_classes(self, p, n, gen):
+        """Inverse-CDF sampling of n classes from p (sync-free; torch.multinomial's 1-sample path syncs)."""
+        cdf = p.cumsum(0)
+        u = torch.rand(n, generator=gen, device=self.device, dtype=torch.float64) * cdf[-1]
+        last = torch.where(p > 0, torch.arange(self.C, device=self.device), 0).amax()
+        return torch.searchsorted(cdf, u, right=True).clamp(max=last)
+
+    def draw(self, n, gen, cam_fn=None):
+        """Draw n mixing partners: class c ~ s_c, queue labeled w.p. r_c, uniform slot. See class docstring."""
+        nx, nu = self.filled[0] > 0, self.filled[1] > 0
+        avail = nx | nu
+        p = self.sampling_probs() * avail                    # renormalised over non-empty classes
+        p = torch.where(avail.any(), p, torch.ones_like(p))  # empty bank: anything; flagged invalid below
+        c = self._sample_classes(p, n, gen)
+        from_l = torch.rand(n, generator=gen, device=self.device, dtype=torch.float64) < self.labeled_ratio()[c]
+        from_l = torch.where(nx[c] & ~nu[c], True, torch.where(nu[c] & ~nx[c], False, from_l))  # E4 fallback
+        q = (~from_l).long()
+        filled = self.filled[q, c]
+        u = torch.rand(n, generator=gen, device=self.device)
+        slot = torch.minimum((u * filled).long(), (filled - 1).clamp_min(0))
+        row = q * self.C * self.K + c * self.K + slot
+        src, box, valid = self.bank_img[row], self.bank_box[row], avail[c]
+        H, W = self.shape[1:]
+        if self.cam_refresh:
+            box = cam_boxes(cam(*cam_fn(src, c)), (H, W), self.tau_c)
+        n_fallback = (_degenerate(box, H, W) & valid).sum()
+        box = torch.where(valid[:, None], fallback_box(box, H, W, gen, valid), 0)
+        area = (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])
+        self.acc_box += torch.stack([valid.sum().double(), area.sum().double() / (H * W), n_fallback.double()])
+        return src, c, box, from_l
+
+    def mix(self, targets, src, box, gen=None):
+        """Mix targets with drawn sources using self.mix_method (default CamMix paste). -> (mixed, lam [n])."""
+        return mix_batch(self.mix_method, targets, src, gen, box=box)
+
+    # ---- per-step statistics (Eq. 3, E2) and bank push ----
+    @torch.no_grad()
+    def update(self, step, *, x_l, y_l, logits_l, fmap_l, u_w, logits_w, q_u, mask_u, u_real, fmap_w,
+               head_weights=None, cam_w_l=None, cam_w_u=None):
+        """Once per step, after the forward; see the class docstring for shapes."""
+        C, lam_e = self.C, self.lambda_e
+        mask = mask_u > 0.5 if mask_u.dtype.is_floating_point else mask_u.bool()
+        real = u_real.bool()
+        if step >= self.est_start:  # Eq. 3, "once the training status stabilizes" (Python int: no sync)
+            _, hist = _class_mean(torch.ones_like(q_u, dtype=torch.float64), q_u, mask & real, C)
+            d_t = hist / hist.sum().clamp_min(1)
+            self.d_u.copy_(torch.where(hist.sum() > 0, self.lambda_d * self.d_u + (1 - self.lambda_d) * d_t, self.d_u))
+        H_l, H_u = entropy(logits_l).double(), entropy(logits_w).double()
+        sel_u = real & mask if self.entropy_set == 'masked' else real
+        all_l = torch.ones_like(y_l, dtype=torch.bool)
+        for e, (s, n) in ((self.e_x, _class_mean(H_l, y_l, all_l, C)),
+                          (self.e_u, _class_mean(H_u, q_u, sel_u, C))):  # E2; absent classes keep their value
+            e.copy_(torch.where(n > 0, lam_e * e + (1 - lam_e) * s / n.clamp_min(1), e))
+        s, n = _class_mean(H_u, q_u, real, C)                           # Fig. 1 accumulators
+        self.acc['u_H'] += s
+        self.acc['u_count'] += n
+        self.acc['u_count_masked'] += _class_mean(H_u, q_u, real & mask, C)[1]
+        box = self._boxes(fmap_l, fmap_w, torch.cat([y_l, q_u]), head_weights, cam_w_l, cam_w_u)
+        self.push(x_l, y_l, box[:len(y_l)], all_l, labeled=True)
+        self.push(u_w, q_u, box[len(y_l):], mask, labeled=False)
+
+    def _boxes(self, fmap_l, fmap_w, labels, head_weights, cam_w_l, cam_w_u):
+        """CAM boxes of the labeled and unlabeled weak views in one call (one CCL launch sequence)."""
+        if self.cam_refresh:  # boxes are recomputed at draw time
+            return torch.zeros(labels.shape[0], 4, dtype=torch.long, device=self.device)
+        w = head_weights[labels] if cam_w_l is None else torch.cat([cam_w_l, cam_w_u])
+        fmap = torch.cat([fmap_l, fmap_w]).detach()
+        return cam_boxes(cam(fmap, w.detach()), self.shape[1:], self.tau_c)
+
+    # ---- logging and checkpoints ----
+    def stats(self, reset=False):
+        """Tensors for logs and Fig. 1. u_* are accumulated over truly-unlabeled samples since the last reset."""
+        a, (n, area, fb) = self.acc, self.acc_box
+        w = self.class_weights()
+        out = dict(s_c=self.sampling_probs(), r_c=self.labeled_ratio(),
+                   w_c=w if w is not None else torch.ones(self.C, device=self.device),
+                   d_u=self.d_u.clone(), e_x=self.e_x.clone(), e_u=self.e_u.clone(), E_c=self.effective_numbers(),
+                   u_count=a['u_count'].clone(), u_count_masked=a['u_count_masked'].clone(),
+                   u_entropy=a['u_H'] / a['u_count'].clamp_min(1),
+                   box_area=area / n.clamp_min(1), fallback_frac=fb / n.clamp_min(1),
+                   fill_x=self.filled[0].clone(), fill_u=self.filled[1].clone())
+        if reset:
+            for v in (*a.values(), self.acc_box):
+                v.zero_()
+        return out
+
+    _STATE = ('ptr', 'filled', 'd_u', 'e_x', 'e_u', 'acc_box')
+
+    def state_dict(self):
+        sd = {k: getattr(self, k).clone() for k in self._STATE}
+        sd.update(bank_img=self.bank_img[:-1].clone(), bank_box=self.bank_box[:-1].clone())
+        sd.update({'acc_' + k: v.clone() for k, v in self.acc.items()})
+        return sd
+
+    def load_state_dict(self, sd):
+        for k in self._STATE:
+            getattr(self, k).copy_(sd[k])
+        self.bank_img[:-1].copy_(sd['bank_img'])
+        self.bank_box[:-1].copy_(sd['bank_box'])
+        for k, v in self.acc.items():
+            v.copy_(sd['acc_' + k])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Mixing baselines for the ablation (MixUp, CutMix, SaliencyMix, CamMix; in-batch or with the bank)
+# ---------------------------------------------------------------------------------------------------------------
+def mixup(target, source, lam):
+    """lam * target + (1 - lam) * source per sample; uint8 inputs are rounded back to uint8."""
+    lam_ = lam.float().view(-1, 1, 1, 1)
+    out = lam_ * target.float() + (1 - lam_) * source.float()
+    return out.round().clamp(0, 255).to(torch.uint8) if target.dtype == torch.uint8 else out.to(target.dtype)
+
+
+def saliency_box(images, lam):
+    """SaliencyMix authors' saliency_bbox per sample: a box of side int(S*sqrt(1-lam)) centred on the argmax
+    of cv2's StaticSaliencyFineGrained map. Runs per image on the host (it syncs), so use it for the
+    ablation baseline only."""
+    B, _, H, W = images.shape
+    imgs, lams = images.permute(0, 2, 3, 1).contiguous().cpu().numpy(), lam.detach().cpu().numpy()
+    det, out = cv2.saliency.StaticSaliencyFineGrained_create(), np.zeros((B, 4), np.int64)
+    for i in range(B):
+        _, sal = det.computeSaliency(imgs[i])
+        y, x = np.unravel_index(np.argmax((sal * 255).astype('uint8')), sal.shape)
+        cut = np.sqrt(1.0 - lams[i])
+        cw, ch = int(W * cut), int(H * cut)
+        out[i] = [np.clip(x - cw // 2, 0, W), np.clip(y - ch // 2, 0, H),
+                  np.clip(x + cw // 2, 0, W), np.clip(y + ch // 2, 0, H)]
+    return torch.from_numpy(out).to(images.device)
+
+
+def in_batch_sources(images, labels, gen, boxes=None):
+    """In-batch mixing partners: a random permutation of the batch's own weak views and pseudo-labels.
+    For in-batch CamMix pass the views' CAM boxes. They must come from a forward run before the mixed batch
+    is built, e.g. a no-grad pass of the EMA model. Degenerate boxes fall back to CutMix boxes."""
+    B, _, H, W = images.shape
+    perm = torch.randperm(B, generator=gen, device=images.device)
+    box = None if boxes is None else fallback_box(boxes[perm], H, W, gen)
+    return images[perm], labels[perm], box
+
+
+def mix_batch(method, target, source, gen, box=None):
+    """Dispatch one mixing method -> (mixed, lam [B]); lam weights target's label, 1-lam the source's.
+    method: none | mixup | cutmix | saliencymix | cammix (cammix needs `box`, fallback already applied)."""
+    B, _, H, W = target.shape
+    if method == 'none':
+        return target, torch.ones(B, device=target.device)
+    if method == 'mixup':  # lam ~ Beta(1,1) = U(0,1), CutMix's default alpha
+        lam = torch.rand(B, generator=gen, device=target.device)
+        return mixup(target, source, lam), lam
+    if method == 'cutmix':
+        box = cutmix_box(B, H, W, gen)
+    elif method == 'saliencymix':
+        box = saliency_box(source, torch.rand(B, generator=gen, device=target.device))
+    elif method != 'cammix':
+        raise ValueError(f'unknown mixing method {method!r}')
+    return paste(target, source, box)
