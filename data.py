@@ -1,0 +1,421 @@
+"""Datasets, long-tailed splits and device-resident batches.
+
+Everything a training step reads lives on the device as uint8 NCHW tensors; batches are index
+tensors drawn on the device (no DataLoader, no PIL on the hot path). Augmentation is in augment.py.
+
+  lt_counts(n1, C, gamma, reverse)     the DARP/ACR/USB per-class count formula (spec anchors.md §3)
+  load_dataset(name, data_dir, ...)    -> Dataset(train_x, train_y, test_x, test_y, ...) as uint8 numpy
+  ltssl_split(...)                     ACR first-k split (default) or a seeded random disjoint split
+  lt_subset(...)                       LDAM-DRW long-tailed training subset (seeded per-class shuffle)
+  EpochSampler                         reshuffled, drop_last index batches on the device (= DataLoader shuffle)
+"""
+import gzip
+import math
+import os
+import pickle
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from augment import normalize, strong, weak  # noqa: F401  (re-exported: data.weak / data.strong)
+
+
+class DataError(Exception):
+    """A dataset is missing or malformed. The message says what is wrong and how to fix it."""
+
+
+# Per-dataset normalisation (ACR dataset/cifar.py; STL reuses the CIFAR-10 stats there).
+STATS = {
+    'cifar10': ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
+    'cifar100': ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+    'stl10': ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
+    'svhn': ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
+    'imagenet127': ((0.48109809, 0.45747185, 0.40785507), (0.26040889, 0.2532126, 0.26820634)),
+    'fmnist': ((0.2860,) * 3, (0.3530,) * 3),
+    'synthetic': ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
+}
+# LDAM-DRW / RIDE normalise CIFAR-LT with this std (spec jitter.md §4.2).
+LT_STATS = {'cifar10': ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+            'cifar100': ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))}
+NUM_CLASSES = {'cifar10': 10, 'cifar100': 100, 'stl10': 10, 'svhn': 10, 'fmnist': 10,
+               'imagenet127': 127, 'synthetic': 10}
+FMNIST_SYSTEM_DIR = '/usr/share/datasets/fashion-mnist'
+
+
+@dataclass
+class Dataset:
+    name: str
+    train_x: np.ndarray            # uint8 [N,3,H,W]
+    train_y: np.ndarray            # int64 [N]
+    test_x: np.ndarray
+    test_y: np.ndarray
+    num_classes: int
+    mean: tuple
+    std: tuple
+    extra_x: np.ndarray = None     # STL-10's 100k unlabeled split (labels unknown)
+    train_boxes: np.ndarray = None  # synthetic: true object boxes (x1,y1,x2,y2), x2/y2 exclusive
+    test_boxes: np.ndarray = None
+    notes: list = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------------
+# Long-tailed counts and splits
+# ------------------------------------------------------------------------------------------------
+
+def lt_counts(n1, num_classes, gamma, reverse=False):
+    """n_k = int(n1 * gamma**(-k/(C-1))), last class int(n1/gamma) (DARP/ACR make_imb_data).
+
+    int() truncation, not round(): round() gives different published lists (anchors.md §3).
+    gamma = 1 gives the uniform setting; reverse=True the reversed one.
+    """
+    mu = np.power(1 / gamma, 1 / (num_classes - 1))
+    counts = [int(n1 * np.power(mu, k)) for k in range(num_classes - 1)] + [int(n1 / gamma)]
+    return counts[::-1] if reverse else counts
+
+
+def setting_counts(n1, m1, imb_l, imb_u, setting, num_classes):
+    """Labeled and unlabeled per-class counts for the three LTSSL settings (ACR README).
+
+    consistent: gamma_u = gamma_l; uniform: gamma_u = 1; reversed: gamma_u = gamma_l, order flipped.
+    An explicit imb_u overrides the setting's gamma_u.
+    """
+    n = lt_counts(n1, num_classes, imb_l)
+    g_u = imb_u if imb_u is not None else (1.0 if setting == 'uniform' else imb_l)
+    m = lt_counts(m1, num_classes, g_u, reverse=(setting == 'reversed'))
+    return n, m
+
+
+def ltssl_split(labels, n_counts, m_counts, split='acr', seed=0):
+    """Returns (labeled_idx, unlabeled_idx, u_real) as int64/bool numpy arrays.
+
+    'acr' (ACR dataset/cifar.py train_split): per class, in dataset order, labeled = first n_k,
+      unlabeled = first n_k + m_k, so the unlabeled set CONTAINS the labeled images. u_real marks
+      the truly unlabeled ones (ACR stores target -2 for the others) so that distribution estimates
+      can exclude them. The seed does not affect this split.
+    'random' (DASO/USB style): a seeded per-class permutation, labeled and unlabeled disjoint.
+    """
+    labels = np.asarray(labels)
+    rng = np.random.RandomState(seed)
+    lab, unl, real = [], [], []
+    for c, (n, m) in enumerate(zip(n_counts, m_counts)):
+        idx = np.where(labels == c)[0]
+        if split == 'random':
+            idx = idx[rng.permutation(len(idx))]
+            lab.append(idx[:n]); unl.append(idx[n:n + m]); real.append(np.ones(m, bool))
+        else:
+            lab.append(idx[:n]); unl.append(idx[:n + m])
+            real.append(np.r_[np.zeros(n, bool), np.ones(m, bool)])
+    return np.concatenate(lab), np.concatenate(unl), np.concatenate(real)
+
+
+def check_split(labels, n_counts, m_counts, split):
+    """Raise DataError if a class holds fewer images than the split asks for."""
+    have = np.bincount(np.asarray(labels), minlength=len(n_counts))
+    need = [n + m for n, m in zip(n_counts, m_counts)]
+    for c, (h, w) in enumerate(zip(have, need)):
+        if w > h:
+            raise DataError(f'class {c} holds {h} training images but the split asks for {w} '
+                            f'(labeled {n_counts[c]} + unlabeled {m_counts[c]}); lower --n1/--m1')
+
+
+def lt_subset(labels, counts, seed=0):
+    """LDAM-DRW IMBALANCECIFAR: np.random.seed(0), shuffle each class, keep the first n_k."""
+    labels = np.asarray(labels)
+    rng = np.random.RandomState(seed)
+    out = []
+    for c, n in enumerate(counts):
+        idx = np.where(labels == c)[0]
+        rng.shuffle(idx)
+        out.append(idx[:n])
+    return np.concatenate(out)
+
+
+def imagenet127_split(labels, labeled_percent=0.1):
+    """ACR get_smallimagenet: round(10%) of each class labeled (first-k), unlabeled = whole train set.
+
+    Classes are re-indexed by descending labeled count (ACR: np.argsort(-counts)) so class 0 is the head.
+    Returns (labeled_idx, unlabeled_idx, u_real, remap) with new_label = remap[old_label] (train and test).
+    """
+    labels = np.asarray(labels)
+    counts = np.bincount(labels)
+    n_lab = np.around(counts * labeled_percent).astype(int)
+    lab = np.concatenate([np.where(labels == c)[0][:n] for c, n in enumerate(n_lab)])
+    order = np.argsort(-n_lab)
+    remap = np.empty_like(order); remap[order] = np.arange(len(order))
+    real = np.ones(len(labels), bool); real[lab] = False
+    return lab, np.arange(len(labels)), real, remap
+
+
+# ------------------------------------------------------------------------------------------------
+# Loaders (uint8 NCHW numpy). Each raises DataError with a one-line fix when files are missing.
+# ------------------------------------------------------------------------------------------------
+
+def _torchvision(cls, root, what, **kw):
+    try:
+        return cls(root, download=False, **kw)
+    except (RuntimeError, FileNotFoundError):
+        pass
+    try:
+        return cls(root, download=True, **kw)
+    except Exception as e:  # no network, bad archive, ...
+        raise DataError(f'{what} not found under {root} and the download failed ({type(e).__name__}); '
+                        f'download it with torchvision on a networked machine and copy it to {root}') from None
+
+
+def _hwc_to_nchw(x):
+    return np.ascontiguousarray(np.asarray(x, dtype=np.uint8).transpose(0, 3, 1, 2))
+
+
+def load_cifar(name, root):
+    from torchvision import datasets
+    cls = datasets.CIFAR10 if name == 'cifar10' else datasets.CIFAR100
+    what = 'CIFAR-10 (cifar-10-batches-py/)' if name == 'cifar10' else 'CIFAR-100 (cifar-100-python/)'
+    tr, te = _torchvision(cls, root, what, train=True), _torchvision(cls, root, what, train=False)
+    return (_hwc_to_nchw(tr.data), np.asarray(tr.targets, np.int64),
+            _hwc_to_nchw(te.data), np.asarray(te.targets, np.int64))
+
+
+def _resize32(x_nchw):
+    """PIL bilinear Resize((32,32)) once at load time, as ACR's STL transforms do per image."""
+    from PIL import Image
+    out = np.empty((len(x_nchw), 3, 32, 32), np.uint8)
+    for i, im in enumerate(x_nchw):
+        pil = Image.fromarray(im.transpose(1, 2, 0)).resize((32, 32), Image.BILINEAR)
+        out[i] = np.asarray(pil).transpose(2, 0, 1)
+    return out
+
+
+def load_stl10(root, with_unlabeled=True):
+    from torchvision import datasets
+    what = 'STL-10 (stl10_binary/)'
+    tr = _torchvision(datasets.STL10, root, what, split='train')
+    te = _torchvision(datasets.STL10, root, what, split='test')
+    ex = _resize32(_torchvision(datasets.STL10, root, what, split='unlabeled').data) if with_unlabeled else None
+    return (_resize32(tr.data), tr.labels.astype(np.int64), _resize32(te.data), te.labels.astype(np.int64), ex)
+
+
+def load_svhn(root):
+    from torchvision import datasets
+    tr = _torchvision(datasets.SVHN, root, 'SVHN (train_32x32.mat)', split='train')
+    te = _torchvision(datasets.SVHN, root, 'SVHN (test_32x32.mat)', split='test')
+    return tr.data, tr.labels.astype(np.int64), te.data, te.labels.astype(np.int64)
+
+
+def _read_idx(path):
+    """IDX format (MNIST family): magic, dims as big-endian int32, then uint8 data."""
+    with gzip.open(path, 'rb') if path.endswith('.gz') else open(path, 'rb') as f:
+        raw = f.read()
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], 'big') for i in range(ndim))
+    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _find_fmnist(root):
+    names = ['train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte']
+    for d in [FMNIST_SYSTEM_DIR, os.path.join(root, 'FashionMNIST', 'raw'), os.path.join(root, 'fashion-mnist')]:
+        for ext in ('.gz', ''):
+            paths = [os.path.join(d, n + ext) for n in names]
+            if all(os.path.exists(p) for p in paths):
+                return paths
+    return None
+
+
+def load_fmnist(root):
+    """Fashion-MNIST: 28x28 gray -> zero-pad 2 px to 32x32 -> the gray plane copied to 3 channels.
+
+    Three equal channels keep every model and augmentation op unchanged (Color then acts as identity,
+    as it does on any gray image in PIL). Read from Debian's dataset-fashion-mnist when installed.
+    """
+    paths = _find_fmnist(root)
+    if paths is None:
+        from torchvision import datasets
+        _torchvision(datasets.FashionMNIST, root, 'Fashion-MNIST', train=True)
+        paths = _find_fmnist(root)
+    xs = [_read_idx(p) for p in paths]
+
+    def prep(x):
+        x = np.pad(x, ((0, 0), (2, 2), (2, 2)))
+        return np.ascontiguousarray(np.repeat(x[:, None], 3, axis=1))
+    return prep(xs[0]), xs[1].astype(np.int64), prep(xs[2]), xs[3].astype(np.int64)
+
+
+IMAGENET127_FILES = [f'train_data_batch_{i}' for i in range(1, 11)] + ['val_data']
+
+
+def load_imagenet127(root, size):
+    """ACR/CoSSL Small-ImageNet-127: pickles with 'data' (N, 3*s*s) uint8 and 1-based 'labels'."""
+    d = os.path.join(root, f'small_imagenet_127_{size}')
+    missing = [f for f in IMAGENET127_FILES if not os.path.exists(os.path.join(d, f))]
+    if missing:
+        raise DataError(f'ImageNet-127 at {size}px needs {d}/train_data_batch_1..10 and val_data '
+                        f'(missing: {missing[0]}); build them with CoSSL\'s Small-ImageNet-127 script '
+                        f'(manual download, see README "Datasets")')
+
+    def read(files):
+        xs, ys = [], []
+        for f in files:
+            with open(os.path.join(d, f), 'rb') as fh:
+                try:
+                    e = pickle.load(fh, encoding='latin1')
+                    xs.append(np.asarray(e['data'], np.uint8)); ys.extend(e['labels'])
+                except Exception:
+                    raise DataError(f'{os.path.join(d, f)} is not a Small-ImageNet pickle (dict with '
+                                    f'data/labels); re-create it') from None
+        x = np.concatenate(xs).reshape(-1, 3, size, size)
+        return np.ascontiguousarray(x), np.asarray(ys, np.int64) - 1
+    return read(IMAGENET127_FILES[:-1]) + read(IMAGENET127_FILES[-1:])
+
+
+# ------------------------------------------------------------------------------------------------
+# synthetic: a generated, learnable long-tail-ready image set with known object boxes
+# ------------------------------------------------------------------------------------------------
+
+def _shape_mask(kind, s):
+    """Binary s x s mask of one of 5 shapes."""
+    yy, xx = np.mgrid[0:s, 0:s] + 0.5
+    c = s / 2
+    masks = [np.ones((s, s), bool),                                           # square
+             (xx - c) ** 2 + (yy - c) ** 2 <= c ** 2,                         # disc
+             yy >= np.abs(xx - c) * 2,                                        # triangle
+             (np.abs(xx - c) < s / 6) | (np.abs(yy - c) < s / 6),             # plus
+             np.abs(xx - yy) < s / 4]                                         # diagonal bar
+    return masks[kind]
+
+
+def make_synthetic(n_per_class=600, n_test=50, num_classes=10, size=32, seed=0):
+    """Class c = shape (c % 5) x colour group (c // 5), random size 8-16 px at a random place,
+    pasted on a smooth random texture. Deterministic in `seed`. Returns a Dataset with boxes.
+
+    The object is the only class evidence, so a CAM box should find it (tests measure that IoU).
+    Vectorised per object size: generating the 7000 images takes well under a second.
+    """
+    rng = np.random.RandomState(seed)
+    palette = np.array([[220, 60, 60], [60, 90, 220]], np.float32)
+
+    def gen(n_each):
+        n = n_each * num_classes
+        y = np.repeat(np.arange(num_classes), n_each)
+        coarse = rng.randint(60, 190, (n, 3, 5, 5)).astype(np.float32)
+        x = np.kron(coarse, np.ones((1, 1, 7, 7), np.float32))[:, :, :size, :size]
+        x += rng.normal(0, 12, x.shape).astype(np.float32)
+        s = rng.randint(8, 17, n)
+        x0, y0 = (rng.randint(0, size - s + 1) for _ in range(2))
+        col = palette[(y // 5) % 2] + rng.normal(0, 15, (n, 3)).astype(np.float32)
+        boxes = np.zeros((n, 4), np.int64)
+        for size_k in np.unique(s):                       # one vectorised paste per object size
+            idx = np.where(s == size_k)[0]
+            masks = np.stack([_shape_mask(k, size_k) for k in range(5)])[y[idx] % 5]      # [m,s,s]
+            rows = y0[idx, None] + np.arange(size_k)                                      # [m,s]
+            cols = x0[idx, None] + np.arange(size_k)
+            patch = x[idx[:, None, None, None], np.arange(3)[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
+            patch = np.where(masks[:, None], col[idx][:, :, None, None], patch)
+            x[idx[:, None, None, None], np.arange(3)[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]] = patch
+            ys, xs = masks.any(2), masks.any(1)                                           # [m,s] each
+            first = lambda a: a.argmax(1)                                                 # noqa: E731
+            last = lambda a: size_k - 1 - a[:, ::-1].argmax(1)                            # noqa: E731
+            boxes[idx] = np.stack([x0[idx] + first(xs), y0[idx] + first(ys),
+                                   x0[idx] + last(xs) + 1, y0[idx] + last(ys) + 1], 1)
+        return np.clip(x, 0, 255).astype(np.uint8), y, boxes
+    tx, ty, tb = gen(n_per_class)
+    vx, vy, vb = gen(n_test)
+    return Dataset('synthetic', tx, ty, vx, vy, num_classes, *STATS['synthetic'], train_boxes=tb, test_boxes=vb)
+
+
+# ------------------------------------------------------------------------------------------------
+# Entry point
+# ------------------------------------------------------------------------------------------------
+
+DATASETS = ('cifar10', 'cifar100', 'stl10', 'svhn', 'fmnist', 'imagenet127', 'synthetic')
+
+
+def load_dataset(name, data_dir='./datasets', img_size=32, with_unlabeled=True):
+    """Load a dataset as uint8 NCHW numpy arrays. Raises DataError with a one-line fix."""
+    if name == 'synthetic':
+        return make_synthetic()
+    extra = None
+    if name in ('cifar10', 'cifar100'):
+        arrays = load_cifar(name, data_dir)
+    elif name == 'stl10':
+        *arrays, extra = load_stl10(data_dir, with_unlabeled)
+    elif name == 'svhn':
+        arrays = load_svhn(data_dir)
+    elif name == 'fmnist':
+        arrays = load_fmnist(data_dir)
+    elif name == 'imagenet127':
+        arrays = load_imagenet127(data_dir, img_size)
+    else:
+        raise DataError(f'unknown dataset {name!r}; choose one of {", ".join(DATASETS)}')
+    mean, std = STATS[name]
+    num_classes = int(arrays[1].max()) + 1 if name == 'imagenet127' else NUM_CLASSES[name]
+    return Dataset(name, *arrays, num_classes, mean, std, extra_x=extra)
+
+
+def dataset_present(name, data_dir, img_size=32):
+    """Cheap presence check (no download) for scripts' pre-flight. Returns (ok, message)."""
+    where = {'cifar10': 'cifar-10-batches-py', 'cifar100': 'cifar-100-python', 'stl10': 'stl10_binary',
+             'svhn': 'train_32x32.mat', 'imagenet127': f'small_imagenet_127_{img_size}'}
+    if name == 'synthetic' or (name == 'fmnist' and _find_fmnist(data_dir)):
+        return True, ''
+    if name == 'imagenet127':
+        d = os.path.join(data_dir, where[name])
+        missing = [f for f in IMAGENET127_FILES if not os.path.exists(os.path.join(d, f))]
+        return not missing, f'ImageNet-127 files missing under {d} (e.g. {missing[0]})' if missing else ''
+    if name in where and os.path.exists(os.path.join(data_dir, where[name])):
+        return True, ''
+    return False, f'{name} not found under {data_dir} ({where.get(name, "?")})'
+
+
+# ------------------------------------------------------------------------------------------------
+# Device-side batches
+# ------------------------------------------------------------------------------------------------
+
+class EpochSampler:
+    """Index batches of a shuffled dataset, drop_last, reshuffled each pass: a DataLoader with
+    shuffle=True, drop_last=True (ACR's labeled and unlabeled loaders), drawn on the device.
+
+    State is (perm, pos); the permutation comes from `gen`, so checkpointing gen + state resumes exactly.
+    """
+
+    def __init__(self, n, batch_size, device, gen):
+        if batch_size > n:
+            raise ValueError(f'batch {batch_size} is larger than the set ({n})')
+        self.n, self.b, self.gen, self.device = n, batch_size, gen, device
+        self.perm, self.pos = torch.randperm(n, generator=gen, device=device), 0
+
+    def next(self):
+        if self.pos + self.b > self.n:
+            self.perm, self.pos = torch.randperm(self.n, generator=self.gen, device=self.device), 0
+        out = self.perm[self.pos:self.pos + self.b]
+        self.pos += self.b
+        return out
+
+    def state_dict(self):
+        return {'perm': self.perm, 'pos': self.pos}
+
+    def load_state_dict(self, d):
+        self.perm, self.pos = d['perm'].to(self.device), d['pos']
+
+
+def lt_view(x, gen, pad=4, degrees=15.0):
+    """RIDE CIFAR-LT training view: RandomCrop(32, padding=4) (zero fill), HorizontalFlip, then
+    RandomRotation(15) (NEAREST, zero fill), as ONE batched affine resample on the device.
+
+    Composition (output pixel -> source pixel): rotate, then flip, then the crop's integer shift.
+    degrees=0 gives the LDAM-DRW pipeline (crop + flip only); pure integer shifts and flips land on
+    pixel centres, so that part is exact.
+    """
+    B, _, H, W = x.shape
+    dev = x.device
+    shift = torch.randint(0, 2 * pad + 1, (B, 2), generator=gen, device=dev).float() - pad
+    flip = torch.rand(B, generator=gen, device=dev) < 0.5
+    ang = (torch.rand(B, generator=gen, device=dev) * 2 - 1) * math.radians(degrees)
+    cos, sin = torch.cos(ang), torch.sin(ang)
+    sx = torch.where(flip, -1.0, 1.0)
+    theta = torch.zeros(B, 2, 3, device=dev)
+    theta[:, 0, 0], theta[:, 0, 1] = sx * cos, -sx * sin        # flip applied after rotation
+    theta[:, 1, 0], theta[:, 1, 1] = sin, cos
+    theta[:, 0, 2], theta[:, 1, 2] = -2 * shift[:, 0] / W, -2 * shift[:, 1] / H
+    grid = torch.nn.functional.affine_grid(theta, (B, 3, H, W), align_corners=False)
+    out = torch.nn.functional.grid_sample(x.float(), grid, mode='nearest', padding_mode='zeros', align_corners=False)
+    return out.round().to(torch.uint8)
