@@ -1,0 +1,113 @@
+"""Multi-GPU (and multi-process CPU) training with torchrun + DistributedDataParallel.
+
+Design (documented in README "Scale out"): the GLOBAL batch stays fixed, so N processes mean a shorter
+step, not more data per step.
+  * Every rank holds the same generator state, so all ranks draw the same global batch indices and the
+    same augmentation; each rank then forwards only its shard (1/N of every view).
+  * BatchNorm statistics are global: torch's SyncBatchNorm on CUDA, `GlobalBatchNorm2d` below on CPU
+    (torch's SyncBatchNorm refuses CPU tensors).
+  * Logits are all-gathered with autograd, so every rank evaluates the framework loss on the global batch:
+    pseudo-labels, ACR's distribution estimate, ABC's Bernoulli draws and BEM's bank/statistics updates are
+    identical on every rank and equal to a single-process run. DDP averages the gradients; through the
+    gather's backward (a sum over ranks) this yields exactly the global-batch gradient.
+  * Only rank 0 writes files.
+"""
+import os
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+
+class Dist:
+    def __init__(self, rank, world, local_rank, device):
+        self.rank, self.world, self.local_rank, self.device = rank, world, local_rank, device
+
+    @property
+    def main(self):
+        return self.rank == 0
+
+
+def init():
+    """Returns a Dist under torchrun (WORLD_SIZE > 1), else None."""
+    world = int(os.environ.get('WORLD_SIZE', '1'))
+    if world == 1:
+        return None
+    cuda = torch.cuda.is_available()
+    dist.init_process_group('nccl' if cuda else 'gloo')
+    local = int(os.environ.get('LOCAL_RANK', '0'))
+    device = torch.device('cuda', local) if cuda else torch.device('cpu')
+    if cuda:
+        torch.cuda.set_device(device)
+    return Dist(dist.get_rank(), world, local, device)
+
+
+class GlobalBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d with training statistics over all ranks (one all_reduce of [sum, sum of squares, count])."""
+
+    def forward(self, x):
+        if not self.training:
+            return super().forward(x)
+        import torch.distributed.nn.functional as dnf
+        C = x.shape[1]
+        xf = x.float()
+        local = torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3)), xf.new_full((1,), x.numel() / C)])
+        tot = dnf.all_reduce(local)                       # autograd-aware: gradients flow across ranks
+        n = tot[-1]
+        mean, var = tot[:C] / n, tot[C:2 * C] / n - (tot[:C] / n) ** 2
+        with torch.no_grad():
+            m = self.momentum
+            self.running_mean.mul_(1 - m).add_(m * mean)
+            self.running_var.mul_(1 - m).add_(m * var * n / (n - 1))
+            self.num_batches_tracked += 1
+        y = (xf - mean[None, :, None, None]) * torch.rsqrt(var + self.eps)[None, :, None, None]
+        return (y * self.weight[None, :, None, None] + self.bias[None, :, None, None]).to(x.dtype)
+
+
+def convert_bn(model, device):
+    if device.type == 'cuda':
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for name, child in model.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            g = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum).to(child.weight.device)
+            g.load_state_dict(child.state_dict())
+            setattr(model, name, g)
+        else:
+            convert_bn(child, device)
+    return model
+
+
+def wrap(model, d, find_unused=True):
+    """DDP wrapper. find_unused: WRN's reference quirk leaves some bn1 parameters out of the graph."""
+    ids = [d.device.index] if d.device.type == 'cuda' else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused)
+
+
+def shard(segments, d):
+    """This rank's 1/N of each segment (labeled, weak, strong views ...), concatenated in order."""
+    return torch.cat([s.chunk(d.world)[d.rank] for s in segments])
+
+
+def gather(t, sizes, d, dim, autograd=True):
+    """Inverse of shard: the global tensor with segments in their original order (autograd-aware)."""
+    import warnings
+    import torch.distributed.nn.functional as dnf
+    with warnings.catch_warnings():   # deprecated in favour of a private API; still the public autograd gather
+        warnings.simplefilter('ignore', FutureWarning)
+        parts = dnf.all_gather(t.contiguous()) if autograd else _gather_plain(t.contiguous())
+    local = [s // d.world for s in sizes]
+    per_rank = [p.split(local, dim) for p in parts]
+    return torch.cat([per_rank[r][i] for i in range(len(sizes)) for r in range(d.world)], dim)
+
+
+def _gather_plain(t):
+    out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, t)
+    return out
+
+
+def any_flag(flag, d):
+    """True on every rank if any rank raised `flag` (used for SIGTERM agreement at log boundaries)."""
+    t = torch.tensor([int(bool(flag))], device=d.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())

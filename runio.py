@@ -1,0 +1,167 @@
+"""Run directories: args/env records, atomic checkpoints (last two kept), metrics and summaries.
+
+A run directory is always either complete (summary.json with "finished": true) or resumable
+(args.json + checkpoint): files are written to a temporary name and renamed into place.
+"""
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import torch
+
+
+class UsageError(Exception):
+    """Bad input: the message names the problem and the fix; the CLI prints it and exits 2."""
+
+
+# Arguments that may differ between a run and its --resume (they do not change the result).
+RESUME_FREE = {'resume', 'out', 'device', 'compile', 'progress', 'runs_dir', 'data_dir', 'check_data',
+               'log_every', 'inject_nan', 'nan_policy'}
+
+
+def atomic_write(path, data: bytes):
+    d = os.path.dirname(path) or '.'
+    fd, tmp = tempfile.mkstemp(dir=d, prefix='.tmp-')
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path, obj):
+    atomic_write(path, (json.dumps(obj, indent=1, default=_json_default) + '\n').encode())
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer, np.floating)):
+        return o.item()
+    if isinstance(o, (np.ndarray, torch.Tensor)):
+        return o.tolist()
+    raise TypeError(type(o))
+
+
+def env_record(device):
+    try:
+        commit = subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True, text=True,
+                                cwd=os.path.dirname(os.path.abspath(__file__)), timeout=5).stdout.strip()
+    except Exception:
+        commit = ''
+    import torchvision
+    rec = {'python': sys.version.split()[0], 'torch': torch.__version__, 'torchvision': torchvision.__version__,
+           'numpy': np.__version__, 'platform': platform.platform(), 'git_commit': commit, 'device': str(device),
+           'threads': torch.get_num_threads()}
+    if device.type == 'cuda':
+        rec['gpu'] = torch.cuda.get_device_name(device)
+    return rec
+
+
+def check_writable(path):
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f'output directory {path} is not writable (no write permission on {parent}); '
+                         f'choose another --out')
+
+
+def prepare(run_dir, args_dict, resume):
+    """Validate the run directory against --resume. Returns True if a previous run exists."""
+    args_path = os.path.join(run_dir, 'args.json')
+    exists = os.path.exists(args_path)
+    if exists and not resume:
+        raise UsageError(f'run directory {run_dir} already exists; pass --resume to continue it '
+                         f'or --out to start a new one')
+    if exists:
+        with open(args_path) as f:
+            old = json.load(f)
+        diff = [k for k in sorted(set(old) | set(args_dict))
+                if k not in RESUME_FREE and old.get(k) != args_dict.get(k)]
+        if diff:
+            k = diff[0]
+            raise UsageError(f'--resume of {run_dir} with different arguments: {k} was '
+                             f'{old.get(k)!r}, now {args_dict.get(k)!r}; use the same flags or a new --out')
+    check_writable(run_dir)
+    return exists
+
+
+def create(run_dir, args_dict, env):
+    os.makedirs(run_dir, exist_ok=True)
+    if not os.path.exists(os.path.join(run_dir, 'args.json')):
+        write_json(os.path.join(run_dir, 'env.json'), env)
+        write_json(os.path.join(run_dir, 'args.json'), args_dict)
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints: checkpoint.pt (newest) and checkpoint.prev.pt (the one before), both atomic.
+# ------------------------------------------------------------------------------------------------
+
+def save_checkpoint(run_dir, state):
+    """Write checkpoint.pt atomically; the previous one is kept as checkpoint.prev.pt."""
+    import io
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    path, prev = os.path.join(run_dir, 'checkpoint.pt'), os.path.join(run_dir, 'checkpoint.prev.pt')
+    if os.path.exists(path):
+        os.replace(path, prev)
+    atomic_write(path, buf.getvalue())
+
+
+def load_checkpoint(run_dir, log=print):
+    """The newest readable checkpoint; a corrupt or truncated newest falls back to the previous one."""
+    for name in ('checkpoint.pt', 'checkpoint.prev.pt'):
+        path = os.path.join(run_dir, name)
+        if not os.path.exists(path):
+            continue
+        try:
+            return torch.load(path, map_location='cpu', weights_only=False)
+        except Exception as e:
+            log(f'warning: {path} is unreadable ({type(e).__name__}); trying the previous checkpoint')
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# Metrics and summary
+# ------------------------------------------------------------------------------------------------
+
+def append_metrics(run_dir, record):
+    with open(os.path.join(run_dir, 'metrics.jsonl'), 'a') as f:
+        f.write(json.dumps(record, default=_json_default) + '\n')
+
+
+def read_metrics(run_dir, step, truncate=True):
+    """On resume: the evaluations up to the checkpoint's step. Later ones (logged after the checkpoint)
+    are dropped from the file -- they will be recomputed identically."""
+    path = os.path.join(run_dir, 'metrics.jsonl')
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        recs = [json.loads(line) for line in f if line.strip()]
+    keep = [r for r in recs if r['step'] <= step]
+    if truncate:
+        atomic_write(path, ''.join(json.dumps(r) + '\n' for r in keep).encode())
+    return keep
+
+
+def head_stats(history, per_class, counts):
+    """Summary statistics of one head: last, best, mean/median of the last 20 evaluations, and
+    many (>100 training images) / medium (20-100) / few (<20) class means (RIDE test.py thresholds)."""
+    h = np.asarray(history, dtype=float)
+    counts, pc = np.asarray(counts), np.asarray(per_class, dtype=float)
+    groups = {'many': counts > 100, 'medium': (counts >= 20) & (counts <= 100), 'few': counts < 20}
+    out = {'last': h[-1], 'best': h.max(), 'mean_last20': h[-20:].mean(), 'median_last20': float(np.median(h[-20:])),
+           'per_class': pc.round(4).tolist()}
+    for k, m in groups.items():
+        out[k] = float(pc[m].mean()) if m.any() else None
+    # head/tail halves as ABC logs them (first half of the classes vs the second half)
+    half = len(pc) // 2
+    out['head_half'], out['tail_half'] = float(pc[:half].mean()), float(pc[half:].mean())
+    return {k: (round(float(v), 4) if isinstance(v, (float, np.floating)) else v) for k, v in out.items()}

@@ -1,0 +1,905 @@
+"""One CLI for both papers' training: `--task ltssl` (BEM on FixMatch/+LA/+ABC/+ACR) and `--task lt`
+(jitter sampling, ResNet-32 / RIDE). Flags are the only config; `python train.py --help` shows every
+default with its source. A run writes runs/<name>/{args,env}.json, metrics.jsonl, summary.json and
+checkpoint.pt (atomic; --resume continues a killed run and ends where the uninterrupted one ends).
+
+Step of the LTSSL task (spec DESIGN "data flow"): device-resident uint8 data -> index batch ->
+batched weak/strong augmentation -> [BEM: bank draw + CamMix] -> one joint forward -> framework
+losses (ltssl.py) -> SGD -> EMA -> [BEM: bank/statistics update]. No host sync inside the step.
+"""
+import argparse
+import math
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import runio
+from runio import UsageError
+
+SPEC = 'spec'  # help strings cite ../shared/spec sections
+
+
+# ================================================================================================
+# CLI
+# ================================================================================================
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse's default prints the whole usage)
+        print(f'error: {message}; see python train.py --help', file=sys.stderr)
+        sys.exit(2)
+
+
+def build_parser():
+    p = _Parser(description=__doc__.split('\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = p.add_argument
+    a('--task', default='ltssl', choices=['ltssl', 'lt'])
+    a('--dataset', default=None, help='ltssl: cifar10|cifar100|stl10|svhn|fmnist|imagenet127|synthetic (default cifar10); '
+      'lt: cifar10|cifar100|fmnist|synthetic (default cifar100)')
+    a('--img-size', type=int, default=32, help='imagenet127: 32 or 64')
+    a('--data-dir', default='./datasets')
+    a('--out', default=None, help='run directory (default runs/<name built from the arguments>)')
+    a('--runs-dir', default='runs')
+    a('--resume', action='store_true')
+    a('--seed', type=int, default=0)
+    a('--device', default='auto', choices=['auto', 'cpu', 'cuda'])
+    a('--check-data', action='store_true', help='only check that the dataset is present; exit 0 or 2')
+    # -- optimisation (ltssl: ACR train.py; lt: spec jitter.md §4.2/§4.3)
+    a('--iters', type=int, default=250000, help='ltssl total steps (ACR --total-steps)')
+    a('--eval-every', type=int, default=None, help='ltssl: steps between evaluations (500); lt: epochs (1)')
+    a('--batch-size', type=int, default=None, help='ltssl 64 (ACR); lt: resnet32 256, ride 128')
+    a('--mu', type=int, default=1, help='unlabeled/labeled batch ratio (ACR default 1)')
+    a('--lr', type=float, default=None, help='ltssl 0.03; lt: resnet32 0.5, ride 0.1')
+    a('--wd', type=float, default=5e-4)
+    a('--momentum', type=float, default=0.9)
+    a('--no-nesterov', dest='nesterov', action='store_false')
+    a('--ema', type=float, default=0.999, help='EMA decay of the evaluated model (ltssl)')
+    a('--threshold', type=float, default=0.95, help='pseudo-label confidence tau')
+    # -- LTSSL data/splits (spec anchors.md §1.2, bem.md §4)
+    a('--alg', default='fixmatch', choices=['supervised', 'fixmatch', 'la', 'abc', 'acr'])
+    a('--n1', type=int, default=1500, help='labeled images of the head class')
+    a('--m1', type=int, default=3000, help='unlabeled images of the head class')
+    a('--imb-l', type=float, default=100, help='labeled imbalance gamma_l')
+    a('--imb-u', type=float, default=None, help='unlabeled gamma_u (default: from --setting)')
+    a('--setting', default='consistent', choices=['consistent', 'uniform', 'reversed'])
+    a('--split', default='acr', choices=['acr', 'random'], help='acr: first-k, labeled inside unlabeled')
+    a('--model', default=None, help='wrn (ltssl default), resnet50 (imagenet127 default), resnet32 (lt default), ride')
+    a('--width', type=int, default=2, help='WRN width (ACR public code: 2; ACR paper CIFAR-100: 8)')
+    a('--bn-momentum', type=float, default=0.001, help='WRN BatchNorm momentum (ACR/kekmodel)')
+    # -- framework options (ltssl.py)
+    a('--acr-count', default='counts', choices=['counts', 'presence'], help='presence = ACR code parity')
+    a('--abc-views', type=int, default=2, help='ABC strong views (ABC code 2; DASO 1)')
+    a('--abc-hard', action='store_true', help='hard ABC pseudo-labels (USB) instead of soft (ABC code)')
+    # -- BEM (bem.py; reconstructed choices in README)
+    a('--bem', action='store_true', help='CamMix + class-balanced mix bank + ESS + ESM + ECB')
+    a('--mix', default=None, choices=['none', 'mixup', 'cutmix', 'saliencymix', 'cammix'], help='(default: cammix with --bem, else none)')
+    a('--bank', dest='bank', action='store_true', default=None)
+    a('--no-bank', dest='bank', action='store_false')
+    a('--ess', default=None, help='mul|add|off (default mul with --bem)')
+    a('--esm', default=None, help='class|batch|off (default class with --bem)')
+    a('--ecb', default=None, help='on|cb|off (default on with --bem)')
+    a('--tau-c', type=float, default=0.5, help='CAM threshold (reconstructed)')
+    a('--bank-size', type=int, default=None, help='per class per queue (64 CIFAR/STL, 32 ImageNet-127)')
+    a('--beta', type=float, default=0.999, help='effective-number beta (BEM Eq. 2)')
+    a('--lambda-d', type=float, default=0.99, help='EMA of the unlabeled class distribution (BEM Eq. 3)')
+    a('--cam-refresh', action='store_true', help='recompute bank CAM boxes at draw time')
+    a('--mix-views', default='all', choices=['all', 'second'], help='ACR/ABC: mix both strong views or only the second')
+    # -- LT task (jitter.py / ride.py)
+    a('--epochs', type=int, default=None, help='lt: resnet32 500, ride 200')
+    a('--imb', type=float, default=100, help='lt imbalance factor (LDAM construction)')
+    a('--iters-per-epoch', type=int, default=None, help='lt: cap the steps of an epoch (smoke tests, benchmarks); '
+      'default ceil(N/B)')
+    a('--sampler', default=None, help='instance|shuffle|balanced|reversed|jitter1|jitter2|jitter-noreplace')
+    a('--experts', type=int, default=4)
+    a('--reduce', dest='reduce', action='store_true', default=True)
+    a('--no-reduce', dest='reduce', action='store_false')
+    a('--loss', default=None, help='ce|ldam|ride (lt; default ce for resnet32, ride for ride)')
+    a('--group-l2norm', default=None, help='multi|single4|expand|off (resnet32 default multi)')
+    a('--jitter-alpha', type=float, default=None)
+    a('--jitter-beta', type=float, default=None)
+    a('--jitter-gamma', type=float, default=0.01)
+    a('--delta-fixed', type=float, default=None, help='fixed delta_t from --delta-fixed-from on')
+    a('--delta-fixed-from', type=int, default=None)
+    a('--lr-steps', default=None, help='lt: epochs of the two x0.01 lr decays, e.g. 160,180 (default: RIDE 160,180 '
+      'for 200 epochs, 350,450 for 500, scaled in proportion otherwise)')
+    a('--ride-stage1', default='ce', choices=['ce', 'ldam'], help='RIDE loss before DRW: ce (paper text) or ldam (RIDE code)')
+    # -- engineering
+    a('--compile', action='store_true', help='torch.compile the model')
+    a('--deterministic', action='store_true', help='torch/cudnn deterministic algorithms')
+    a('--log-every', type=int, default=50, help='steps between host-side logs/NaN checks')
+    a('--nan-policy', default='stop', choices=['stop', 'skip'], help='skip: skip non-finite steps (syncs each step)')
+    a('--progress', dest='progress', action='store_true', default=None)
+    a('--no-progress', dest='progress', action='store_false')
+    a('--inject-nan', type=int, default=None, help=argparse.SUPPRESS)
+    return p
+
+
+LTSSL_DATA = ('cifar10', 'cifar100', 'stl10', 'svhn', 'fmnist', 'imagenet127', 'synthetic')
+LT_DATA = ('cifar10', 'cifar100', 'fmnist', 'synthetic')
+
+
+def resolve(args):
+    """Fill task- and model-dependent defaults, then validate. Raises UsageError."""
+    lt = args.task == 'lt'
+    args.dataset = args.dataset or ('cifar100' if lt else 'cifar10')
+    if args.model is None:
+        args.model = 'resnet32' if lt else ('resnet50' if args.dataset == 'imagenet127' else 'wrn')
+    if lt:
+        ride = args.model == 'ride'
+        # spec jitter.md §4.2 (single expert) and §4.3 (RIDE)
+        d = dict(batch_size=128 if ride else 256, lr=0.1 if ride else 0.5, epochs=200 if ride else 500,
+                 sampler='jitter1' if ride else 'jitter2', loss='ride' if ride else 'ce',
+                 group_l2norm='off' if ride else 'multi', jitter_alpha=0.05 if ride else 1.0,
+                 jitter_beta=2.0 if ride else 1.5, eval_every=1)
+        if args.delta_fixed is None and args.delta_fixed_from is None:
+            # single expert: delta_t = 0.5 from epoch 350 (paper §4.2); RIDE: 0 from the DRW epoch
+            # (reconstructed, spec jitter.md §7 #7) -- both move with --lr-steps / --epochs
+            args.delta_fixed, args.delta_fixed_from = (0.0 if ride else 0.5), None
+    else:
+        d = dict(batch_size=64, lr=0.03, eval_every=500)
+        on = args.bem
+        d.update(mix='cammix' if on else 'none', bank=bool(on), ess='mul' if on else 'off',
+                 esm='class' if on else 'off', ecb='on' if on else 'off',
+                 bank_size=32 if args.dataset == 'imagenet127' else 64)
+    for k, v in d.items():
+        if getattr(args, k, None) is None:
+            setattr(args, k, v)
+    validate(args)
+    if lt and args.delta_fixed is not None and args.delta_fixed_from is None:
+        args.delta_fixed_from = lr_steps(args)[0]
+    return args
+
+
+def _need(cond, msg):
+    if not cond:
+        raise UsageError(msg)
+
+
+def validate(args):
+    lt = args.task == 'lt'
+    data = LT_DATA if lt else LTSSL_DATA
+    _need(args.dataset in data, f'unknown dataset {args.dataset!r} for --task {args.task}; choose one of {", ".join(data)}')
+    models = ('resnet32', 'ride') if lt else ('wrn', 'resnet50')
+    _need(args.model in models, f'unknown model {args.model!r} for --task {args.task}; choose one of {", ".join(models)}')
+    _need(args.batch_size > 0, f'--batch-size must be positive, got {args.batch_size}')
+    _need(args.lr > 0, f'--lr must be positive, got {args.lr}')
+    _need(0 < args.threshold < 1, f'--threshold must be in (0,1), got {args.threshold}; FixMatch uses 0.95')
+    _need(args.eval_every > 0, f'--eval-every must be positive, got {args.eval_every}')
+    _need(args.img_size in (32, 64), f'--img-size must be 32 or 64, got {args.img_size}')
+    if lt:
+        _need(not args.bem, '--bem is a BEM (ltssl) option and does not apply to --task lt; drop --bem or use --task ltssl')
+        _need(args.epochs > 0, f'--epochs must be positive, got {args.epochs}')
+        _need(args.imb >= 1, f'--imb must be >= 1 (imbalance factor), got {args.imb}')
+        samplers = ('instance', 'shuffle', 'balanced', 'reversed', 'jitter1', 'jitter2', 'jitter-noreplace')
+        _need(args.sampler in samplers, f'unknown sampler {args.sampler!r}; choose one of {", ".join(samplers)}')
+        _need(args.loss in ('ce', 'ldam', 'ride'), f'unknown loss {args.loss!r}; choose ce, ldam or ride')
+        _need(args.loss != 'ride' or args.model == 'ride', '--loss ride needs --model ride')
+        _need(args.group_l2norm in ('multi', 'single4', 'expand', 'off'),
+              f'unknown --group-l2norm {args.group_l2norm!r}; choose multi, single4, expand or off')
+        _need(0 < args.jitter_beta, f'--jitter-beta must be positive, got {args.jitter_beta}')
+        _need(args.experts >= 1, f'--experts must be >= 1, got {args.experts}')
+        _need(args.iters_per_epoch is None or args.iters_per_epoch > 0,
+              f'--iters-per-epoch must be positive, got {args.iters_per_epoch}')
+        ok = args.lr_steps is None or all(v.strip().isdigit() for v in args.lr_steps.split(','))
+        _need(ok and (args.lr_steps is None or len(args.lr_steps.split(',')) == 2),
+              f'--lr-steps must be two epochs like 160,180, got {args.lr_steps!r}')
+        return
+    _need(args.iters > 0, f'--iters must be positive, got {args.iters}')
+    _need(args.imb_l >= 1, f'--imb-l (gamma_l) must be >= 1, got {args.imb_l}; gamma = N_1/N_C')
+    _need(args.imb_u is None or args.imb_u >= 1, f'--imb-u must be >= 1, got {args.imb_u}; use --setting reversed to flip')
+    _need(args.n1 > 0, f'--n1 must be positive, got {args.n1}')
+    _need(args.m1 > 0 or args.alg == 'supervised', f'--m1 must be positive, got {args.m1}')
+    _need(args.mu > 0, f'--mu must be positive, got {args.mu}')
+    _need(0 <= args.tau_c <= 1, f'--tau-c must be in [0,1], got {args.tau_c}')
+    _need(0 < args.beta < 1, f'--beta must be in (0,1), got {args.beta}; BEM uses 0.999')
+    _need(0 <= args.lambda_d < 1, f'--lambda-d must be in [0,1), got {args.lambda_d}')
+    _need(0 <= args.ema < 1, f'--ema must be in [0,1), got {args.ema}')
+    _need(args.ess in ('mul', 'add', 'off'), f'unknown --ess {args.ess!r}; choose mul, add or off')
+    _need(args.esm in ('class', 'batch', 'off'), f'unknown --esm {args.esm!r}; choose class, batch or off')
+    _need(args.ecb in ('on', 'cb', 'off'), f'unknown --ecb {args.ecb!r}; choose on, cb or off')
+    _need(args.bank_size > 0, f'--bank-size must be positive, got {args.bank_size}')
+    _need(not (args.bem and args.alg == 'supervised'), '--bem needs unlabeled data; use --alg fixmatch|la|abc|acr')
+    _need(args.mix == 'none' or args.alg != 'supervised', f'--mix {args.mix} needs unlabeled data; use an SSL --alg')
+
+
+def lr_steps(args):
+    """RIDE CustomLR decay epochs (spec jitter.md §4.2-4.3); other lengths scale in proportion (reconstructed)."""
+    if args.lr_steps:
+        return tuple(int(v) for v in args.lr_steps.split(','))
+    base, ref = ((160, 180), 200) if args.model == 'ride' or args.epochs <= 200 else ((350, 450), 500)
+    return tuple(int(round(s * args.epochs / ref)) for s in base)
+
+
+def run_name(args):
+    parts = [args.task, args.dataset, args.alg if args.task == 'ltssl' else args.model]
+    if args.task == 'ltssl':
+        parts += [f'n{args.n1}', f'm{args.m1}', f'g{args.imb_l:g}', args.setting]
+        parts += ['bem'] if args.bem else ([f'mix-{args.mix}'] if args.mix != 'none' else [])
+    else:
+        parts += [args.sampler, f'imb{args.imb:g}']
+    return '_'.join(parts + [f'seed{args.seed}'])
+
+
+# ================================================================================================
+# Shared pieces: device, EMA, evaluation
+# ================================================================================================
+
+def pick_device(name):
+    if name == 'cuda' and not torch.cuda.is_available():
+        raise UsageError('--device cuda but no CUDA device is visible; use --device cpu or check CUDA_VISIBLE_DEVICES')
+    return torch.device('cuda' if name in ('auto', 'cuda') and torch.cuda.is_available() else 'cpu')
+
+
+class EMA:
+    """kekmodel/ACR ModelEMA: ema = d*ema + (1-d)*param for parameters; buffers (BN stats) copied."""
+
+    def __init__(self, model, decay):
+        import copy
+        self.model, self.decay = copy.deepcopy(model).eval(), decay
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.src_p, self.dst_p = list(model.parameters()), list(self.model.parameters())
+        self.src_b, self.dst_b = list(model.buffers()), list(self.model.buffers())
+
+    @torch.no_grad()
+    def update(self):
+        torch._foreach_mul_(self.dst_p, self.decay)
+        torch._foreach_add_(self.dst_p, self.src_p, alpha=1 - self.decay)
+        for d, s in zip(self.dst_b, self.src_b):
+            d.copy_(s)
+
+
+@torch.no_grad()
+def evaluate(model, x_u8, y, mean, std, num_classes, head_fn, batch=1024):
+    """Per-head top-1 and per-class accuracy (%) of `model` on uint8 test images, on the device."""
+    from augment import normalize
+    model.eval()
+    correct, hits = None, None
+    for i in range(0, len(x_u8), batch):
+        logits = head_fn(model(prep_input(normalize(x_u8[i:i + batch], mean, std))))  # [H,B,C]
+        ok = (logits.argmax(-1) == y[i:i + batch]).float()                               # [H,B]
+        cls = F.one_hot(y[i:i + batch], num_classes).float()
+        c = ok @ cls                                                                      # [H,C]
+        correct = c if correct is None else correct + c
+    total = torch.bincount(y, minlength=num_classes).float().clamp(min=1)
+    per_class = (100 * correct / total).cpu().numpy()
+    top1 = (100 * correct.sum(1) / len(y)).cpu().numpy()
+    return top1, per_class
+
+
+_CHANNELS_LAST = False
+DIST = None  # ddp.Dist under torchrun, else None
+
+
+def prep_input(x):
+    """bf16 autocast handles the dtype; on CUDA feed channels_last activations (perf.md §7)."""
+    return x.contiguous(memory_format=torch.channels_last) if _CHANNELS_LAST else x
+
+
+def autocast(device):
+    return torch.autocast('cuda', dtype=torch.bfloat16) if device.type == 'cuda' else torch.autocast('cpu', enabled=False)
+
+
+# ================================================================================================
+# Tasks
+# ================================================================================================
+
+class NonFinite(Exception):
+    """A loss became NaN/inf: the run stops, names the step and the loss term, keeps the last checkpoint."""
+
+
+class _Task:
+    """What both tasks share: step counter, NaN guard, loss-log accumulators, optimiser state."""
+
+    def _init_common(self, args, device, log):
+        self.args, self.device, self.log = args, device, log
+        self.step, self.elapsed, self.images = 0, 0.0, 0
+        self.gen = torch.Generator(device).manual_seed(args.seed)
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        self.bad_terms, self.log_sums, self.log_n = {}, {}, 0
+
+    def _guard(self, loss, logs):
+        """Record (on the device, no sync) the first step whose loss or a loss term is non-finite."""
+        if self.args.inject_nan is not None and self.step == self.args.inject_nan:
+            k = next(iter(logs))
+            logs[k], loss = logs[k] * float('nan'), loss * float('nan')
+        bad = ~torch.isfinite(loss)
+        self.first_bad = torch.where(bad & (self.first_bad < 0), self.step, self.first_bad)
+        for k, v in logs.items():
+            t = ~torch.isfinite(v)
+            self.bad_terms[k] = t if k not in self.bad_terms else self.bad_terms[k] | t
+        for k, v in logs.items():
+            self.log_sums[k] = v.detach().float() + self.log_sums.get(k, 0.0)
+        self.log_n += 1
+        if self.args.nan_policy == 'skip':          # opt-in: one host sync per step
+            return bool(bad.item())
+        return False
+
+    def check_finite(self):
+        s = int(self.first_bad.item())
+        if s >= 0 and self.args.nan_policy == 'stop':
+            terms = [k for k, v in self.bad_terms.items() if bool(v.item())] or ['total']
+            raise NonFinite(f'non-finite loss at step {s} (term {", ".join(terms)}); the last good checkpoint '
+                            f'is kept -- lower --lr, or pass --nan-policy skip to skip such steps')
+
+    def _update(self, loss, logs):
+        skip = self._guard(loss, logs)
+        self.opt.zero_grad(set_to_none=True)
+        if not skip:
+            loss.backward()
+            self.opt.step()
+        return skip
+
+    def pop_logs(self):
+        out = {k: round(float(v) / max(self.log_n, 1), 5) for k, v in self.log_sums.items()}
+        self.log_sums, self.log_n = {}, 0
+        return out
+
+    def postfix(self, secs, steps):
+        ips = self.images_per_step * steps / max(secs, 1e-9)
+        last = self.last_acc if hasattr(self, 'last_acc') else float('nan')
+        loss = self.log_sums.get('loss')
+        loss = float(loss) / max(self.log_n, 1) if loss is not None else float('nan')
+        return f'loss {loss:.3f} acc {last:.2f} {ips:.0f} img/s'
+
+    def _common_state(self):
+        return {'step': self.step, 'elapsed': self.elapsed, 'gen': self.gen.get_state(), 'opt': self.opt.state_dict(),
+                'sched': self.sched.state_dict(), 'model': self.model.state_dict(), 'first_bad': self.first_bad,
+                'bad_terms': self.bad_terms, 'log_sums': self.log_sums, 'log_n': self.log_n}
+
+    def _load_common(self, s):
+        self.step, self.elapsed = s['step'], s['elapsed']
+        self.gen.set_state(s['gen'])
+        self.model.load_state_dict(s['model'])
+        self.opt.load_state_dict(s['opt'])
+        self.sched.load_state_dict(s['sched'])
+        dev = self.device
+        self.first_bad = s['first_bad'].to(dev)
+        self.bad_terms = {k: v.to(dev) for k, v in s['bad_terms'].items()}
+        self.log_sums = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in s['log_sums'].items()}
+        self.log_n = s['log_n']
+
+    def _summary(self, history, statistic, eval_head, counts, extra):
+        heads = {}
+        for name in history[-1]['acc']:
+            accs = [r['acc'][name] for r in history]
+            heads[name] = runio.head_stats(accs, history[-1]['per_class'][name], counts)
+        top = dict(heads[eval_head])
+        ips = self.images_per_step * self.step / max(self.elapsed, 1e-9)
+        return {'task': self.args.task, 'statistic': statistic, 'eval_head': eval_head, **top, 'heads': heads,
+                'steps': self.step, 'evaluations': len(history), 'class_counts': list(map(int, counts)), **extra,
+                'timing': {'wall_time_s': round(self.elapsed, 1), 'images_per_s': round(ips, 1)}, 'finished': True}
+
+
+# ------------------------------------------------------------------------------------------------
+# LTSSL: FixMatch / +LA / +ABC / +ACR, optionally with BEM (bem.py) or a mixing baseline
+# ------------------------------------------------------------------------------------------------
+
+class LTSSLTask(_Task):
+
+    def __init__(self, args, ds, device, log):
+        import data
+        import ltssl
+        import models
+        self._init_common(args, device, log)
+        C, self.C = ds.num_classes, ds.num_classes
+        lab, unl, real, train_y, unl_x = self._split(ds)
+        self.counts = np.bincount(train_y[lab], minlength=C)
+        if len(lab) < args.batch_size:
+            raise UsageError(f'--batch-size {args.batch_size} is larger than the labeled set ({len(lab)} images); '
+                             f'lower --batch-size or raise --n1')
+        if args.alg != 'supervised' and len(unl) < args.mu * args.batch_size:
+            raise UsageError(f'unlabeled batch {args.mu * args.batch_size} is larger than the unlabeled set ({len(unl)}); '
+                             f'lower --mu/--batch-size or raise --m1')
+        to = lambda a, dt=None: torch.as_tensor(a, dtype=dt).to(device)  # noqa: E731
+        self.lab_x, self.lab_y = to(ds.train_x[lab]), to(train_y[lab], torch.long)
+        self.unl_x, self.u_real = to(unl_x[unl]), to(real, torch.bool)
+        self.test_x, self.test_y = to(ds.test_x), to(ds.test_y, torch.long)
+        self.mean, self.std = ds.mean, ds.std
+        opts = {'abc': dict(abc_views=args.abc_views, abc_soft=not args.abc_hard),
+                'acr': dict(acr_count=args.acr_count)}.get(args.alg, {})
+        self.fw = ltssl.make_framework(
+            args.alg, num_classes=C, labeled_counts=self.counts.tolist(), total_steps=args.iters,
+            steps_per_epoch=args.eval_every, threshold=args.threshold, device=device, **opts)
+        two = self.fw.num_heads == 2
+        net = (models.wrn28(C, args.width, two, args.bn_momentum) if args.model == 'wrn'
+               else models.resnet50(C, two)).to(device)
+        self.model = net.to(memory_format=torch.channels_last) if _CHANNELS_LAST else net
+        if DIST is not None:
+            import ddp
+            self.model = ddp.convert_bn(self.model, device)   # global-batch BN statistics
+        self.ema = EMA(self.model, args.ema)
+        self.fwd = self.model
+        if DIST is not None:
+            self.fwd = ddp.wrap(self.model, DIST, find_unused=args.model == 'wrn')
+        self.fwd = torch.compile(self.fwd) if args.compile else self.fwd
+        self.opt = torch.optim.SGD(models.no_decay_groups(self.model, args.wd), lr=args.lr, momentum=args.momentum,
+                                   nesterov=args.nesterov, **_foreach(device))
+        total = args.iters  # ACR cosine: lr * max(0, cos(pi * 7/16 * k/K)), no warm-up
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda k: max(0.0, math.cos(math.pi * 7 / 16 * k / total)))
+        self.lab_sampler = data.EpochSampler(len(lab), args.batch_size, device, self.gen)
+        self.ssl = args.alg != 'supervised'
+        self.V = self.fw.strong_views
+        self.unl_sampler = data.EpochSampler(len(unl), args.mu * args.batch_size, device, self.gen) if self.ssl else None
+        self.mixer = make_mixer(args, self, len(unl)) if self.ssl else None
+        self.total_steps = args.iters
+        bu = args.mu * args.batch_size if self.ssl else 0
+        self.images_per_step = args.batch_size + bu * (1 + self.V)
+        log(f'{ds.name}: labeled {len(lab)} {self.counts.tolist()[:10]}{"..." if C > 10 else ""}, '
+            f'unlabeled {len(unl) if self.ssl else 0}, test {len(ds.test_y)}; {args.alg}'
+            f'{" + BEM" if args.bem else ""} on {device}')
+
+    def _split(self, ds):
+        """(labeled idx, unlabeled idx, u_real, train labels, array the unlabeled idx index into)."""
+        import data
+        a = self.args
+        if ds.name == 'imagenet127':
+            lab, unl, real, remap = data.imagenet127_split(ds.train_y)
+            ds.test_y = remap[ds.test_y]
+            return lab, unl, real, remap[ds.train_y], ds.train_x
+        n, m = data.setting_counts(a.n1, a.m1, a.imb_l, a.imb_u, a.setting, ds.num_classes)
+        if ds.name == 'stl10' and ds.extra_x is not None:
+            # ACR get_stl10: labeled = first-k of the 5k train split; unlabeled = the 100k split (gamma_u unknown)
+            data.check_split(ds.train_y, n, [0] * len(n), 'acr')
+            lab, _, _ = data.ltssl_split(ds.train_y, n, [0] * len(n), 'acr')
+            return lab, np.arange(len(ds.extra_x)), np.ones(len(ds.extra_x), bool), ds.train_y, ds.extra_x
+        if a.alg == 'supervised':
+            m = [0] * len(m)
+        data.check_split(ds.train_y, n, m, a.split)
+        lab, unl, real = data.ltssl_split(ds.train_y, n, m, a.split, a.seed)
+        return lab, unl, real, ds.train_y, ds.train_x
+
+    # -- one training step: augment -> [mix] -> joint forward -> losses -> SGD -> EMA -> [bank update]
+    def train_step(self):
+        from augment import normalize, strong, weak
+        g, a = self.gen, self.args
+        il = self.lab_sampler.next()
+        xl, yl = weak(self.lab_x[il], g), self.lab_y[il]
+        parts, u_real, mix = [xl], None, None
+        if self.ssl:
+            iu = self.unl_sampler.next()
+            u, u_real = self.unl_x[iu], self.u_real[iu]
+            uw = weak(u, g)
+            us = strong(u.repeat(self.V, 1, 1, 1), g)      # V strong views, each with its own draws
+            if self.mixer is not None:
+                us, mix = self.mixer.mix(us, uw, self.V)
+            parts += [uw, us]
+        Bl, Bu = len(il), (len(uw) if self.ssl else 0)
+        logits, fmap = self._forward(parts, Bl, Bu)
+        logits = logits.float()                             # losses, softmax, thresholds in fp32
+        lw = logits[:, Bl:Bl + Bu] if self.ssl else None
+        ls = logits[:, Bl + Bu:].reshape(len(logits), self.V, Bu, -1).transpose(0, 1) if self.ssl else None
+        loss, logs, pl = self.fw.loss(logits[:, :Bl], yl, lw, ls, u_real, self.step, g, mix)
+        logs = dict(logs, loss=loss.detach())
+        cam_w = None
+        if self.mixer is not None and not self.mixer.plain_cam:
+            cam_w = self.mixer.grad_cam(logits, fmap, yl, pl['q'], Bl, Bu)
+        skip = self._update(loss, logs)
+        if not skip:
+            self.sched.step()
+            self.ema.update()
+        if self.mixer is not None:
+            self.mixer.update(self, xl, yl, uw, u_real, logits, fmap.detach().float(), Bl, Bu, pl, cam_w)
+        self.step += 1
+
+    def _forward(self, parts, Bl, Bu):
+        """One joint forward over labeled + weak + strong views (BN statistics over all of them, as in
+        ACR). Under torchrun each rank forwards 1/N of every view; logits come back global (ddp.py)."""
+        from augment import normalize
+        x = normalize(torch.cat(parts), self.mean, self.std)
+        if DIST is None:
+            with autocast(self.device):
+                return self.fwd(prep_input(x))
+        import ddp
+        sizes = [Bl] + [Bu] * (1 + self.V) if self.ssl else [Bl]
+        segs = x.split(sizes)
+        with autocast(self.device):
+            logits, fmap = self.fwd(prep_input(ddp.shard(segs, DIST)))
+        return ddp.gather(logits, sizes, DIST, dim=1), ddp.gather(fmap.detach(), sizes, DIST, dim=0, autograd=False)
+
+    def at_eval(self):
+        return self.step % self.args.eval_every == 0 or self.step == self.total_steps
+
+    def evaluate(self):
+        names = {v: k for k, v in self.fw.eval_heads.items()}
+        top1, per_class = evaluate(self.ema.model, self.test_x, self.test_y, self.mean, self.std, self.C,
+                                   lambda out: self.fw.test_logits(out[0].float()))
+        self.model.train()
+        rec = {'step': self.step, 'acc': {names[h]: round(float(top1[h]), 4) for h in names},
+               'per_class': {names[h]: per_class[h].round(3).tolist() for h in names},
+               'lr': self.sched.get_last_lr()[0], 'train': self.pop_logs()}
+        if self.mixer is not None:
+            rec.update(self.mixer.stats())
+        self.last_acc = rec['acc'][self._eval_name()]
+        return rec
+
+    def _eval_name(self):
+        return {v: k for k, v in self.fw.eval_heads.items()}[self.fw.eval_head]
+
+    def summary(self, history):
+        stat = (f'top-1 (%) of the EMA model, {self._eval_name()} head; tables use mean_last20 '
+                f'(mean of the last 20 evaluations, ACR protocol)')
+        return self._summary(history, stat, self._eval_name(), self.counts, {})
+
+    def state_dict(self):
+        s = self._common_state()
+        s.update(ema=self.ema.model.state_dict(), fw=self.fw.state_dict(), lab_sampler=self.lab_sampler.state_dict(),
+                 unl_sampler=self.unl_sampler.state_dict() if self.unl_sampler else None,
+                 mixer=self.mixer.state_dict() if self.mixer else None)
+        return s
+
+    def load_state_dict(self, s):
+        self._load_common(s)
+        self.ema.model.load_state_dict(s['ema'])
+        self.fw.load_state_dict(s['fw'])
+        self.lab_sampler.load_state_dict(s['lab_sampler'])
+        if self.unl_sampler:
+            self.unl_sampler.load_state_dict(s['unl_sampler'])
+        if self.mixer:
+            self.mixer.load_state_dict(s['mixer'])
+
+
+def _foreach(device):
+    """Fused SGD on CUDA (one kernel for all parameters); foreach elsewhere."""
+    return {'fused': True} if device.type == 'cuda' else {'foreach': True}
+
+
+# ------------------------------------------------------------------------------------------------
+# BEM and the mixing baselines, wired into the LTSSL step (bem.py holds the method itself)
+# ------------------------------------------------------------------------------------------------
+
+def make_mixer(args, task, unlabeled_size):
+    on = args.bem or args.mix != 'none' or args.bank or 'off' not in (args.ess, args.esm, args.ecb)
+    return Mixer(args, task, unlabeled_size) if on else None
+
+
+class Mixer:
+    """Draws mixing partners (from the class-balanced bank, or in-batch), mixes the strong views, and
+    feeds the step's statistics back to bem.BEM. Call protocol: bem.BEM's docstring."""
+
+    def __init__(self, args, task, unlabeled_size):
+        import bem
+        self.bem_mod, self.args, self.task = bem, args, task
+        self.plain_cam = task.model.cam_layer_matches_head
+        if args.cam_refresh and not self.plain_cam:
+            raise UsageError('--cam-refresh needs a model whose CAM layer feeds the head (--model wrn)')
+        self.bem = bem.BEM(task.C, tuple(task.lab_x.shape[1:]), task.counts.tolist(), unlabeled_size, task.device,
+                           bank_size=args.bank_size, beta=args.beta, lambda_d=args.lambda_d,
+                           est_start=6 * args.eval_every, ess=args.ess, esm=args.esm, ecb=args.ecb,
+                           tau_c=args.tau_c, mix=args.mix if args.mix != 'none' else 'cammix',
+                           cam_refresh=args.cam_refresh)
+        self.method = args.mix
+
+    def _cam_fn(self, src, c):
+        """--cam-refresh: CAM of the bank image from the EMA model, at draw time."""
+        t = self.task
+        from augment import normalize
+        with torch.no_grad(), autocast(t.device):
+            _, fmap = t.ema.model(prep_input(normalize(src, t.mean, t.std)))
+        return fmap.float(), t.ema.model.heads[0].weight[c]
+
+    def _in_batch(self, uw, V):
+        """Partners = a permutation of this batch's weak views, pseudo-labelled (and CAM-boxed) by a
+        no-grad pass of the EMA model: the current batch's own labels exist only after the forward."""
+        t, bm = self.task, self.bem_mod
+        from augment import normalize
+        with torch.no_grad(), autocast(t.device):
+            logits, fmap = t.ema.model(prep_input(normalize(uw, t.mean, t.std)))
+        q = logits[0].float().argmax(-1)
+        box = (bm.cam_boxes(bm.cam(fmap.float(), t.ema.model.heads[0].weight[q]), uw.shape[2:], self.args.tau_c)
+               if self.method == 'cammix' else None)
+        rep = lambda z: None if z is None else z.repeat(V, *[1] * (z.dim() - 1))  # noqa: E731
+        return bm.in_batch_sources(rep(uw), rep(q), t.gen, rep(box))
+
+    def mix(self, us, uw, V):
+        g, Bu = self.task.gen, len(uw)
+        if self.method == 'none':
+            return us, None
+        if self.args.bank:
+            cam_fn = self._cam_fn if self.args.cam_refresh else None
+            src, y_src, box, _ = self.bem.draw(len(us), g, cam_fn)
+            mixed, lam = self.bem.mix(us, src, box, g)
+        else:
+            src, y_src, box = self._in_batch(uw, V)
+            mixed, lam = self.bem_mod.mix_batch(self.method, us, src, g, box=box)
+        if self.args.mix_views == 'second' and V == 2:   # ACR/ABC option: leave the first strong view unmixed
+            first = torch.arange(len(us), device=us.device) < Bu
+            mixed = torch.where(first[:, None, None, None], us, mixed)
+            lam = torch.where(first, 1.0, lam)
+        w = self.bem.class_weights()
+        return mixed, [dict(lam=lam[v * Bu:(v + 1) * Bu], y_src=y_src[v * Bu:(v + 1) * Bu], w=w) for v in range(V)]
+
+    def update(self, task, xl, yl, uw, u_real, logits, fmap, Bl, Bu, pl, cam_w=None):
+        head = task.model.heads[0]
+        kw = dict(head_weights=head.weight.detach()) if cam_w is None else dict(cam_w_l=cam_w[0], cam_w_u=cam_w[1])
+        self.bem.update(task.step, x_l=xl, y_l=yl, logits_l=logits[0, :Bl].detach(), fmap_l=fmap[:Bl],
+                        u_w=uw, logits_w=logits[0, Bl:Bl + Bu].detach(), q_u=pl['q'], mask_u=pl['mask'],
+                        u_real=u_real, fmap_w=fmap[Bl:Bl + Bu], **kw)
+
+    def grad_cam(self, logits, fmap, yl, q, Bl, Bu):
+        """ResNet-50: CAM layer (layer3) != head input, so take Grad-CAM weights before backward."""
+        score = torch.cat([logits[0, :Bl].gather(1, yl[:, None]), logits[0, Bl:Bl + Bu].gather(1, q[:, None])])[:, 0]
+        w = self.bem_mod.grad_cam_weights(score, fmap)
+        w = w[:Bl + Bu] if len(w) >= Bl + Bu else w
+        return w[:Bl].float(), w[Bl:Bl + Bu].float()
+
+    def stats(self):
+        s = self.bem.stats(reset=True)
+        out = {k: [round(float(v), 5) for v in t.reshape(-1).tolist()] if t.numel() > 1 else round(float(t), 5)
+               for k, t in s.items()}
+        out['u_counts'] = out.pop('u_count')
+        return {'bem': out, 'u_counts': out['u_counts'], 'u_entropy': out['u_entropy'], 'box_area': out['box_area']}
+
+    def state_dict(self):
+        return self.bem.state_dict()
+
+    def load_state_dict(self, d):
+        self.bem.load_state_dict(d)
+
+# ------------------------------------------------------------------------------------------------
+# LT: long-tailed supervised training with jitter samplers (jitter.py) on ResNet-32 or RIDE (ride.py)
+# ------------------------------------------------------------------------------------------------
+
+class LTTask(_Task):
+
+    def __init__(self, args, ds, device, log):
+        import data
+        import jitter
+        import ride
+        self._init_common(args, device, log)
+        C, self.C = ds.num_classes, ds.num_classes
+        img_max = int(np.bincount(ds.train_y).max())
+        counts = data.lt_counts(img_max, C, args.imb)           # LDAM-DRW IMBALANCECIFAR (anchors.md §7)
+        idx = data.lt_subset(ds.train_y, counts, seed=0)        # rand_number = 0: the split is fixed
+        self.counts = np.array(counts)
+        if len(idx) < args.batch_size:
+            raise UsageError(f'--batch-size {args.batch_size} is larger than the training set ({len(idx)}); lower it')
+        self.train_x = torch.as_tensor(ds.train_x[idx]).to(device)
+        self.train_y = torch.as_tensor(ds.train_y[idx], dtype=torch.long).to(device)
+        self.test_x = torch.as_tensor(ds.test_x).to(device)
+        self.test_y = torch.as_tensor(ds.test_y, dtype=torch.long).to(device)
+        self.mean, self.std = data.LT_STATS.get(ds.name, (ds.mean, ds.std))
+        self.ride = args.model == 'ride'
+        # RIDE's CIFAR pipeline adds RandomRotation(15); LDAM-DRW's is crop + flip (spec jitter.md §4.2)
+        self.degrees = 0.0 if (args.loss == 'ldam' and not self.ride) else 15.0
+        net = (ride.ride_resnet32(C, experts=args.experts, reduce=args.reduce) if self.ride else
+               jitter.resnet32(C, group_l2norm=False if args.group_l2norm == 'off' else args.group_l2norm,
+                               norm_linear=args.loss == 'ldam'))
+        self.model = net.to(device)
+        self.fwd = torch.compile(self.model) if args.compile else self.model
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=args.lr, momentum=args.momentum,
+                                   weight_decay=args.wd, nesterov=args.nesterov, **_foreach(device))
+        self.lr_steps = steps = lr_steps(args)
+        self.criterion = self._criterion(ride)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda e: ride.lr_lambda(e, warmup=5, steps=steps))
+        self.sampler = jitter.make_sampler(
+            args.sampler, self.train_y, C, args.batch_size, args.epochs, alpha=args.jitter_alpha,
+            beta=args.jitter_beta, gamma=args.jitter_gamma, delta_fixed=args.delta_fixed,
+            delta_fixed_from=args.delta_fixed_from, gen=self.gen)
+        self.ipe = min(self.sampler.iters_per_epoch, args.iters_per_epoch or self.sampler.iters_per_epoch)
+        self.total_steps = args.epochs * self.ipe
+        self.images_per_step = args.batch_size
+        self.deltas = []
+        log(f'{ds.name}-LT imb {args.imb:g}: {len(idx)} images {counts[:5]}..{counts[-1]}; {args.model} '
+            f'{args.loss} {args.sampler}; {args.epochs} epochs x {self.ipe} steps on {device}')
+
+    def _criterion(self, ride):
+        a, drw = self.args, self.lr_steps[0]          # DRW switches on at the first lr decay (epoch 160)
+        if a.loss == 'ride':
+            return ride.RIDELoss(self.counts.tolist(), stage1=a.ride_stage1, drw_epoch=drw)
+        if a.loss == 'ldam':
+            return ride.LDAMLoss(self.counts.tolist(), drw_epoch=drw)
+        return None
+
+    def _loss(self, out, y):
+        if self.criterion is None:
+            logits = out[0] if isinstance(out, tuple) else out
+            return F.cross_entropy(logits, y)
+        return self.criterion(out, y)
+
+    def _epoch_start(self, e):
+        self.sampler.set_epoch(e)
+        if self.criterion is not None and hasattr(self.criterion, 'set_epoch'):
+            self.criterion.set_epoch(e)
+        self.deltas.append(float(self.sampler.delta))
+
+    def train_step(self):
+        import data
+        from augment import normalize
+        if self.step % self.ipe == 0:
+            self._epoch_start(self.step // self.ipe)
+        idx = self.sampler.next_batch()
+        x = normalize(data.lt_view(self.train_x[idx], self.gen, degrees=self.degrees), self.mean, self.std)
+        with autocast(self.device):
+            out = self.fwd(prep_input(x))
+        out = tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
+        loss = self._loss(out, self.train_y[idx])
+        self._update(loss, {'loss': loss.detach()})
+        self.step += 1
+        if self.step % self.ipe == 0:
+            self.sched.step()                       # epoch-wise LambdaLR (RIDE CustomLR)
+
+    def at_eval(self):
+        return self.step % (self.args.eval_every * self.ipe) == 0 or self.step == self.total_steps
+
+    def evaluate(self):
+        fn = (lambda out: out[0][None]) if self.ride else (lambda out: out[None])
+        top1, per_class = evaluate(self.model, self.test_x, self.test_y, self.mean, self.std, self.C, fn)
+        self.model.train()
+        macc = float(per_class[0].mean())   # the paper's metric: mean per-class accuracy
+        self.last_acc = macc
+        return {'step': self.step, 'epoch': self.step // self.ipe, 'acc': {'model': round(macc, 4)},
+                'top1': round(float(top1[0]), 4), 'per_class': {'model': per_class[0].round(3).tolist()},
+                'lr': self.sched.get_last_lr()[0], 'delta': self.deltas[-1] if self.deltas else 0.0,
+                'class_probs': [round(float(p), 5) for p in self.sampler.class_probs()], 'train': self.pop_logs()}
+
+    def summary(self, history):
+        stat = 'mean per-class accuracy (%) of the final model (jitter paper §4.1); many >100, few <20 training images'
+        return self._summary(history, stat, 'model', self.counts, {'lr_steps': list(self.lr_steps)})
+
+    def state_dict(self):
+        s = self._common_state()
+        s.update(sampler=self.sampler.state_dict(), deltas=self.deltas,
+                 criterion=self.criterion.state_dict() if hasattr(self.criterion, 'state_dict') else None)
+        return s
+
+    def load_state_dict(self, s):
+        self._load_common(s)
+        self.sampler.load_state_dict(s['sampler'])
+        self.deltas = s['deltas']
+        if s.get('criterion') is not None:
+            self.criterion.load_state_dict(s['criterion'])
+        e = self.step // self.ipe
+        if self.step % self.ipe != 0:        # mid-epoch: restore the epoch's loss state (not the sampler's)
+            if self.criterion is not None and hasattr(self.criterion, 'set_epoch'):
+                self.criterion.set_epoch(e)
+
+
+# ================================================================================================
+# Loop
+# ================================================================================================
+
+class Stop:
+    """SIGTERM/SIGINT ask for a checkpoint at the next step boundary, then a clean exit."""
+
+    def __init__(self):
+        self.signal = None
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, self._set)
+
+    def _set(self, signum, frame):
+        self.signal = signum
+
+
+def make_task(args, device, log):
+    import data
+    ds = data.load_dataset(args.dataset, args.data_dir, args.img_size,
+                           with_unlabeled=(args.task == 'ltssl' and args.alg != 'supervised'))
+    return (LTSSLTask if args.task == 'ltssl' else LTTask)(args, ds, device, log)
+
+
+def train(args, log=print):
+    import ddp
+    global DIST, _CHANNELS_LAST
+    DIST = ddp.init()
+    device = DIST.device if DIST else pick_device(args.device)
+    write = DIST is None or DIST.main                  # only rank 0 writes
+    log = log if write else (lambda *a, **k: None)
+    _CHANNELS_LAST = device.type == 'cuda'
+    if DIST is not None:
+        _check_ddp(args, DIST)
+    if args.deterministic:
+        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    run_dir = args.out or os.path.join(args.runs_dir, run_name(args))
+    args_dict = {k: v for k, v in vars(args).items()}
+    resuming = runio.prepare(run_dir, args_dict, args.resume)
+    if DIST is not None:
+        torch.distributed.barrier()                      # every rank checked the run dir before rank 0 creates it
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    task = make_task(args, device, log)          # loads data: a DataError leaves no run directory behind
+    if write:
+        runio.create(run_dir, args_dict, runio.env_record(device))
+    state = runio.load_checkpoint(run_dir, log) if resuming else None
+    if state is not None:
+        task.load_state_dict(state)
+        log(f'resumed {run_dir} at step {task.step}')
+    history = runio.read_metrics(run_dir, task.step, truncate=write) if resuming else []
+    return loop(task, run_dir, history, args, log, write)
+
+
+def _check_ddp(args, d):
+    _need(args.task == 'ltssl', 'multi-process training is implemented for --task ltssl; run --task lt on one '
+          'device (a ResNet-32 step is ~50 GFLOP)')
+    _need(args.batch_size % d.world == 0, f'--batch-size {args.batch_size} must be divisible by the {d.world} processes')
+    _need(not (args.model == 'resnet50' and args.mix != 'none'),
+          'Grad-CAM mixing (--model resnet50 with a --mix) runs on one device; use --model wrn or one process')
+
+
+def loop(task, run_dir, history, args, log, write=True):
+    stop, t0, n0 = Stop(), time.time(), task.step
+    bar = _progress(task, args) if write else _progress(task, argparse.Namespace(progress=False))
+    elapsed = task.elapsed
+    while task.step < task.total_steps:
+        task.train_step()
+        bar.update(1)
+        boundary = task.step % args.log_every == 0 or task.step == task.total_steps
+        if boundary:
+            task.check_finite()                   # host sync: only every --log-every steps
+            bar.set_postfix_str(task.postfix(time.time() - t0, task.step - n0))
+        if task.at_eval():
+            task.check_finite()
+            rec = task.evaluate()
+            history.append(rec)
+            task.elapsed = elapsed + time.time() - t0
+            if write:
+                runio.append_metrics(run_dir, rec)
+                runio.save_checkpoint(run_dir, task.state_dict())
+        if _stop_requested(stop, boundary):
+            task.check_finite()
+            task.elapsed = elapsed + time.time() - t0
+            if write:
+                runio.save_checkpoint(run_dir, task.state_dict())
+            bar.close()
+            sig = stop.signal or signal.SIGTERM
+            log(f'stopped by signal {sig} at step {task.step}; checkpoint written, continue with --resume')
+            return 128 + sig
+    bar.close()
+    task.elapsed = elapsed + time.time() - t0
+    summary = task.summary(history)
+    if write:
+        runio.write_json(os.path.join(run_dir, 'summary.json'), summary)
+    log(f'done: {run_dir}  {summary["statistic"]}: last {summary["last"]:.2f}  mean_last20 {summary["mean_last20"]:.2f}')
+    return 0
+
+
+def _stop_requested(stop, boundary):
+    """Single process: stop at the next step. torchrun: ranks agree at --log-every boundaries (one all_reduce)."""
+    if DIST is None:
+        return stop.signal is not None
+    import ddp
+    return boundary and ddp.any_flag(stop.signal is not None, DIST)
+
+
+def _progress(task, args):
+    from tqdm import tqdm
+    show = args.progress if args.progress is not None else sys.stderr.isatty()
+    return tqdm(total=task.total_steps, initial=task.step, disable=not show, dynamic_ncols=True, smoothing=0.05)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        args = resolve(args)
+        if args.check_data:
+            import data
+            ok, msg = data.dataset_present(args.dataset, args.data_dir, args.img_size)
+            if not ok:
+                raise UsageError(msg + '; see README "Datasets" for where the files go')
+            return 0
+        return train(args)
+    except UsageError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    except Exception as e:
+        import data
+        if isinstance(e, data.DataError):
+            print(f'error: {e}', file=sys.stderr)
+            return 2
+        if isinstance(e, NonFinite):
+            print(f'error: {e}', file=sys.stderr)
+            return 3
+        raise
+
+
+if __name__ == '__main__':
+    code = main()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    sys.exit(code)
