@@ -1,0 +1,399 @@
+"""Run summaries -> markdown tables beside the papers' numbers, and the figures.
+
+    python report.py <table> [--runs runs] [--out results]      e.g. bem_table1, jitter_table3
+    python report.py fig1 [--runs runs] [--out results]           BEM Fig. 1 (a)-(d)
+    python report.py fig_cammix [--run RUN_DIR] [--out results]   CAM / CamMix vs SaliencyMix on test images
+    python report.py demo --runs runs/demo [--out results]        the `make demo` table and per-class PNG
+
+Run-dir convention (written by reproduce/common.sh):
+    <runs>/<table>/<row>/<setting>/seed<k>/{args.json, summary.json, metrics.jsonl, checkpoint.pt}
+    <runs>/<table>/plan.tsv  row<TAB>setting<TAB>dir: every planned cell, also those whose run dir belongs to
+                             another table (dir is relative to <runs>, without seed<k>)
+Row and setting are directory names and the `row`/`setting` keys of reproduce/paper_numbers.csv.
+Only runs whose summary.json says "finished": true count.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tabulate import tabulate
+
+PAPER_CSV = Path(__file__).resolve().parent / 'reproduce' / 'paper_numbers.csv'
+BEM_STAT = ('EMA model, reported head (balanced head for ACR, ABC head for ABC), mean of the last 20 evaluations '
+            '(summary.json `mean_last20`), top-1 % on the test set')
+JITTER_STAT = ('mean per-class accuracy % of the final model (summary.json `last`); `best` = best evaluation (RIDE '
+               "keeps the best epoch, with test = validation); many / medium / few = RIDE's groups (>100, 20-100, "
+               '<20 training images) of the final model; all columns are means over seeds')
+STD_NOTE = ('± = population std over seeds (ddof = 0, numpy\'s default, as the LTSSL code bases compute it); '
+            'n = finished seeds. Δ = ours − paper. "not run": no finished run yet; "–": no number.')
+TABLES = {
+    'bem_table1': 'BEM Table 1 (inferred layout): consistent setting, CIFAR-10-LT / CIFAR-100-LT',
+    'bem_table2': 'BEM Table 2 (inferred layout): uniform / reversed CIFAR-10-LT and STL-10-LT',
+    'bem_table3': 'BEM Table 3: ImageNet-127 at 32 and 64 px (ResNet-50)',
+    'bem_table4': 'BEM ablation (inferred): parts added one at a time on FixMatch+ACR, CIFAR-10-LT',
+    'bem_table5': 'BEM ablation (inferred): mixing method, in-batch vs mix bank, FixMatch+ACR, CIFAR-10-LT',
+    'jitter_table1': 'Jitter Table 1: CIFAR-100-LT, imbalance 100',
+    'jitter_table2': 'Jitter Table 2: CIFAR-10-LT, imbalance 100',
+    'jitter_table3': 'Jitter Table 3: sampling with vs without replacement (RIDE 4 experts, CIFAR-100-LT)',
+    'jitter_table4': 'Jitter Table 4: jitter vs none, CIFAR-100-LT and ImageNet-LT',
+    'jitter_table5': 'Jitter Table 5: normal (200 epochs) vs long (400 epochs) training',
+}
+FIGURES = {'fig1': 'bem_fig1', 'bem_fig1': 'bem_fig1', 'fig_cammix': 'bem_fig_cammix', 'bem_fig_cammix': 'bem_fig_cammix'}
+KEYS = ('mean_last20', 'last', 'best', 'many', 'medium', 'few')
+FIG1_ROW, FIG1_GAIN = 'fixmatch+acr+bem', 'c10-consistent-gain'
+FRAMEWORKS = ('fixmatch', 'fixmatch+la', 'fixmatch+abc', 'fixmatch+acr')
+
+
+def die(msg):
+    print(f'report.py: {msg}', file=sys.stderr)
+    sys.exit(2)
+
+
+def read_json(path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# ================================================================================================
+# Runs -> one record per finished run
+# ================================================================================================
+
+def plan_cells(runs, table):
+    """[(row, setting, dir)] in plan order: plan.tsv first, then run dirs found under <runs>/<table>."""
+    cells, plan = [], runs / table / 'plan.tsv'
+    if plan.exists():
+        cells += [tuple(line.split('\t')[:3]) for line in plan.read_text().splitlines() if line.count('\t') >= 2]
+    for s in sorted((runs / table).glob('*/*/seed*/summary.json')):
+        row, setting = s.parts[-4], s.parts[-3]
+        cells.append((row, setting, f'{table}/{row}/{setting}'))
+    seen = set()
+    return [c for c in cells if c[:2] not in seen and not seen.add(c[:2])]
+
+
+def load_runs(runs, cells):
+    """DataFrame: row, setting, seed, dir and the summary's numbers of every finished run of `cells`."""
+    recs = []
+    for row, setting, d in cells:
+        for path in sorted((runs / d).glob('seed*/summary.json')):
+            s = read_json(path)
+            if s and s.get('finished'):
+                recs.append({'row': row, 'setting': setting, 'seed': path.parent.name, 'dir': path.parent,
+                             **{k: s.get(k) for k in KEYS}})
+    df = pd.DataFrame(recs, columns=['row', 'setting', 'seed', 'dir', *KEYS])
+    df[list(KEYS)] = df[list(KEYS)].apply(pd.to_numeric, errors='coerce')
+    return df
+
+
+def ordered(cells):
+    """Rows in order of first appearance, and within a row the settings in order of first appearance."""
+    rows = list(dict.fromkeys(c[0] for c in cells))
+    sets = list(dict.fromkeys(c[1] for c in cells))
+    return sorted(cells, key=lambda c: (rows.index(c[0]), sets.index(c[1])))
+
+
+def load_paper(path, table):
+    p = pd.read_csv(path, dtype={'value': str, 'std': str})   # strings keep the paper's printed precision
+    return p[p.table == table].set_index(['row', 'setting'])
+
+
+# ================================================================================================
+# Cells of the markdown table
+# ================================================================================================
+
+def ours_cell(values):
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    if v.size == 0:
+        return 'not run', None
+    return f'{v.mean():.2f} ± {v.std():.2f} (n={v.size})', float(v.mean())
+
+
+def mean_cell(values):
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    return f'{v.mean():.2f}' if v.size else '–'
+
+
+def paper_cell(p):
+    if p is None:
+        return '–'
+    return p['value'] + (f" ± {p['std']}" if pd.notna(p['std']) else '')
+
+
+def table_rows(table, cells, df, paper):
+    jitter = table.startswith('jitter')
+    stat = 'last' if jitter else 'mean_last20'
+    out = []
+    for row, setting, _ in ordered(cells):
+        sub = df[(df.row == row) & (df.setting == setting)]
+        ours, mean = ours_cell(sub[stat])
+        p = paper.loc[(row, setting)] if (row, setting) in paper.index else None
+        delta = f"{mean - float(p['value']):+.2f}" if p is not None and mean is not None else '–'
+        extra = [mean_cell(sub[k]) for k in ('best', 'many', 'medium', 'few')] if jitter else []
+        out.append([row, setting, ours, *extra, paper_cell(p), delta])
+    head = ['row', 'setting', 'ours (mean ± std, n)']
+    head += ['best', 'many', 'medium', 'few'] if jitter else []
+    return head + ['paper', 'Δ'], out
+
+
+def table_md(table, runs, paper_csv):
+    cells = plan_cells(runs, table)
+    df, paper = load_runs(runs, cells), load_paper(paper_csv, table)
+    head, body = table_rows(table, cells, df, paper)
+    stat = JITTER_STAT if table.startswith('jitter') else BEM_STAT
+    md = [f'# {table}: {TABLES[table]}', '', f'Statistic: {stat}.', '', STD_NOTE,
+          f'Paper numbers and their sources: reproduce/paper_numbers.csv. Runs: {runs}/.', '',
+          tabulate(body, head, tablefmt='github', disable_numparse=True) if body else '(no runs planned or found)']
+    done = {c[:2] for c in cells}
+    cited = [[r, s, paper_cell(p), p['source']] for (r, s), p in paper.iterrows() if (r, s) not in done]
+    if cited:
+        md += ['', '## Cited rows (paper numbers only; not trained by this script)', '',
+               tabulate(cited, ['row', 'setting', 'paper', 'source'], tablefmt='github', disable_numparse=True)]
+    return '\n'.join(md) + '\n'
+
+
+# ================================================================================================
+# BEM Fig. 1: (a)-(c) unlabeled quantity vs entropy per class, (d) BEM's gain per framework
+# ================================================================================================
+
+def pyplot():
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def last_record(run_dir, *keys):
+    """The last metrics.jsonl record that carries all `keys`, or None."""
+    path, rec = Path(run_dir) / 'metrics.jsonl', None
+    if path.exists():
+        for line in path.read_text().splitlines():
+            r = json.loads(line) if line.strip() else {}
+            rec = r if all(k in r for k in keys) else rec
+    return rec
+
+
+def true_unlabeled(args, num_classes):
+    """Per-class size of the unlabeled set: M_k from the split formula (+ N_k: ACR's unlabeled set holds the labeled)."""
+    try:
+        from data import setting_counts
+    except ImportError as e:
+        die(f'fig1 needs data.setting_counts ({e})')
+    n, m = setting_counts(args['n1'], args['m1'], args['imb_l'], args.get('imb_u'), args['setting'], num_classes)
+    return np.add(m, n) if args.get('split', 'acr') == 'acr' else np.asarray(m)
+
+
+def fig1_panel(ax, runs_df, kind):
+    """Mean over seeds of the last u_counts / u_entropy of the FixMatch+ACR+BEM runs in setting `kind`."""
+    recs, args = [], None
+    for d in runs_df[runs_df.row == FIG1_ROW].dir:
+        a, r = read_json(Path(d) / 'args.json'), last_record(d, 'u_counts', 'u_entropy')
+        if a and r and a.get('setting') == kind and a.get('dataset') != 'stl10':
+            recs.append(r)
+            args = a
+    ax.set_title(f'{kind}')
+    if not recs:
+        ax.text(0.5, 0.5, 'not run', ha='center', transform=ax.transAxes)
+        ax.set_xticks([]), ax.set_yticks([])
+        return
+    pseudo = np.mean([r['u_counts'] for r in recs], axis=0)
+    ent = np.mean([r['u_entropy'] for r in recs], axis=0)
+    k = np.arange(len(pseudo))
+    ax.bar(k - 0.2, true_unlabeled(args, len(pseudo)), 0.4, label='true unlabeled count', color='0.6')
+    ax.bar(k + 0.2, pseudo, 0.4, label='pseudo-label count', color='tab:blue')
+    ax.set_xlabel('class'), ax.set_ylabel('images')
+    ax2 = ax.twinx()
+    ax2.plot(k, ent, 'o-', color='tab:red', label='class-wise entropy')
+    ax2.set_ylabel('entropy')
+    (h1, l1), (h2, l2) = ax.get_legend_handles_labels(), ax2.get_legend_handles_labels()
+    ax2.legend(h1 + h2, l1 + l2, fontsize=7, loc='upper center', framealpha=0.6)
+
+
+def fig1_gains(df):
+    """BEM's gain per framework: mean over consistent CIFAR-10 settings run with and without BEM."""
+    out = {}
+    for f in FRAMEWORKS:
+        a, b = (df[df.row == r].groupby('setting').mean_last20.mean() for r in (f, f + '+bem'))
+        common = [s for s in a.index.intersection(b.index) if s.startswith('c10-') and 'uniform' not in s
+                  and 'reversed' not in s]
+        out[f] = (float((b[common] - a[common]).mean()) if common else None, common)
+    return out
+
+
+def fig1(runs, out, paper_csv):
+    plt, df = pyplot(), load_runs(runs, plan_cells(runs, 'bem_fig1'))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4))
+    for ax, kind, tag in zip(axes, ('consistent', 'uniform', 'reversed'), 'abc'):
+        fig1_panel(ax, df, kind)
+        ax.set_title(f'({tag}) {kind}: quantity vs entropy')
+    paper, gains = load_paper(paper_csv, 'bem_fig1'), fig1_gains(df)
+    pap = [float(paper.value.get((f, FIG1_GAIN), 'nan')) for f in FRAMEWORKS]
+    ours = [np.nan if gains[f][0] is None else gains[f][0] for f in FRAMEWORKS]
+    x = np.arange(len(FRAMEWORKS))
+    axes[3].bar(x - 0.2, ours, 0.4, label='ours'), axes[3].bar(x + 0.2, pap, 0.4, label='paper (text)')
+    axes[3].set_xticks(x, FRAMEWORKS, fontsize=8), axes[3].legend(), axes[3].axhline(0, color='k', lw=0.5)
+    axes[3].set_title('(d) BEM gain, consistent CIFAR-10-LT'), axes[3].set_ylabel('accuracy gain (points)')
+    fig.tight_layout()
+    fig.savefig(out / 'bem_fig1.png', dpi=120)
+    body = [[f, '–' if g is None else f'{g:+.2f}', '–' if np.isnan(p) else f'{p:g}', ', '.join(s) or 'not run']
+            for (f, (g, s)), p in zip(gains.items(), pap)]
+    return ('# bem_fig1: BEM Fig. 1 (d), gain of BEM per framework\n\nStatistic: difference of the seed means of '
+            f'`mean_last20` ({BEM_STAT}), averaged over the settings listed. Paper: Fig. 1(d) text (absolute '
+            'points or relative % is unclear). Figure: bem_fig1.png\n\n'
+            + tabulate(body, ['framework', 'ours gain', 'paper gain', 'settings'], tablefmt='github', disable_numparse=True) + '\n')
+
+
+# ================================================================================================
+# CamMix visualisation from a checkpoint
+# ================================================================================================
+
+def load_model(run, args):
+    """EMA weights of a WRN run (plain CAM needs the head to read the CAM feature map)."""
+    import models
+    import torch
+    if args.get('model', 'wrn') != 'wrn':
+        die(f'fig_cammix draws plain CAMs and needs a WRN run; {run} is {args.get("model")}')
+    state = torch.load(run / 'checkpoint.pt', map_location='cpu', weights_only=False)['ema']
+    state = {k.removeprefix('module.').removeprefix('_orig_mod.'): v for k, v in state.items()}
+    model = models.wrn28(state['heads.0.weight'].shape[0], args.get('width', 2), 'heads.1.weight' in state)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def cammix_images(run, n):
+    """Sources x[:n] are pasted into targets x[n:2n]; boxes from CAM (CamMix) and from saliency (SaliencyMix)."""
+    import torch
+    import bem
+    import data
+    args = read_json(run / 'args.json') or die(f'{run}/args.json is missing')
+    model, ds = load_model(run, args), data.load_dataset(args['dataset'], args.get('data_dir', './datasets'),
+                                                         args.get('img_size', 32), with_unlabeled=False)
+    x = torch.as_tensor(ds.test_x[:2 * n])
+    src, tgt = x[:n], x[n:2 * n]
+    with torch.no_grad():
+        logits, fmap = model(data.normalize(src, ds.mean, ds.std))
+    summ = read_json(run / 'summary.json') or {}
+    head = 0 if summ.get('eval_head', 'standard') == 'standard' else len(model.heads) - 1  # ACR: balanced, ABC: abc
+    w = model.heads[head].weight[logits[head].argmax(1)].detach()    # CAM weights of the predicted class
+    size, cam = x.shape[-1], bem.cam(fmap, w)
+    box_c = bem.cam_boxes(cam, size, args.get('tau_c', 0.5))
+    box_c = bem.fallback_box(box_c, size, size, torch.Generator().manual_seed(0))  # as in training: CutMix box
+    lam = bem.paste(tgt, src, box_c)[1]
+    box_s = bem.saliency_box(src, lam)  # SaliencyMix box of the same area as CamMix's
+    return dict(src=src, tgt=tgt, cam=cam, box_c=box_c, box_s=box_s, mix_c=bem.paste(tgt, src, box_c)[0],
+                mix_s=bem.paste(tgt, src, box_s)[0])
+
+
+def fig_cammix(run, out, n=6):
+    if not (run / 'checkpoint.pt').exists():
+        die(f'{run}/checkpoint.pt not found; train the run first (reproduce/bem_fig_cammix.sh) or pass --run DIR')
+    try:
+        im = cammix_images(run, n)
+    except ImportError as e:
+        die(f'fig_cammix needs torch and the repo modules models, bem, data ({e})')
+    except Exception as e:  # noqa: BLE001  one line, not a traceback: the run or a module does not fit
+        die(f'fig_cammix could not use {run}: {type(e).__name__}: {e}')
+    from matplotlib.patches import Rectangle
+    plt = pyplot()
+    size = im['src'].shape[-1]
+    show = lambda t: t.permute(1, 2, 0).numpy()  # noqa: E731
+    cols = ['source', 'CAM; box: CamMix red, SalMix blue', 'target', 'CamMix', 'SaliencyMix']
+    fig, axes = plt.subplots(n, 5, figsize=(10, 2 * n), squeeze=False)
+    for i in range(n):
+        imgs = [im['src'][i], im['src'][i], im['tgt'][i], im['mix_c'][i], im['mix_s'][i]]
+        for j, ax in enumerate(axes[i]):
+            ax.imshow(show(imgs[j])), ax.set_xticks([]), ax.set_yticks([])
+            if i == 0:
+                ax.set_title(cols[j], fontsize=7)
+        axes[i, 1].imshow(im['cam'][i].float().numpy(), cmap='jet', alpha=0.5, extent=(0, size, size, 0))
+        for box, color in ((im['box_c'][i], 'red'), (im['box_s'][i], 'blue')):
+            x1, y1, x2, y2 = (int(v) for v in box)
+            axes[i, 1].add_patch(Rectangle((x1 - .5, y1 - .5), x2 - x1, y2 - y1, fill=False, color=color, lw=1.5))
+    fig.tight_layout()
+    fig.savefig(out / 'bem_fig_cammix.png', dpi=120)
+    return f'# bem_fig_cammix\n\nRun: {run}. Figure: bem_fig_cammix.png\n'
+
+
+def cammix_run(runs, run):
+    if run:
+        return Path(run)
+    cells = plan_cells(runs, 'bem_fig_cammix')
+    cells or die(f'no {runs}/bem_fig_cammix/plan.tsv; run reproduce/bem_fig_cammix.sh or pass --run DIR')
+    return runs / cells[0][2] / 'seed0'
+
+
+# ================================================================================================
+# make demo: supervised vs FixMatch (+BEM) on Fashion-MNIST-LT
+# ================================================================================================
+
+def demo(runs, out):
+    """Table of the demo's runs (overall, head/tail halves, many/few) and a per-class accuracy PNG."""
+    rows, curves = [], {}
+    for run in sorted(p for p in runs.iterdir() if (p / 'summary.json').exists()):
+        s, a = read_json(run / 'summary.json'), read_json(run / 'args.json')
+        if not s or not s.get('finished'):
+            continue
+        name = run.name
+        rows.append([name, a['dataset'], s['steps'], s['last'], s['mean_last20'], s['head_half'], s['tail_half'],
+                     s['many'], s['few'], s['timing']['wall_time_s']])
+        curves[name] = s['per_class']
+    rows or die(f'no finished demo runs under {runs}')
+    stat = read_json(runs / rows[0][0] / 'summary.json')['statistic']
+    md = (f'# demo: long-tailed SSL on {rows[0][1]}-LT (gamma = 100, ACR split)\n\nStatistic: {stat}. '
+          f'head/tail = first/second half of the classes; many/few = classes with >100 / <20 labeled images.\n\n')
+    md += tabulate(rows, headers=['run', 'data', 'steps', 'last', 'mean_last20', 'head half', 'tail half',
+                                  'many', 'few', 'wall s'], tablefmt='github', floatfmt='.2f')
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for k, (name, pc) in enumerate(curves.items()):
+        ax.bar(np.arange(len(pc)) + (k - (len(curves) - 1) / 2) * 0.8 / len(curves), pc, 0.8 / len(curves), label=name)
+    ax.set(xlabel='class (0 = head)', ylabel='test accuracy %', title='per-class accuracy (final EMA model)')
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / 'demo_per_class.png', dpi=120)
+    return md + f'\n\nper-class accuracy: {out / "demo_per_class.png"}\n'
+
+
+# ================================================================================================
+# CLI
+# ================================================================================================
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('table', help=f'one of {", ".join([*TABLES, "fig1", "fig_cammix"])}')
+    ap.add_argument('--runs', default='runs', help='runs root (reproduce/*.sh: runs, or runs/smoke)')
+    ap.add_argument('--out', default='results', help='where <table>.md and figures go')
+    ap.add_argument('--paper', default=str(PAPER_CSV), help='paper numbers CSV')
+    ap.add_argument('--run', default=None, help='fig_cammix: the run dir (seed<k>) to plot')
+    ap.add_argument('--n', type=int, default=6, help='fig_cammix: number of images')
+    a = ap.parse_args(argv)
+    name = FIGURES.get(a.table, a.table)
+    if name == 'demo':
+        out = Path(a.out)
+        out.mkdir(parents=True, exist_ok=True)
+        md = demo(Path(a.runs), out)
+        (out / 'demo.md').write_text(md)
+        print(md)
+        return
+    if name not in TABLES and name not in FIGURES.values():
+        die(f'unknown table {a.table!r}; choose one of: {", ".join([*TABLES, "fig1", "fig_cammix"])}')
+    runs, out = Path(a.runs), Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if name == 'bem_fig1':
+        md = fig1(runs, out, a.paper)
+    elif name == 'bem_fig_cammix':
+        md = fig_cammix(cammix_run(runs, a.run), out, a.n)
+    else:
+        md = table_md(name, runs, a.paper)
+    (out / f'{name}.md').write_text(md)
+    print(md)
+    print(f'wrote {out / (name + ".md")}', file=sys.stderr)
+
+
+if __name__ == '__main__':
+    main()

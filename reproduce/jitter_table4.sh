@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Jitter paper Table 4 (spec jitter.md §4.4 item 2; numbers lost): jitter vs no jitter, in both replacement
+#   modes, on CIFAR-100-LT (imbalance 100) and ImageNet-LT (imbalance 256), RIDE 4 experts + reduce.
+#   CIFAR-100-LT cells are Table 3's runs (same run dirs). ImageNet-LT uses RIDE's ImageNet-LT recipe
+#   (jitter.md §4.5) and needs --dataset imagenet_lt in train.py and the data under $DATA_DIR;
+#   ONLY=c100 runs the CIFAR part alone.
+# Usage: bash reproduce/jitter_table4.sh   [SEEDS=3 ONLY=regex SMOKE=1 DRY_RUN=1]
+#
+# GPU-hours, ESTIMATE (not measured; to be replaced by the benchmark numbers):
+#   CIFAR-100-LT: 0 after Table 3 (else 4 rows x 3 seeds x 0.05 h = 0.6 GPU-h)
+#   ImageNet-LT:  RIDE ResNeXt-50 4 experts, 100 epochs x 453 steps (115.8k / 256) = 45k steps x ~300 ms
+#                 = 3.8 h per run; 4 rows x 3 seeds = ~45 GPU-h
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source reproduce/common.sh
+
+begin jitter_table4
+S=c100-lt-r100; D="--dataset cifar100 --imb 100"
+share "jitter_table3/with-replacement/$S" with-replacement "$S" $RIDE4 --reduce --sampler instance $D
+share "jitter_table1/j-sampling+ride-4e-reduce/$S" jitter-with-replacement "$S" $RIDE4 --reduce --sampler jitter1 $D
+share "jitter_table1/ride-4e-reduce/$S" without-replacement "$S" $RIDE4 --reduce --sampler shuffle $D
+share "jitter_table3/jitter-without-replacement/$S" jitter-without-replacement "$S" $RIDE4 --reduce --sampler jitter-noreplace $D
+S=imagenet-lt; D="--dataset imagenet_lt"
+cell with-replacement "$S" $RIDE4 --reduce --sampler instance $D
+cell jitter-with-replacement "$S" $RIDE4 --reduce --sampler jitter1 $D
+cell without-replacement "$S" $RIDE4 --reduce --sampler shuffle $D
+cell jitter-without-replacement "$S" $RIDE4 --reduce --sampler jitter-noreplace $D
+run_all
