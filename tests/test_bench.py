@@ -1,0 +1,151 @@
+"""bench.py: the --quick run prints both pipelines with a ratio, and pipeline (b) is a fair reference.
+
+Fairness: the real training step (a) and the reference step (b) are fed the SAME augmented views, made
+once with reference.py's PIL transforms (uint8 to (a) through its augmentation hooks, ToTensor+Normalize
+floats to (b) through its DataLoader's output format), with identical weights and generator states. In
+fp32 on CPU the losses must agree to 1e-5 relative (the only difference is (b)'s interleave, a
+permutation that changes BatchNorm's summation order). On CUDA (a) runs under bf16 autocast and (b) in
+fp32/TF32: there we would use rtol=5e-2 (bf16 keeps 8 mantissa bits, ~0.4% per rounding, through 28
+layers). cv2 (b's host CamMix) is also checked as the oracle of (a)'s device boxes through the bank.
+"""
+import json
+import os
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import augment
+import bem
+import bench
+import data
+import reference
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_quick_run_prints_both_pipelines_and_ratio(tmp_path):
+    out = tmp_path / 'bench.json'
+    p = subprocess.run([sys.executable, 'bench.py', '--quick', '--threads', '1', '--json', str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    text = p.stdout
+    assert 'ratio (b)/(a)' in text and '(a) this repo' in text and '(b) reference' in text
+    assert 'QUICK' in text.splitlines()[0] and 'WRN-28-1' in text.splitlines()[0]   # reductions are stated
+    for name in ('FixMatch+ACR+BEM', 'LT ResNet-32 jitter1', 'augmentation', 'BEM added ms/step'):
+        assert name in text
+    res = json.loads(out.read_text())
+    assert len(res['configs']) == 7                       # 3 LTSSL configs x mu {1,2} + LT
+    for r in res['configs']:
+        for p_ in 'ab':
+            assert r[p_]['median_ms'] > 0 and r[p_]['flops_per_step'] > 0
+        assert r['ratio'] == pytest.approx(r['b']['median_ms'] / r['a']['median_ms'])
+    assert res['augmentation']['pil_us_1t'] > 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Loss parity of (a) and (b) on fixed views
+# ------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def ds():
+    return data.make_synthetic(n_per_class=40, n_test=4, seed=0)
+
+
+def _u8(pils):
+    return torch.stack([torch.from_numpy(np.asarray(p).copy()).permute(2, 0, 1) for p in pils])
+
+
+def _pil(x_u8):
+    from PIL import Image
+    return [Image.fromarray(im.permute(1, 2, 0).numpy()) for im in x_u8]
+
+
+class Feed:
+    """Hands (a) the fixed views in train_step's call order, checking it asks for the right images."""
+
+    def __init__(self, monkeypatch):
+        self.queue = []
+        monkeypatch.setattr(augment, 'weak', self._pop)
+        monkeypatch.setattr(augment, 'strong', self._pop)
+        monkeypatch.setattr(data, 'lt_view', lambda x, gen, degrees=15.0: self._pop(x, gen))
+
+    def _pop(self, x, gen):
+        src, view = self.queue.pop(0)
+        assert torch.equal(x, src), 'train_step asked for other images than the ones fed'
+        return view
+
+
+def _loss_a(task):
+    task.log_sums, task.log_n = {}, 0
+    task.train_step()
+    return float(task.log_sums['loss'])
+
+
+@pytest.mark.parametrize('alg,bem_on', [('fixmatch', False), ('acr', True)])
+def test_ltssl_reference_step_computes_the_same_loss(ds, monkeypatch, alg, bem_on):
+    B, mu = 4, 1
+    argv = ['--task', 'ltssl', '--dataset', 'synthetic', '--device', 'cpu', '--alg', alg, '--batch-size', str(B),
+            '--mu', str(mu), '--width', '1', '--n1', '30', '--m1', '10', '--imb-l', '10', '--iters', '1000',
+            '--threshold', '0.12']   # low threshold: untrained logits pass it, so the unlabeled terms count
+    task = bench.build_task(argv + (['--bem'] if bem_on else []), ds)
+    ref = bench.RefLTSSL(task, workers=0)
+    task.step = ref.step = 3001          # past ACR est_epoch / BEM est_start: every statistic update runs
+    feed, V = Feed(monkeypatch), task.V
+    t = reference.TransformFixMatch(task.mean, task.std)
+    random.seed(0), np.random.seed(0), torch.manual_seed(0)
+    for k in range(2):                   # step 2 draws CamMix partners from the bank step 1 filled
+        il, iu = torch.arange(B) + k * B, torch.arange(mu * B) + k * mu * B
+        x, u = task.lab_x[il], task.unl_x[iu]
+        xl, uw = [t.weak(p) for p in _pil(x)], [t.weak(p) for p in _pil(u)]
+        us = [t.strong(p) for _ in range(V) for p in _pil(u)]                  # view-major, like u.repeat(V)
+        monkeypatch.setattr(task.lab_sampler, 'next', lambda il=il: il)
+        monkeypatch.setattr(task.unl_sampler, 'next', lambda iu=iu: iu)
+        feed.queue = [(x, _u8(xl)), (u, _u8(uw)), (u.repeat(V, 1, 1, 1), _u8(us))]
+        ref.gen.set_state(task.gen.get_state())   # BEM's bank draw is the only generator use left
+        loss_a = _loss_a(task)
+        norm = lambda pils: torch.stack([t.normalize(p) for p in pils])  # noqa: E731
+        loss_b, _ = ref.step_on(norm(xl), task.lab_y[il], norm(uw), norm(us), task.u_real[iu])
+        assert not feed.queue and float(task.log_sums['mask']) > 0
+        assert loss_a == pytest.approx(loss_b, rel=1e-5, abs=1e-7), f'step {k}'
+        if bem_on:   # same bank: (a)'s device CCL boxes vs (b)'s cv2 boxes, uint8 vs normalised images
+            a_bank, b_bank = task.mixer.bem, ref.bem
+            assert torch.equal(a_bank.filled, b_bank.filled) and a_bank.filled.sum() > 0
+            assert torch.equal(a_bank.bank_box, b_bank.bank_box)
+            full = a_bank.bank_box[:-1].abs().sum(1) > 0
+            assert torch.equal(augment.normalize(a_bank.bank_img, task.mean, task.std)[:-1][full],
+                               b_bank.bank_img[:-1][full])
+
+
+def test_lt_reference_step_computes_the_same_loss(ds, monkeypatch):
+    argv = ['--task', 'lt', '--dataset', 'synthetic', '--device', 'cpu', '--model', 'resnet32', '--sampler', 'jitter1',
+            '--batch-size', '8', '--imb', '10']
+    task = bench.build_task(argv, ds)
+    ref = bench.RefLT(task, workers=0)
+    feed = Feed(monkeypatch)
+    pil_ops = ref.transform.transforms[:-2]            # RandomCrop, Flip, Rotation (PIL); then ToTensor+Normalize
+    torch.manual_seed(0)
+    for k in range(2):
+        idx = torch.arange(8) * 3 + k
+        views = []
+        for p in _pil(task.train_x[idx]):
+            for op in pil_ops:
+                p = op(p)
+            views.append(p)
+        monkeypatch.setattr(task.sampler, 'next_batch', lambda idx=idx: idx)
+        feed.queue = [(task.train_x[idx], _u8(views))]
+        loss_a = _loss_a(task)
+        x_b = torch.stack([ref.transform.transforms[-1](ref.transform.transforms[-2](p)) for p in views])
+        loss_b, _ = ref.step_on(x_b, task.train_y[idx])
+        assert loss_a == pytest.approx(loss_b, rel=1e-5, abs=1e-7), f'step {k}'
+
+
+def test_host_cv2_boxes_equal_device_boxes():
+    """(b)'s host CamMix (cv2 CCL_WU per sample) against bem.cam_boxes on smooth random CAMs."""
+    g = torch.Generator().manual_seed(0)
+    cams = torch.nn.functional.avg_pool2d(torch.randn(64, 1, 10, 10, generator=g), 3, 1)[:, 0]   # [64,8,8]
+    for tau in (0.3, 0.5, 0.7):
+        assert torch.equal(bench.host_cam_boxes(cams, (32, 32), tau), bem.cam_boxes(cams, (32, 32), tau))
