@@ -21,7 +21,7 @@ Reconstruction choices. The paper's text stops before §4.3; the defaults follow
 | CAM box timing | cached at push time from the step's joint forward | `cam_refresh=True`: recomputed at draw time | no extra forward pass |
 | bank | 2 FIFO queues per class (labeled GT, confident unlabeled), `bank_size` 64 | 32 for ImageNet-127 | memory-bank practice; tail classes have 5-15 labels |
 | entry | uint8 weak view + label + CAM box | dataset index + replayed augmentation | simplest; it is the view whose fmap gave the box |
-| lambda_d, est_start | 0.99, 2500 steps (5 x 500) | 3000 (ACR code: 0-based `epoch > 5`) | ACR's ema_u / est_epoch, which Eq. 3 duplicates |
+| lambda_d, est_start | 0.99, step 3000 (ACR code: 0-based `epoch > est_epoch = 5`, 500-step epochs) | any | ACR's ema_u / est_epoch, which Eq. 3 duplicates |
 | d^u before est_start | uniform (ACR's u_py init), so E_c^u is already included | E_c^x only | avoids ~80x tail over-sampling from 5 labeled images |
 | d^u counts | pseudo-labels with mask_u & u_real, normalised histogram | none | ACR excludes labeled images in U (target -2) |
 | entropy | Shannon entropy of the weak-view softmax, nats | / log C (cancels) | E1 |
@@ -266,7 +266,7 @@ class BEM:
                  bank_size=64,          # reconstructed: 64 CIFAR/STL, 32 ImageNet-127 (spec §5 #10)
                  beta=0.999,            # Eq. 2, stated in the paper
                  lambda_d=0.99,         # reconstructed: ACR's ema_u (spec §5 #12)
-                 est_start=2500,        # reconstructed: ACR's est_epoch 5 x 500 steps (spec §5 #12)
+                 est_start=3000,        # reconstructed: ACR's `epoch > est_epoch` (5): from step 6 x 500 (spec §5 #12)
                  lambda_e=None,         # reconstructed: entropy EMA = lambda_d (E2)
                  entropy_set='all',     # reconstructed: 'all' | 'masked' unlabeled samples (E2, Fig. 1)
                  ess='mul', alpha=0.5,  # reconstructed: 'mul' | 'add' | 'off' (E3)

@@ -196,6 +196,9 @@ def load_stl10(root, with_unlabeled=True):
 
 
 def load_svhn(root):
+    import importlib.util
+    if importlib.util.find_spec('scipy') is None:
+        raise DataError('SVHN needs scipy (torchvision reads the .mat files with scipy.io): pip install scipy')
     from torchvision import datasets
     tr = _torchvision(datasets.SVHN, root, 'SVHN (train_32x32.mat)', split='train')
     te = _torchvision(datasets.SVHN, root, 'SVHN (test_32x32.mat)', split='test')
@@ -363,6 +366,9 @@ def dataset_present(name, data_dir, img_size=32):
         return not missing, f'ImageNet-127 files missing under {d} (e.g. {missing[0]})' if missing else ''
     if name in where and os.path.exists(os.path.join(data_dir, where[name])):
         return True, ''
+    if name == 'fmnist':
+        return False, (f'Fashion-MNIST not found in {FMNIST_SYSTEM_DIR} (apt-get install dataset-fashion-mnist) '
+                       f'nor under {data_dir}/FashionMNIST/raw')
     return False, f'{name} not found under {data_dir} ({where.get(name, "?")})'
 
 

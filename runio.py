@@ -23,9 +23,14 @@ RESUME_FREE = {'resume', 'out', 'device', 'compile', 'progress', 'runs_dir', 'da
                'log_every', 'inject_nan', 'nan_policy'}
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write(path, data: bytes):
     d = os.path.dirname(path) or '.'
     fd, tmp = tempfile.mkstemp(dir=d, prefix='.tmp-')
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; run files should follow the umask like any file
     try:
         with os.fdopen(fd, 'wb') as f:
             f.write(data)

@@ -51,6 +51,8 @@ def build_parser():
     # -- optimisation (ltssl: ACR train.py; lt: spec jitter.md §4.2/§4.3)
     a('--iters', type=int, default=250000, help='ltssl total steps (ACR --total-steps)')
     a('--eval-every', type=int, default=None, help='ltssl: steps between evaluations (500); lt: epochs (1)')
+    a('--epoch-steps', type=int, default=500, help="ltssl: ACR's epoch (eval_step): the clock of ACR's adaptive tau, "
+      "ABC's schedule and BEM's d^u start; independent of --eval-every so evaluation never changes training")
     a('--batch-size', type=int, default=None, help='ltssl 64 (ACR); lt: resnet32 256, ride 128')
     a('--mu', type=int, default=1, help='unlabeled/labeled batch ratio (ACR default 1)')
     a('--lr', type=float, default=None, help='ltssl 0.03; lt: resnet32 0.5, ride 0.1')
@@ -194,6 +196,7 @@ def validate(args):
     _need(args.n1 > 0, f'--n1 must be positive, got {args.n1}')
     _need(args.m1 > 0 or args.alg == 'supervised', f'--m1 must be positive, got {args.m1}')
     _need(args.mu > 0, f'--mu must be positive, got {args.mu}')
+    _need(args.epoch_steps > 0, f'--epoch-steps must be positive, got {args.epoch_steps}')
     _need(0 <= args.tau_c <= 1, f'--tau-c must be in [0,1], got {args.tau_c}')
     _need(0 < args.beta < 1, f'--beta must be in (0,1), got {args.beta}; BEM uses 0.999')
     _need(0 <= args.lambda_d < 1, f'--lambda-d must be in [0,1), got {args.lambda_d}')
@@ -404,7 +407,7 @@ class LTSSLTask(_Task):
                 'acr': dict(acr_count=args.acr_count)}.get(args.alg, {})
         self.fw = ltssl.make_framework(
             args.alg, num_classes=C, labeled_counts=self.counts.tolist(), total_steps=args.iters,
-            steps_per_epoch=args.eval_every, threshold=args.threshold, device=device, **opts)
+            steps_per_epoch=args.epoch_steps, threshold=args.threshold, device=device, **opts)
         two = self.fw.num_heads == 2
         net = (models.wrn28(C, args.width, two, args.bn_momentum) if args.model == 'wrn'
                else models.resnet50(C, two)).to(device)
@@ -569,7 +572,7 @@ class Mixer:
             raise UsageError('--cam-refresh needs a model whose CAM layer feeds the head (--model wrn)')
         self.bem = bem.BEM(task.C, tuple(task.lab_x.shape[1:]), task.counts.tolist(), unlabeled_size, task.device,
                            bank_size=args.bank_size, beta=args.beta, lambda_d=args.lambda_d,
-                           est_start=6 * args.eval_every, ess=args.ess, esm=args.esm, ecb=args.ecb,
+                           est_start=6 * args.epoch_steps, ess=args.ess, esm=args.esm, ecb=args.ecb,
                            tau_c=args.tau_c, mix=args.mix if args.mix != 'none' else 'cammix',
                            cam_refresh=args.cam_refresh)
         self.method = args.mix
