@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# CPU sanity runs on Fashion-MNIST-LT (the real data this workplace has offline), behind the numbers in README
+# "Results on this machine". Not a paper table: a short schedule whose ORDERING is checked against the papers'.
+#   LTSSL: gamma = 100, ACR split, N1/M1 = 1000/2000; supervised, FixMatch, +LA, +ABC, +ACR, FixMatch+BEM,
+#          ACR+BEM; WRN-28-1, batch 32, mu 1, 250 steps, lr 0.1, BN momentum 0.1, EMA 0.99 (short-schedule
+#          values: the paper's 0.001 / 0.999 average over thousands of steps), --epoch-steps 25 (ACR's epoch,
+#          so its tau estimate and BEM's d^u start within the run), eval every 125 steps.
+#   LT:    imbalance 100 (6000 -> 60), ResNet-32, batch 64, 10 epochs x 30 steps, the jitter recipe scaled to
+#          10 epochs (lr 0.5 in the single-expert recipe, here 0.1 for the short run); samplers instance /
+#          jitter1 / jitter2 / jitter-noreplace, and jitter2 with group L2norm.
+# Runtime on an idle 2-core CPU: about 50 min for both seeds. SEEDS (default "0 1"), ONLY=ltssl|lt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-.venv/bin/python}; [ -x "$PYTHON" ] || PYTHON=python3
+SEEDS=${SEEDS:-"0 1"}
+ONLY=${ONLY:-}
+ROOT=${ROOT:-runs/fmnist_cpu}
+"$PYTHON" train.py --check-data --dataset fmnist
+SSL=(--dataset fmnist --n1 1000 --m1 2000 --imb-l 100 --setting consistent --split acr --width 1 --batch-size 32
+     --mu 1 --iters 250 --eval-every 125 --epoch-steps 25 --lr 0.1 --bn-momentum 0.1 --ema 0.99 --device cpu --no-progress)
+LT=(--task lt --dataset fmnist --imb 100 --model resnet32 --batch-size 64 --epochs 10 --iters-per-epoch 30 --lr 0.1
+    --eval-every 5 --device cpu --no-progress)
+run() {  # run <dir> <flags...>
+  local out=$1; shift
+  [ -f "$out/summary.json" ] && return
+  local resume=(); [ -f "$out/args.json" ] && resume=(--resume)
+  "$PYTHON" train.py "$@" --out "$out" "${resume[@]}"
+}
+for seed in $SEEDS; do
+  if [ "$ONLY" != lt ]; then
+    for alg in supervised fixmatch la abc acr; do run "$ROOT/ltssl/$alg/seed$seed" "${SSL[@]}" --alg $alg --seed $seed; done
+    for alg in fixmatch acr; do run "$ROOT/ltssl/$alg+bem/seed$seed" "${SSL[@]}" --alg $alg --bem --seed $seed; done
+  fi
+  if [ "$ONLY" != ltssl ]; then
+    for s in instance jitter1 jitter2 jitter-noreplace; do
+      run "$ROOT/lt/$s/seed$seed" "${LT[@]}" --sampler $s --group-l2norm off --seed $seed
+    done
+    run "$ROOT/lt/jitter2+gl2norm/seed$seed" "${LT[@]}" --sampler jitter2 --group-l2norm multi --seed $seed
+  fi
+done
+"$PYTHON" - "$ROOT" <<'PY'
+import json, sys, glob, os, numpy as np
+from tabulate import tabulate
+root = sys.argv[1]
+for task in ('ltssl', 'lt'):
+    rows = []
+    for d in sorted(glob.glob(f'{root}/{task}/*')):
+        ss = [json.load(open(f)) for f in sorted(glob.glob(f'{d}/seed*/summary.json'))]
+        if not ss: continue
+        f = lambda k: f"{np.mean([s[k] for s in ss]):.2f} ± {np.std([s[k] for s in ss]):.2f}"
+        rows.append([os.path.basename(d), len(ss), f('last'), f('head_half'), f('tail_half'), f('few'),
+                     f"{np.mean([s['timing']['wall_time_s'] for s in ss]):.0f}"])
+    if rows:
+        print(f'\n{task}: {ss[0]["statistic"]}\n')
+        print(tabulate(rows, headers=['run', 'seeds', 'last', 'head half', 'tail half', 'few (<20)', 'wall s'], tablefmt='github'))
+PY
