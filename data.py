@@ -265,6 +265,10 @@ def load_imagenet127(root, size):
                 except Exception:
                     raise DataError(f'{os.path.join(d, f)} is not a Small-ImageNet pickle (dict with '
                                     f'data/labels); re-create it') from None
+                if xs[-1].ndim != 2 or xs[-1].shape[1] != 3 * size * size or len(xs[-1]) != len(e['labels']):
+                    raise DataError(f'{os.path.join(d, f)} holds {xs[-1].shape[-1]} values per image for '
+                                    f'{len(e["labels"])} labels; --img-size {size} needs {3 * size * size} per '
+                                    f'image: check --img-size or re-create the file')
         x = np.concatenate(xs).reshape(-1, 3, size, size)
         return np.ascontiguousarray(x), np.asarray(ys, np.int64) - 1
     return read(IMAGENET127_FILES[:-1]) + read(IMAGENET127_FILES[-1:])

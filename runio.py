@@ -70,12 +70,21 @@ def env_record(device):
 
 
 def check_writable(path):
-    parent = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.access(parent, os.W_OK):
-        raise UsageError(f'output directory {path} is not writable (no write permission on {parent}); '
-                         f'choose another --out')
+    """Try it: os.access trusts mode bits (root bypasses them) and says yes to a regular file in the way."""
+    probe = os.path.abspath(path)
+    if os.path.exists(probe) and not os.path.isdir(probe):
+        raise UsageError(f'--out {path} exists and is not a directory; choose another --out')
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise UsageError(f'--out {path} cannot be created: {probe} is a file, not a directory; choose another --out')
+    try:
+        fd, tmp = tempfile.mkstemp(dir=probe, prefix='.tmp-')
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise UsageError(f'output directory {path} is not writable ({e.strerror} in {probe}); '
+                         f'choose another --out') from None
 
 
 def prepare(run_dir, args_dict, resume):
@@ -86,8 +95,12 @@ def prepare(run_dir, args_dict, resume):
         raise UsageError(f'run directory {run_dir} already exists; pass --resume to continue it '
                          f'or --out to start a new one')
     if exists:
-        with open(args_path) as f:
-            old = json.load(f)
+        try:
+            with open(args_path) as f:
+                old = json.load(f)
+        except (OSError, ValueError) as e:
+            raise UsageError(f'{args_path} is unreadable ({type(e).__name__}), so --resume cannot check the '
+                             f'arguments; restore it or start a new run with another --out') from None
         diff = [k for k in sorted(set(old) | set(args_dict))
                 if k not in RESUME_FREE and old.get(k) != args_dict.get(k)]
         if diff:
@@ -100,6 +113,9 @@ def prepare(run_dir, args_dict, resume):
 
 def create(run_dir, args_dict, env):
     os.makedirs(run_dir, exist_ok=True)
+    for f in os.listdir(run_dir):            # a kill inside atomic_write leaves its temporary file
+        if f.startswith('.tmp-'):
+            os.unlink(os.path.join(run_dir, f))
     if not os.path.exists(os.path.join(run_dir, 'args.json')):
         write_json(os.path.join(run_dir, 'env.json'), env)
         write_json(os.path.join(run_dir, 'args.json'), args_dict)

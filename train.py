@@ -36,7 +36,9 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser():
     p = _Parser(description=__doc__.split('\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    a = p.add_argument
+    def a(*flags, **kw):  # every flag shows its default, also those without a help text
+        kw.setdefault('help', '(default: %(default)s)')
+        return p.add_argument(*flags, **kw)
     a('--task', default='ltssl', choices=['ltssl', 'lt'])
     a('--dataset', default=None, help='ltssl: cifar10|cifar100|stl10|svhn|fmnist|imagenet127|synthetic (default cifar10); '
       'lt: cifar10|cifar100|fmnist|synthetic (default cifar100)')
@@ -164,6 +166,8 @@ def _need(cond, msg):
 def validate(args):
     lt = args.task == 'lt'
     data = LT_DATA if lt else LTSSL_DATA
+    _need(args.dataset != 'imagenet_lt', 'ImageNet-LT is not implemented here (it needs the raw ImageNet images and a '
+          'ResNeXt-50); run the CIFAR-100-LT part of jitter_table4.sh with ONLY=c100')
     _need(args.dataset in data, f'unknown dataset {args.dataset!r} for --task {args.task}; choose one of {", ".join(data)}')
     models = ('resnet32', 'ride') if lt else ('wrn', 'resnet50')
     _need(args.model in models, f'unknown model {args.model!r} for --task {args.task}; choose one of {", ".join(models)}')
@@ -172,6 +176,10 @@ def validate(args):
     _need(0 < args.threshold < 1, f'--threshold must be in (0,1), got {args.threshold}; FixMatch uses 0.95')
     _need(args.eval_every > 0, f'--eval-every must be positive, got {args.eval_every}')
     _need(args.img_size in (32, 64), f'--img-size must be 32 or 64, got {args.img_size}')
+    _need(0 <= args.seed < 2 ** 32, f'--seed must be in [0, 2^32), got {args.seed}')
+    _need(args.log_every > 0, f'--log-every must be positive, got {args.log_every}')
+    _need(args.momentum >= 0, f'--momentum must be >= 0, got {args.momentum}')
+    _need(args.wd >= 0, f'--wd must be >= 0, got {args.wd}')
     if lt:
         _need(not args.bem, '--bem is a BEM (ltssl) option and does not apply to --task lt; drop --bem or use --task ltssl')
         _need(args.epochs > 0, f'--epochs must be positive, got {args.epochs}')
@@ -183,12 +191,15 @@ def validate(args):
         _need(args.group_l2norm in ('multi', 'single4', 'expand', 'off'),
               f'unknown --group-l2norm {args.group_l2norm!r}; choose multi, single4, expand or off')
         _need(0 < args.jitter_beta, f'--jitter-beta must be positive, got {args.jitter_beta}')
+        _need(args.jitter_alpha >= 0, f'--jitter-alpha must be >= 0, got {args.jitter_alpha}')
         _need(args.experts >= 1, f'--experts must be >= 1, got {args.experts}')
         _need(args.iters_per_epoch is None or args.iters_per_epoch > 0,
               f'--iters-per-epoch must be positive, got {args.iters_per_epoch}')
         ok = args.lr_steps is None or all(v.strip().isdigit() for v in args.lr_steps.split(','))
         _need(ok and (args.lr_steps is None or len(args.lr_steps.split(',')) == 2),
               f'--lr-steps must be two epochs like 160,180, got {args.lr_steps!r}')
+        _need(args.lr_steps is None or lr_steps(args)[0] < lr_steps(args)[1],
+              f'--lr-steps must be increasing, like 160,180, got {args.lr_steps!r}')
         return
     _need(args.iters > 0, f'--iters must be positive, got {args.iters}')
     _need(args.imb_l >= 1, f'--imb-l (gamma_l) must be >= 1, got {args.imb_l}; gamma = N_1/N_C')
@@ -196,6 +207,8 @@ def validate(args):
     _need(args.n1 > 0, f'--n1 must be positive, got {args.n1}')
     _need(args.m1 > 0 or args.alg == 'supervised', f'--m1 must be positive, got {args.m1}')
     _need(args.mu > 0, f'--mu must be positive, got {args.mu}')
+    _need(args.width >= 1, f'--width must be >= 1, got {args.width}')
+    _need(args.abc_views >= 1, f'--abc-views must be >= 1, got {args.abc_views}')
     _need(args.epoch_steps > 0, f'--epoch-steps must be positive, got {args.epoch_steps}')
     _need(0 <= args.tau_c <= 1, f'--tau-c must be in [0,1], got {args.tau_c}')
     _need(0 < args.beta < 1, f'--beta must be in (0,1), got {args.beta}; BEM uses 0.999')
