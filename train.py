@@ -188,6 +188,8 @@ def validate(args):
         _need(args.sampler in samplers, f'unknown sampler {args.sampler!r}; choose one of {", ".join(samplers)}')
         _need(args.loss in ('ce', 'ldam', 'ride'), f'unknown loss {args.loss!r}; choose ce, ldam or ride')
         _need(args.loss != 'ride' or args.model == 'ride', '--loss ride needs --model ride')
+        _need(args.loss != 'ldam' or args.model == 'resnet32', '--loss ldam is the LDAM-DRW baseline on --model '
+              'resnet32; RIDE experts already scale by s=30 and carry LDAM margins in --loss ride')
         _need(args.group_l2norm in ('multi', 'single4', 'expand', 'off'),
               f'unknown --group-l2norm {args.group_l2norm!r}; choose multi, single4, expand or off')
         _need(0 < args.jitter_beta, f'--jitter-beta must be positive, got {args.jitter_beta}')

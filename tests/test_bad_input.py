@@ -157,6 +157,7 @@ CASES = [
     ('bem+supervised', LTSSL + ['--bem', '--alg', 'supervised'], 'bem', None),
     ('mix+supervised', LTSSL + ['--mix', 'cutmix', '--alg', 'supervised'], 'mix', None),
     ('ride-loss+resnet32', LT + ['--loss', 'ride', '--model', 'resnet32'], 'ride', None),
+    ('ldam-loss+ride', LT + ['--loss', 'ldam', '--model', 'ride'], 'ldam', None),
     ('cam-refresh+resnet50', LTSSL + ['--bem', '--cam-refresh', '--model', 'resnet50'], 'cam-refresh', None),
     # found while writing this catalogue (were accepted, then a traceback or a silently wrong run)
     ('width=0', LTSSL + ['--width', '0'], 'width', None),
