@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from augment import normalize, strong, weak  # noqa: F401  (re-exported: data.weak / data.strong)
-
 
 class DataError(Exception):
     """A dataset is missing or malformed. The message says what is wrong and how to fix it."""

@@ -268,6 +268,7 @@ def load_model(run, args):
 def cammix_images(run, n):
     """Sources x[:n] are pasted into targets x[n:2n]; boxes from CAM (CamMix) and from saliency (SaliencyMix)."""
     import torch
+    import augment
     import bem
     import data
     args = read_json(run / 'args.json') or die(f'{run}/args.json is missing')
@@ -276,7 +277,7 @@ def cammix_images(run, n):
     x = torch.as_tensor(ds.test_x[:2 * n])
     src, tgt = x[:n], x[n:2 * n]
     with torch.no_grad():
-        logits, fmap = model(data.normalize(src, ds.mean, ds.std))
+        logits, fmap = model(augment.normalize(src, ds.mean, ds.std))
     summ = read_json(run / 'summary.json') or {}
     head = 0 if summ.get('eval_head', 'standard') == 'standard' else len(model.heads) - 1  # ACR: balanced, ABC: abc
     w = model.heads[head].weight[logits[head].argmax(1)].detach()    # CAM weights of the predicted class

@@ -21,7 +21,6 @@ import torch.nn.functional as F
 import runio
 from runio import UsageError
 
-SPEC = 'spec'  # help strings cite ../shared/spec sections
 
 
 # ================================================================================================
@@ -276,9 +275,10 @@ def evaluate(model, x_u8, y, mean, std, num_classes, head_fn, batch=1024):
     """Per-head top-1 and per-class accuracy (%) of `model` on uint8 test images, on the device."""
     from augment import normalize
     model.eval()
-    correct, hits = None, None
+    correct = None
     for i in range(0, len(x_u8), batch):
-        logits = head_fn(model(prep_input(normalize(x_u8[i:i + batch], mean, std))))  # [H,B,C]
+        with autocast(x_u8.device):                                                     # bf16 on CUDA
+            logits = head_fn(model(prep_input(normalize(x_u8[i:i + batch], mean, std)))).float()  # [H,B,C]
         ok = (logits.argmax(-1) == y[i:i + batch]).float()                               # [H,B]
         cls = F.one_hot(y[i:i + batch], num_classes).float()
         c = ok @ cls                                                                      # [H,C]
@@ -473,8 +473,8 @@ class LTSSLTask(_Task):
 
     # -- one training step: augment -> [mix] -> joint forward -> losses -> SGD -> EMA -> [bank update]
     def train_step(self):
-        from augment import normalize, strong, weak
-        g, a = self.gen, self.args
+        from augment import strong, weak
+        g = self.gen
         il = self.lab_sampler.next()
         xl, yl = weak(self.lab_x[il], g), self.lab_y[il]
         parts, u_real, mix = [xl], None, None

@@ -39,7 +39,7 @@ RUNS=${RUNS:-runs}
 RESULTS=${RESULTS:-results}
 # SMOKE: synthetic 32 px data (600 images/class, so N1/M1 shrink to 150/300), WRN-28-1, 4 steps of batch 8;
 # LT: 2 epochs of 3 steps of batch 32.
-SMOKE_SSL=${SMOKE_SSL:-"--dataset synthetic --img-size 32 --model wrn --width 1 --n1 150 --m1 300 --batch-size 8 --iters 4 --eval-every 2 --device cpu --no-progress"}
+SMOKE_SSL=${SMOKE_SSL:-"--dataset synthetic --img-size 32 --model wrn --width 1 --n1 150 --m1 300 --batch-size 8 --iters 4 --eval-every 4 --device cpu --no-progress"}
 SMOKE_LT=${SMOKE_LT:-"--dataset synthetic --epochs 2 --iters-per-epoch 3 --eval-every 2 --batch-size 32 --device cpu --no-progress"}
 if [ "$SMOKE" = 1 ]; then RUNS=$RUNS/smoke; RESULTS=$RESULTS/smoke; SEEDS=1; fi
 
