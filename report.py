@@ -274,7 +274,8 @@ def cammix_images(run, n):
     args = read_json(run / 'args.json') or die(f'{run}/args.json is missing')
     model, ds = load_model(run, args), data.load_dataset(args['dataset'], args.get('data_dir', './datasets'),
                                                          args.get('img_size', 32), with_unlabeled=False)
-    x = torch.as_tensor(ds.test_x[:2 * n])
+    pick = np.linspace(0, len(ds.test_x) - 1, 2 * n).astype(int)   # spread over the (class-ordered) test set
+    x = torch.as_tensor(ds.test_x[pick])
     src, tgt = x[:n], x[n:2 * n]
     with torch.no_grad():
         logits, fmap = model(augment.normalize(src, ds.mean, ds.std))
