@@ -891,6 +891,11 @@ def _progress(task, args):
     return tqdm(total=task.total_steps, initial=task.step, disable=not show, dynamic_ncols=True, smoothing=0.05)
 
 
+def _error(e):
+    if os.environ.get('RANK', '0') == '0':        # under torchrun, one line from rank 0, not one per process
+        print(f'error: {e}', file=sys.stderr)
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
@@ -903,15 +908,15 @@ def main(argv=None):
             return 0
         return train(args)
     except UsageError as e:
-        print(f'error: {e}', file=sys.stderr)
+        _error(e)
         return 2
     except Exception as e:
         import data
         if isinstance(e, data.DataError):
-            print(f'error: {e}', file=sys.stderr)
+            _error(e)
             return 2
         if isinstance(e, NonFinite):
-            print(f'error: {e}', file=sys.stderr)
+            _error(e)
             return 3
         raise
 
