@@ -460,7 +460,8 @@ class RefLTSSL:
             self.opt, lambda k: max(0.0, math.cos(math.pi * 7 / 16 * k / total)))
         self.fw = copy.deepcopy(task.fw)
         if task.mixer is not None and not (a.bank and a.mix == 'cammix' and task.mixer.plain_cam):
-            raise NotImplementedError('pipeline (b) models BEM with its bank + plain-CAM CamMix only')
+            raise ValueError('reference pipeline (b) reproduces BEM with the bank and plain-CAM CamMix only (the '
+                             'configurations bench.py runs); other mixing setups have no reference-style counterpart')
         self.bem = host_bem(task.mixer.bem) if task.mixer is not None else None
         self.gen = torch.Generator(dev).manual_seed(a.seed)
         # host copies of the task's split (the reference keeps numpy arrays and a PIL transform per item)
