@@ -25,7 +25,8 @@ fi
 COMMON=(--dataset "$DATA" --n1 1000 --m1 2000 --imb-l 100 --setting consistent --split acr
         --width 1 --batch-size 32 --mu 1 --iters "$ITERS" --eval-every "$EVAL" --epoch-steps "$EPOCH" --lr 0.1
         --bn-momentum 0.1 --ema 0.99 --seed "$SEED" --device cpu --no-progress)
-ROOT=runs/demo$([ "$QUICK" = 1 ] && echo _quick)
+ROOT=runs/demo
+if [ "$QUICK" = 1 ]; then ROOT=runs/demo_quick; fi
 run() {  # run <name> <flags...>: skip if finished, resume if killed
   local out="$ROOT/$1"; shift
   if [ -f "$out/summary.json" ]; then echo "skip $out (finished)"; return; fi
