@@ -517,7 +517,9 @@ class LTSSLTask(_Task):
         segs = x.split(sizes)
         with autocast(self.device):
             logits, fmap = self.fwd(prep_input(ddp.shard(segs, DIST)))
-        return ddp.gather(logits, sizes, DIST, dim=1), ddp.gather(fmap.detach(), sizes, DIST, dim=0, autograd=False)
+        # the feature map is read only by BEM/mixing (CAM boxes): gather it only then, not every step
+        fmap = ddp.gather(fmap.detach(), sizes, DIST, dim=0, autograd=False) if self.mixer is not None else fmap
+        return ddp.gather(logits, sizes, DIST, dim=1), fmap
 
     def at_eval(self):
         return self.step % self.args.eval_every == 0 or self.step == self.total_steps
