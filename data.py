@@ -2,6 +2,7 @@
 
 Everything a training step reads lives on the device as uint8 NCHW tensors; batches are index
 tensors drawn on the device (no DataLoader, no PIL on the hot path). Augmentation is in augment.py.
+The exception is ImageNet-LT (115k full-size JPEGs): JpegImages + jpeg_loader decode them in workers.
 
   lt_counts(n1, C, gamma, reverse)     the DARP/ACR/USB per-class count formula (spec anchors.md §3)
   load_dataset(name, data_dir, ...)    -> Dataset(train_x, train_y, test_x, test_y, ...) as uint8 numpy
@@ -32,12 +33,13 @@ STATS = {
     'imagenet127': ((0.48109809, 0.45747185, 0.40785507), (0.26040889, 0.2532126, 0.26820634)),
     'fmnist': ((0.2860,) * 3, (0.3530,) * 3),
     'synthetic': ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
+    'imagenet_lt': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),   # RIDE/OLTR ImageNet transforms
 }
 # LDAM-DRW / RIDE normalise CIFAR-LT with this std (spec jitter.md §4.2).
 LT_STATS = {'cifar10': ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
             'cifar100': ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))}
 NUM_CLASSES = {'cifar10': 10, 'cifar100': 100, 'stl10': 10, 'svhn': 10, 'fmnist': 10,
-               'imagenet127': 127, 'synthetic': 10}
+               'imagenet127': 127, 'synthetic': 10, 'imagenet_lt': 1000}
 FMNIST_SYSTEM_DIR = '/usr/share/datasets/fashion-mnist'
 
 
@@ -55,6 +57,13 @@ class Dataset:
     train_boxes: np.ndarray = None  # synthetic: true object boxes (x1,y1,x2,y2), x2/y2 exclusive
     test_boxes: np.ndarray = None
     notes: list = field(default_factory=list)
+    root: str = None               # imagenet_lt: images are files under root, decoded per batch
+    train_files: list = None       # (train_x / test_x are None then)
+    test_files: list = None
+
+    @property
+    def streaming(self):
+        return self.train_x is None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -328,16 +337,127 @@ def make_synthetic(n_per_class=600, n_test=50, num_classes=10, size=32, seed=0):
 
 
 # ------------------------------------------------------------------------------------------------
+# ImageNet-LT (Liu et al. 2019, OLTR lists; jitter.md §4.1, §4.5): too large for the device, so its
+# images stay JPEG files decoded by PIL in DataLoader workers -- the one dataset off the device path.
+# ------------------------------------------------------------------------------------------------
+
+IMAGENET_LT_DIR = 'imagenet_lt'
+IMAGENET_LT_LISTS = {'train': 'ImageNet_LT_train.txt', 'test': 'ImageNet_LT_test.txt'}
+IMAGENET_LT_SIZES = {'train': 115846, 'test': 50000}  # published: 1000 classes, 1280 -> 5 train images
+_IMAGENET_LT_HOWTO = ('put ImageNet_LT_train.txt / ImageNet_LT_test.txt (OLTR) in {d} and link ImageNet-2012 '
+                      'train/ and val/ (val sorted into class folders) beside them')
+
+
+def read_lt_list(path):
+    """OLTR list lines 'train/n01440764/n01440764_10026.JPEG 0' -> (relative paths, int64 labels)."""
+    files, labels = [], []
+    with open(path) as f:
+        for k, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 2 or not parts[1].isdigit():
+                raise DataError(f'{path}:{k}: expected "<relative image path> <class id>", got {line.strip()[:60]!r}')
+            files.append(parts[0])
+            labels.append(int(parts[1]))
+    if not files:
+        raise DataError(f'{path} lists no images; ' + _IMAGENET_LT_HOWTO.format(d=os.path.dirname(path)))
+    return files, np.asarray(labels, np.int64)
+
+
+def _imagenet_lt_lists(root):
+    d = os.path.join(root, IMAGENET_LT_DIR)
+    out = {}
+    for split, name in IMAGENET_LT_LISTS.items():
+        p = os.path.join(d, name)
+        if not os.path.exists(p):
+            raise DataError(f'ImageNet-LT list {p} not found: ' + _IMAGENET_LT_HOWTO.format(d=d))
+        out[split] = read_lt_list(p)
+    return d, out
+
+
+def load_imagenet_lt(root):
+    """ImageNet-LT as file lists + labels. Every listed image must exist (checked now, not 3 hours in)."""
+    d, lists = _imagenet_lt_lists(root)
+    for split, (files, _) in lists.items():
+        missing = [f for f in files if not os.path.exists(os.path.join(d, f))]
+        if missing:
+            raise DataError(f'{len(missing)} of {len(files)} ImageNet-LT {split} images missing under {d} '
+                            f'(first: {missing[0]}); ' + _IMAGENET_LT_HOWTO.format(d=d))
+    (tr_f, tr_y), (te_f, te_y) = lists['train'], lists['test']
+    C = int(max(tr_y.max(), te_y.max())) + 1
+    notes = [f'{s} list has {len(lists[s][0])} images, not the published {n}: not the ImageNet-LT split'
+             for s, n in IMAGENET_LT_SIZES.items() if len(lists[s][0]) != n]
+    mean, std = STATS['imagenet_lt']
+    return Dataset('imagenet_lt', None, tr_y, None, te_y, C, mean, std, notes=notes, root=d,
+                   train_files=tr_f, test_files=te_f)
+
+
+class JpegImages(torch.utils.data.Dataset):
+    """uint8 CHW crops of listed JPEGs (normalised later, on the device).
+
+    Train: RandomResizedCrop(size), HorizontalFlip, ColorJitter(0.4, 0.4, 0.4, 0) -- RIDE's ImageNet-LT
+    transforms (jitter.md §4.5). Keys are (index, seed): each sample's randomness comes from its own seed,
+    so a batch is the same whichever worker decodes it, and a resumed run sees the same crops.
+    Test: Resize(size * 256/224) + CenterCrop(size).
+    """
+
+    def __init__(self, root, files, labels, size=224, train=True):
+        from torchvision import transforms as T
+        self.root, self.files, self.labels = root, files, labels
+        self.tf = (T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ColorJitter(0.4, 0.4, 0.4, 0),
+                              T.PILToTensor()]) if train else
+                   T.Compose([T.Resize(size * 256 // 224), T.CenterCrop(size), T.PILToTensor()]))
+        self.train = train
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, key):
+        from PIL import Image
+        i, seed = key if self.train else (key, None)
+        with Image.open(os.path.join(self.root, self.files[i])) as im:
+            img = im.convert('RGB')
+        if seed is None:
+            return self.tf(img), self.labels[i]
+        with torch.random.fork_rng(devices=[]):    # torchvision draws from the global RNG
+            torch.manual_seed(seed)
+            return self.tf(img), self.labels[i]
+
+
+def _worker_init(_):
+    # Ctrl-C reaches the whole process group: workers ignore it, so the main process can finish its step,
+    # checkpoint and exit cleanly (a worker killed mid-fetch would turn that into a crash)
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def jpeg_loader(images, batches, workers, pin=False):
+    """A DataLoader over fixed index batches (lists of keys); workers decode ahead of the step."""
+    return torch.utils.data.DataLoader(images, batch_sampler=batches, num_workers=workers, pin_memory=pin,
+                                       prefetch_factor=4 if workers else None,
+                                       worker_init_fn=_worker_init if workers else None)
+
+
+def sample_seeds(seed, step, n):
+    """Per-sample augmentation seeds of one training step (a pure function of run seed and step)."""
+    base = (int(seed) * 1_000_003 + int(step)) * 65_537
+    return [(base + k) % (2 ** 63) for k in range(n)]
+
+
+# ------------------------------------------------------------------------------------------------
 # Entry point
 # ------------------------------------------------------------------------------------------------
 
-DATASETS = ('cifar10', 'cifar100', 'stl10', 'svhn', 'fmnist', 'imagenet127', 'synthetic')
+DATASETS = ('cifar10', 'cifar100', 'stl10', 'svhn', 'fmnist', 'imagenet127', 'synthetic', 'imagenet_lt')
 
 
 def load_dataset(name, data_dir='./datasets', img_size=32, with_unlabeled=True):
     """Load a dataset as uint8 NCHW numpy arrays. Raises DataError with a one-line fix."""
     if name == 'synthetic':
         return make_synthetic()
+    if name == 'imagenet_lt':
+        return load_imagenet_lt(data_dir)
     extra = None
     if name in ('cifar10', 'cifar100'):
         arrays = load_cifar(name, data_dir)
@@ -361,6 +481,12 @@ def dataset_present(name, data_dir, img_size=32):
     where = {'cifar10': 'cifar-10-batches-py', 'cifar100': 'cifar-100-python', 'stl10': 'stl10_binary',
              'svhn': 'train_32x32.mat', 'imagenet127': f'small_imagenet_127_{img_size}'}
     if name == 'synthetic' or (name == 'fmnist' and _find_fmnist(data_dir)):
+        return True, ''
+    if name == 'imagenet_lt':
+        try:
+            _imagenet_lt_lists(data_dir)
+        except DataError as e:
+            return False, str(e)
         return True, ''
     if name == 'imagenet127':
         d = os.path.join(data_dir, where[name])

@@ -1,7 +1,8 @@
 """RIDE (Wang et al., ICLR 2021) and LDAM-DRW (Cao et al., NeurIPS 2019) for the jitter-sampling runs.
 
-Follows frank-xwang/RIDE-LongTailRecognition (model/ldam_drw_resnets/ride_resnet_cifar.py, model/loss.py)
-and kaidic/LDAM-DRW (losses.py, cifar_train.py); spec/jitter.md §6.1-§6.2. Imports jitter.py only.
+Follows frank-xwang/RIDE-LongTailRecognition (model/ldam_drw_resnets/ride_resnet_cifar.py, model/loss.py;
+model/fb_resnets/RIDEResNeXt.py for the ImageNet-LT ResNeXt-50) and kaidic/LDAM-DRW (losses.py, cifar_train.py);
+spec/jitter.md §4.5, §6.1-§6.2. Imports jitter.py only.
 The LDAM-DRW baseline = jitter.resnet32(C, norm_linear=True) + LDAMLoss(counts, drw_epoch=160).
 """
 import numpy as np
@@ -15,7 +16,20 @@ from jitter import NormedLinear, kaiming_init, make_stage
 # ================================================================================================
 # Model: shared stem + layer1, per-expert layer2/layer3 + cosine classifier (RIDE ResNet-32)
 # ================================================================================================
-class RIDEResNet32(nn.Module):
+class Experts(nn.Module):
+    """RIDE's output: a shared trunk once, then every expert's s-scaled cosine logits, and their mean."""
+
+    def expert(self, h, e):
+        return self.s * self.linears[e](self.features(h, e))
+
+    def forward(self, x):
+        """Returns (mean logits [B, C], expert logits [E, B, C])."""
+        h = self.shared(x)
+        z = torch.stack([self.expert(h, e) for e in range(len(self.linears))])
+        return z.mean(0), z
+
+
+class RIDEResNet32(Experts):
     def __init__(self, num_classes, experts=4, reduce=True, s=30.0):
         super().__init__()
         w2, w3 = (24, 48) if reduce else (32, 64)  # "reduce_dimension" shrinks the expert branches
@@ -28,20 +42,94 @@ class RIDEResNet32(nn.Module):
         self.s = s  # RIDE multiplies the cosine logits by s inside the model
         self.apply(kaiming_init)
 
-    def expert(self, h, e):
-        f = self.layer3s[e](self.layer2s[e](h)).mean((2, 3))
-        return self.s * self.linears[e](f)
+    def shared(self, x):
+        return self.layer1(F.relu(self.bn1(self.conv1(x))))
 
-    def forward(self, x):
-        """Returns (mean logits [B, C], expert logits [E, B, C])."""
-        h = self.layer1(F.relu(self.bn1(self.conv1(x))))
-        z = torch.stack([self.expert(h, e) for e in range(len(self.linears))])
-        return z.mean(0), z
+    def features(self, h, e):
+        return self.layer3s[e](self.layer2s[e](h)).mean((2, 3))
 
 
 def ride_resnet32(num_classes, experts=4, reduce=True):
     """C=100: 2/3/4 experts = 530,512 / 783,856 / 1,037,200 (reduce), 915,984 / 1,362,064 / 1,808,144 (full)."""
     return RIDEResNet32(num_classes, experts=experts, reduce=reduce)
+
+
+# ================================================================================================
+# Model: RIDE ResNeXt-50 (32x4d) for ImageNet-LT: shared stem + layer1-2, per-expert layer3/layer4
+# ================================================================================================
+class ResNeXtBottleneck(nn.Module):
+    """1x1 -> grouped 3x3 (carries the stride, as in torchvision) -> 1x1 (planes*4), projection shortcut."""
+    expansion = 4
+
+    def __init__(self, inplanes, planes, stride=1, groups=32, width_per_group=4):
+        super().__init__()
+        width = int(planes * width_per_group / 64) * groups  # 32x4d: planes 64 -> 128 inner channels
+        out = planes * self.expansion
+        self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, groups=groups, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, out, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out)
+        self.downsample = None
+        if stride != 1 or inplanes != out:
+            self.downsample = nn.Sequential(nn.Conv2d(inplanes, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+
+    def forward(self, x):
+        h = F.relu(self.bn1(self.conv1(x)))
+        h = F.relu(self.bn2(self.conv2(h)))
+        h = self.bn3(self.conv3(h))
+        return F.relu(h + (x if self.downsample is None else self.downsample(x)))
+
+
+def resnext_stage(inplanes, planes, blocks, stride=1):
+    """`blocks` bottlenecks; only the first one strides and changes the channel count."""
+    out = planes * ResNeXtBottleneck.expansion
+    return nn.Sequential(ResNeXtBottleneck(inplanes, planes, stride),
+                         *[ResNeXtBottleneck(out, planes) for _ in range(blocks - 1)])
+
+
+def resnext_init(m):
+    """RIDE/torchvision ImageNet init: conv ~ N(0, 2/(k*k*out)) (Kaiming fan_out), BN = (1, 0).
+
+    Not jitter.kaiming_init: that is the CIFAR fan_in rule. NormedLinear keeps its own init, as in RIDE.
+    """
+    if isinstance(m, nn.Conv2d):
+        nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    elif isinstance(m, nn.BatchNorm2d):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+class RIDEResNeXt50(Experts):
+    def __init__(self, num_classes, experts=4, reduce=True, s=30.0):
+        super().__init__()
+        p3, p4 = (192, 384) if reduce else (256, 512)  # "reduce_dimension" shrinks the expert branches
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.layer1 = resnext_stage(64, 64, 3)
+        self.layer2 = resnext_stage(256, 128, 4, stride=2)
+        # every expert reads the same 512-channel layer2 output
+        self.layer3s = nn.ModuleList([resnext_stage(512, p3, 6, stride=2) for _ in range(experts)])
+        self.layer4s = nn.ModuleList([resnext_stage(4 * p3, p4, 3, stride=2) for _ in range(experts)])
+        self.linears = nn.ModuleList([NormedLinear(4 * p4, num_classes) for _ in range(experts)])
+        self.s = s  # RIDE multiplies the cosine logits by s inside the model
+        self.apply(resnext_init)
+
+    def shared(self, x):
+        """Stem + layer1 + layer2, computed once for all experts: [B, 512, H/8, W/8]."""
+        return self.layer2(self.layer1(self.maxpool(F.relu(self.bn1(self.conv1(x))))))
+
+    def features(self, h, e):
+        # mean over H, W instead of RIDE's AvgPool2d(7): identical at 224 px (7x7 map), works at any size
+        return self.layer4s[e](self.layer3s[e](h)).mean((2, 3))
+
+
+def ride_resnext50(num_classes, experts=4, reduce=True):
+    """C=1000: 3/4 experts = 42,889,024 / 56,714,560 (reduce), 72,258,880 / 95,874,368 (full); 1 expert full =
+    25,027,904 = torchvision resnext50_32x4d (25,028,904) minus the fc bias. spec/jitter.md §4.5, §6.1."""
+    return RIDEResNeXt50(num_classes, experts=experts, reduce=reduce)
 
 
 # ================================================================================================

@@ -40,8 +40,10 @@ def build_parser():
         return p.add_argument(*flags, **kw)
     a('--task', default='ltssl', choices=['ltssl', 'lt'])
     a('--dataset', default=None, help='ltssl: cifar10|cifar100|stl10|svhn|fmnist|imagenet127|synthetic (default cifar10); '
-      'lt: cifar10|cifar100|fmnist|synthetic (default cifar100)')
-    a('--img-size', type=int, default=32, help='imagenet127: 32 or 64')
+      'lt: cifar10|cifar100|fmnist|imagenet_lt|synthetic (default cifar100)')
+    a('--img-size', type=int, default=None, help='imagenet127: 32 or 64 (default 32); imagenet_lt: crop size '
+      '(default 224); 32 for the CIFAR-size sets')
+    a('--workers', type=int, default=None, help='imagenet_lt: JPEG-decoding DataLoader workers (default min(8, CPUs))')
     a('--data-dir', default='./datasets')
     a('--out', default=None, help='run directory (default runs/<name built from the arguments>)')
     a('--runs-dir', default='runs')
@@ -57,7 +59,7 @@ def build_parser():
     a('--batch-size', type=int, default=None, help='ltssl 64 (ACR); lt: resnet32 256, ride 128')
     a('--mu', type=int, default=1, help='unlabeled/labeled batch ratio (ACR default 1)')
     a('--lr', type=float, default=None, help='ltssl 0.03; lt: resnet32 0.5, ride 0.1')
-    a('--wd', type=float, default=5e-4)
+    a('--wd', type=float, default=None, help='5e-4; imagenet_lt 2e-4 (RIDE ImageNet-LT config)')
     a('--momentum', type=float, default=0.9)
     a('--no-nesterov', dest='nesterov', action='store_false')
     a('--ema', type=float, default=0.999, help='EMA decay of the evaluated model (ltssl)')
@@ -70,7 +72,8 @@ def build_parser():
     a('--imb-u', type=float, default=None, help='unlabeled gamma_u (default: from --setting)')
     a('--setting', default='consistent', choices=['consistent', 'uniform', 'reversed'])
     a('--split', default='acr', choices=['acr', 'random'], help='acr: first-k, labeled inside unlabeled')
-    a('--model', default=None, help='wrn (ltssl default), resnet50 (imagenet127 default), resnet32 (lt default), ride')
+    a('--model', default=None, help='wrn (ltssl default), resnet50 (imagenet127 default), resnet32 (lt default), '
+      'ride (RIDE ResNet-32; ResNeXt-50 and the default on imagenet_lt)')
     a('--width', type=int, default=2, help='WRN width (ACR public code: 2; ACR paper CIFAR-100: 8)')
     a('--bn-momentum', type=float, default=0.001, help='WRN BatchNorm momentum (ACR/kekmodel)')
     # -- framework options (ltssl.py)
@@ -93,7 +96,8 @@ def build_parser():
     a('--mix-views', default='all', choices=['all', 'second'], help='ACR/ABC: mix both strong views or only the second')
     # -- LT task (jitter.py / ride.py)
     a('--epochs', type=int, default=None, help='lt: resnet32 500, ride 200')
-    a('--imb', type=float, default=100, help='lt imbalance factor (LDAM construction)')
+    a('--imb', type=float, default=None, help='lt imbalance factor (LDAM construction; default 100). ImageNet-LT: '
+      'fixed by its lists (256)')
     a('--iters-per-epoch', type=int, default=None, help='lt: cap the steps of an epoch (smoke tests, benchmarks); '
       'default ceil(N/B)')
     a('--sampler', default=None, help='instance|shuffle|balanced|reversed|jitter1|jitter2|jitter-noreplace')
@@ -122,7 +126,7 @@ def build_parser():
 
 
 LTSSL_DATA = ('cifar10', 'cifar100', 'stl10', 'svhn', 'fmnist', 'imagenet127', 'synthetic')
-LT_DATA = ('cifar10', 'cifar100', 'fmnist', 'synthetic')
+LT_DATA = ('cifar10', 'cifar100', 'fmnist', 'imagenet_lt', 'synthetic')
 
 
 def resolve(args):
@@ -130,20 +134,26 @@ def resolve(args):
     lt = args.task == 'lt'
     args.dataset = args.dataset or ('cifar100' if lt else 'cifar10')
     if args.model is None:
-        args.model = 'resnet32' if lt else ('resnet50' if args.dataset == 'imagenet127' else 'wrn')
+        args.model = (('ride' if args.dataset == 'imagenet_lt' else 'resnet32') if lt else
+                      ('resnet50' if args.dataset == 'imagenet127' else 'wrn'))
     if lt:
         ride = args.model == 'ride'
         # spec jitter.md §4.2 (single expert) and §4.3 (RIDE)
         d = dict(batch_size=128 if ride else 256, lr=0.1 if ride else 0.5, epochs=200 if ride else 500,
                  sampler='jitter1' if ride else 'jitter2', loss='ride' if ride else 'ce',
                  group_l2norm='off' if ride else 'multi', jitter_alpha=0.05 if ride else 1.0,
-                 jitter_beta=2.0 if ride else 1.5, eval_every=1)
+                 jitter_beta=2.0 if ride else 1.5, eval_every=1, imb=100, img_size=32, wd=5e-4)
+        if args.dataset == 'imagenet_lt':
+            # RIDE config_imagenet_lt_resnext50_ride.json (jitter.md §4.5, reconstructed); the imbalance is the list's
+            _need(args.imb in (None, 256), f'--imb does not apply to ImageNet-LT (its lists fix it at 256, 1280 -> 5 '
+                  f'images); drop --imb {args.imb}')
+            d.update(batch_size=256, epochs=100, wd=2e-4, eval_every=10, imb=256, img_size=224)
         if args.delta_fixed is None and args.delta_fixed_from is None:
             # single expert: delta_t = 0.5 from epoch 350 (paper §4.2); RIDE: 0 from the DRW epoch
             # (reconstructed, spec jitter.md §7 #7) -- both move with --lr-steps / --epochs
             args.delta_fixed, args.delta_fixed_from = (0.0 if ride else 0.5), None
     else:
-        d = dict(batch_size=64, lr=0.03, eval_every=500)
+        d = dict(batch_size=64, lr=0.03, eval_every=500, img_size=32, wd=5e-4)
         on = args.bem
         d.update(mix='cammix' if on else 'none', bank=bool(on), ess='mul' if on else 'off',
                  esm='class' if on else 'off', ecb='on' if on else 'off',
@@ -153,7 +163,7 @@ def resolve(args):
             setattr(args, k, v)
     validate(args)
     if lt and args.delta_fixed is not None and args.delta_fixed_from is None:
-        args.delta_fixed_from = lr_steps(args)[0]
+        args.delta_fixed_from = drw_epoch(args)
     return args
 
 
@@ -165,8 +175,6 @@ def _need(cond, msg):
 def validate(args):
     lt = args.task == 'lt'
     data = LT_DATA if lt else LTSSL_DATA
-    _need(args.dataset != 'imagenet_lt', 'ImageNet-LT is not implemented here (it needs the raw ImageNet images and a '
-          'ResNeXt-50); run the CIFAR-100-LT part of jitter_table4.sh with ONLY=c100')
     _need(args.dataset in data, f'unknown dataset {args.dataset!r} for --task {args.task}; choose one of {", ".join(data)}')
     models = ('resnet32', 'ride') if lt else ('wrn', 'resnet50')
     _need(args.model in models, f'unknown model {args.model!r} for --task {args.task}; choose one of {", ".join(models)}')
@@ -174,7 +182,12 @@ def validate(args):
     _need(args.lr > 0, f'--lr must be positive, got {args.lr}')
     _need(0 < args.threshold < 1, f'--threshold must be in (0,1), got {args.threshold}; FixMatch uses 0.95')
     _need(args.eval_every > 0, f'--eval-every must be positive, got {args.eval_every}')
-    _need(args.img_size in (32, 64), f'--img-size must be 32 or 64, got {args.img_size}')
+    if args.dataset == 'imagenet_lt':
+        _need(args.img_size >= 32, f'--img-size must be >= 32 for ImageNet-LT, got {args.img_size}; RIDE uses 224')
+    else:
+        _need(args.img_size in (32, 64) and (args.img_size == 32 or args.dataset == 'imagenet127'),
+              f'--img-size {args.img_size} does not apply to {args.dataset}; use 32 (64 exists for imagenet127 only)')
+    _need(args.workers is None or args.workers >= 0, f'--workers must be >= 0, got {args.workers}')
     _need(0 <= args.seed < 2 ** 32, f'--seed must be in [0, 2^32), got {args.seed}')
     _need(args.log_every > 0, f'--log-every must be positive, got {args.log_every}')
     _need(args.momentum >= 0, f'--momentum must be >= 0, got {args.momentum}')
@@ -194,6 +207,8 @@ def validate(args):
         _need(0 < args.jitter_beta, f'--jitter-beta must be positive, got {args.jitter_beta}')
         _need(args.jitter_alpha >= 0, f'--jitter-alpha must be >= 0, got {args.jitter_alpha}')
         _need(args.experts >= 1, f'--experts must be >= 1, got {args.experts}')
+        _need(args.dataset != 'imagenet_lt' or args.model == 'ride', 'ImageNet-LT runs the RIDE ResNeXt-50 (jitter.md '
+              '§4.5); use --model ride (--experts 1 for a single expert)')
         _need(args.iters_per_epoch is None or args.iters_per_epoch > 0,
               f'--iters-per-epoch must be positive, got {args.iters_per_epoch}')
         ok = args.lr_steps is None or all(v.strip().isdigit() for v in args.lr_steps.split(','))
@@ -227,8 +242,17 @@ def lr_steps(args):
     """RIDE CustomLR decay epochs (spec jitter.md §4.2-4.3); other lengths scale in proportion (reconstructed)."""
     if args.lr_steps:
         return tuple(int(v) for v in args.lr_steps.split(','))
-    base, ref = ((160, 180), 200) if args.model == 'ride' or args.epochs <= 200 else ((350, 450), 500)
+    if args.dataset == 'imagenet_lt':
+        base, ref = (60, 80), 100          # RIDE ImageNet-LT: x0.1 at 60 and 80 of 100 epochs (jitter.md §4.5)
+    else:
+        base, ref = ((160, 180), 200) if args.model == 'ride' or args.epochs <= 200 else ((350, 450), 500)
     return tuple(int(round(s * args.epochs / ref)) for s in base)
+
+
+def drw_epoch(args):
+    """Epoch where DRW starts and the jitter stops: the first decay on CIFAR (reweight_epoch 160 of 200),
+    the second on ImageNet-LT (reweight_epoch 80 of 100, jitter during 0-80; jitter.md §4.3, §4.5)."""
+    return lr_steps(args)[1 if args.dataset == 'imagenet_lt' else 0]
 
 
 def run_name(args):
@@ -272,20 +296,25 @@ class EMA:
 
 @torch.no_grad()
 def evaluate(model, x_u8, y, mean, std, num_classes, head_fn, batch=1024):
-    """Per-head top-1 and per-class accuracy (%) of `model` on uint8 test images, on the device."""
+    """Per-head top-1 and per-class accuracy (%) of `model` on uint8 test images, on the device.
+
+    x_u8, y: device tensors; or x_u8 = an iterable of (uint8 images, labels) device batches and y = None.
+    """
     from augment import normalize
     model.eval()
-    correct = None
-    for i in range(0, len(x_u8), batch):
-        with autocast(x_u8.device):                                                     # bf16 on CUDA
-            logits = head_fn(model(prep_input(normalize(x_u8[i:i + batch], mean, std)))).float()  # [H,B,C]
-        ok = (logits.argmax(-1) == y[i:i + batch]).float()                               # [H,B]
-        cls = F.one_hot(y[i:i + batch], num_classes).float()
-        c = ok @ cls                                                                      # [H,C]
-        correct = c if correct is None else correct + c
-    total = torch.bincount(y, minlength=num_classes).float().clamp(min=1)
-    per_class = (100 * correct / total).cpu().numpy()
-    top1 = (100 * correct.sum(1) / len(y)).cpu().numpy()
+    if y is None and isinstance(x_u8, tuple):
+        x_u8, y = x_u8
+    batches = ((x_u8[i:i + batch], y[i:i + batch]) for i in range(0, len(x_u8), batch)) if y is not None else x_u8
+    correct, total = None, 0
+    for xb, yb in batches:
+        with torch.no_grad(), autocast(xb.device):                                       # bf16 on CUDA
+            logits = head_fn(model(prep_input(normalize(xb, mean, std)))).float()       # [H,B,C]
+        ok = (logits.argmax(-1) == yb).float()                                           # [H,B]
+        cls = F.one_hot(yb, num_classes).float()
+        c, n = ok @ cls, cls.sum(0)                                                      # [H,C], [C]
+        correct, total = (c, n) if correct is None else (correct + c, total + n)
+    per_class = (100 * correct / total.clamp(min=1)).cpu().numpy()
+    top1 = (100 * correct.sum(1) / total.sum()).cpu().numpy()
     return top1, per_class
 
 
@@ -672,30 +701,23 @@ class LTTask(_Task):
         import ride
         self._init_common(args, device, log)
         C, self.C = ds.num_classes, ds.num_classes
-        img_max = int(np.bincount(ds.train_y).max())
-        counts = data.lt_counts(img_max, C, args.imb)           # LDAM-DRW IMBALANCECIFAR (anchors.md §7)
-        idx = data.lt_subset(ds.train_y, counts, seed=0)        # rand_number = 0: the split is fixed
-        self.counts = np.array(counts)
+        self.stream = ds.streaming                              # ImageNet-LT: JPEG files, not device tensors
+        idx = self._data(ds, data, device)
         if len(idx) < args.batch_size:
             raise UsageError(f'--batch-size {args.batch_size} is larger than the training set ({len(idx)}); lower it')
-        self.train_x = torch.as_tensor(ds.train_x[idx]).to(device)
-        self.train_y = torch.as_tensor(ds.train_y[idx], dtype=torch.long).to(device)
-        self.test_x = torch.as_tensor(ds.test_x).to(device)
-        self.test_y = torch.as_tensor(ds.test_y, dtype=torch.long).to(device)
         self.mean, self.std = data.LT_STATS.get(ds.name, (ds.mean, ds.std))
         self.ride = args.model == 'ride'
         # RIDE's CIFAR pipeline adds RandomRotation(15); LDAM-DRW's is crop + flip (spec jitter.md §4.2)
         self.degrees = 0.0 if (args.loss == 'ldam' and not self.ride) else 15.0
-        net = (ride.ride_resnet32(C, experts=args.experts, reduce=args.reduce) if self.ride else
-               jitter.resnet32(C, group_l2norm=False if args.group_l2norm == 'off' else args.group_l2norm,
-                               norm_linear=args.loss == 'ldam'))
-        self.model = net.to(device)
+        self.model = self._model(C, ride, jitter).to(device)
         self.fwd = torch.compile(self.model) if args.compile else self.model
         self.opt = torch.optim.SGD(self.model.parameters(), lr=args.lr, momentum=args.momentum,
                                    weight_decay=args.wd, nesterov=args.nesterov, **_foreach(device))
         self.lr_steps = steps = lr_steps(args)
         self.criterion = self._criterion(ride)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda e: ride.lr_lambda(e, warmup=5, steps=steps))
+        g = 0.1 if self.stream else 0.01                        # lr x0.1 per step on ImageNet-LT, x0.01 on CIFAR
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda e: ride.lr_lambda(e, warmup=5, steps=steps, gamma=g))
         self.sampler = jitter.make_sampler(
             args.sampler, self.train_y, C, args.batch_size, args.epochs, alpha=args.jitter_alpha,
             beta=args.jitter_beta, gamma=args.jitter_gamma, delta_fixed=args.delta_fixed,
@@ -704,12 +726,46 @@ class LTTask(_Task):
         self.total_steps = args.epochs * self.ipe
         self.images_per_step = args.batch_size
         self.deltas = []
-        log(f'{ds.name}-LT imb {args.imb:g}: {len(idx)} images {counts[:5]}..{counts[-1]}; {args.model} '
+        self.epoch_batches, self.epoch_state = None, None
+        for note in ds.notes:
+            log(f'warning: {note}')
+        c = self.counts.tolist()
+        log(f'{ds.name}-LT imb {args.imb:g}: {len(idx)} images {c[:5]}..{c[-1]}; {args.model} '
             f'{args.loss} {args.sampler}; {args.epochs} epochs x {self.ipe} steps on {device}')
 
+    def _data(self, ds, data, device):
+        """Training subset and test set; sets counts, train_y (device) and the image source."""
+        if self.stream:
+            # the ImageNet-LT train list IS the long-tailed split (1280 -> 5); images decode in workers
+            self.counts = np.bincount(ds.train_y, minlength=self.C)
+            self.train_y = torch.as_tensor(ds.train_y, dtype=torch.long).to(device)
+            self.ds = ds
+            return np.arange(len(ds.train_y))
+        img_max = int(np.bincount(ds.train_y).max())
+        counts = data.lt_counts(img_max, self.C, self.args.imb)  # LDAM-DRW IMBALANCECIFAR (anchors.md §7)
+        idx = data.lt_subset(ds.train_y, counts, seed=0)         # rand_number = 0: the split is fixed
+        self.counts = np.array(counts)
+        self.train_x = torch.as_tensor(ds.train_x[idx]).to(device)
+        self.train_y = torch.as_tensor(ds.train_y[idx], dtype=torch.long).to(device)
+        self.test_x = torch.as_tensor(ds.test_x).to(device)
+        self.test_y = torch.as_tensor(ds.test_y, dtype=torch.long).to(device)
+        return idx
+
+    def _model(self, C, ride, jitter):
+        a = self.args
+        if self.ride and self.stream:            # ImageNet-LT: RIDE ResNeXt-50 (jitter.md §4.5, §7 #14)
+            return ride.ride_resnext50(C, experts=a.experts, reduce=a.reduce)
+        if self.ride:
+            return ride.ride_resnet32(C, experts=a.experts, reduce=a.reduce)
+        return jitter.resnet32(C, group_l2norm=False if a.group_l2norm == 'off' else a.group_l2norm,
+                               norm_linear=a.loss == 'ldam')
+
     def _criterion(self, ride):
-        a, drw = self.args, self.lr_steps[0]          # DRW switches on at the first lr decay (epoch 160)
+        a, drw = self.args, drw_epoch(self.args)      # DRW: epoch 160 of 200 (CIFAR), 80 of 100 (ImageNet-LT)
         if a.loss == 'ride':
+            if self.stream:                           # RIDE ImageNet-LT config: reweight_factor 0.02, λ = -0.2
+                return ride.RIDELoss(self.counts.tolist(), stage1=a.ride_stage1, drw_epoch=drw,
+                                     diversity=-0.2, reweight_factor=0.02)
             return ride.RIDELoss(self.counts.tolist(), stage1=a.ride_stage1, drw_epoch=drw)
         if a.loss == 'ldam':
             return ride.LDAMLoss(self.counts.tolist(), drw_epoch=drw)
@@ -726,18 +782,42 @@ class LTTask(_Task):
         if self.criterion is not None and hasattr(self.criterion, 'set_epoch'):
             self.criterion.set_epoch(e)
         self.deltas.append(float(self.sampler.delta))
+        if self.stream:
+            self._open_epoch(skip=0)
+
+    def _open_epoch(self, skip):
+        """Streaming: draw the epoch's index batches now (one host copy per epoch) so workers decode ahead;
+        the sampler state before the draw is what a mid-epoch checkpoint stores."""
+        import data
+        self.epoch_state = self.sampler.state_dict()
+        idx = torch.stack([self.sampler.next_batch() for _ in range(self.ipe)]).cpu().tolist()
+        e0 = self.step - skip
+        keys = [list(zip(b, data.sample_seeds(self.args.seed, e0 + k, len(b)))) for k, b in enumerate(idx)]
+        images = data.JpegImages(self.ds.root, self.ds.train_files, self.ds.train_y, self.args.img_size, train=True)
+        self.epoch_batches = iter(data.jpeg_loader(images, keys[skip:], self._workers(), self.device.type == 'cuda'))
+
+    def _workers(self):
+        return self.args.workers if self.args.workers is not None else min(8, os.cpu_count() or 1)
+
+    def _batch(self):
+        """uint8 training view and labels: device-side crop/flip/rotation, or decoded JPEG crops."""
+        import data
+        if self.stream:
+            x, y = next(self.epoch_batches)
+            return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        idx = self.sampler.next_batch()
+        return data.lt_view(self.train_x[idx], self.gen, degrees=self.degrees), self.train_y[idx]
 
     def train_step(self):
-        import data
         from augment import normalize
         if self.step % self.ipe == 0:
             self._epoch_start(self.step // self.ipe)
-        idx = self.sampler.next_batch()
-        x = normalize(data.lt_view(self.train_x[idx], self.gen, degrees=self.degrees), self.mean, self.std)
+        x, y = self._batch()
+        x = normalize(x, self.mean, self.std)
         with autocast(self.device):
             out = self.fwd(prep_input(x))
         out = tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
-        loss = self._loss(out, self.train_y[idx])
+        loss = self._loss(out, y)
         self._update(loss, {'loss': loss.detach()})
         self.step += 1
         if self.step % self.ipe == 0:
@@ -746,9 +826,20 @@ class LTTask(_Task):
     def at_eval(self):
         return self.step % (self.args.eval_every * self.ipe) == 0 or self.step == self.total_steps
 
+    def _test_batches(self, batch=256):
+        import data
+        if not self.stream:
+            return None
+        images = data.JpegImages(self.ds.root, self.ds.test_files, self.ds.test_y, self.args.img_size, train=False)
+        keys = [list(range(i, min(i + batch, len(images)))) for i in range(0, len(images), batch)]
+        dev = self.device
+        return ((x.to(dev, non_blocking=True), y.to(dev, non_blocking=True))
+                for x, y in data.jpeg_loader(images, keys, self._workers(), dev.type == 'cuda'))
+
     def evaluate(self):
         fn = (lambda out: out[0][None]) if self.ride else (lambda out: out[None])
-        top1, per_class = evaluate(self.model, self.test_x, self.test_y, self.mean, self.std, self.C, fn)
+        test = self._test_batches() or (self.test_x, self.test_y)
+        top1, per_class = evaluate(self.model, test, None, self.mean, self.std, self.C, fn)
         self.model.train()
         macc = float(per_class[0].mean())   # the paper's metric: mean per-class accuracy
         self.last_acc = macc
@@ -763,7 +854,8 @@ class LTTask(_Task):
 
     def state_dict(self):
         s = self._common_state()
-        s.update(sampler=self.sampler.state_dict(), deltas=self.deltas,
+        mid_epoch = self.stream and self.step % self.ipe != 0   # streaming: the epoch's batches are drawn ahead
+        s.update(sampler=self.epoch_state if mid_epoch else self.sampler.state_dict(), deltas=self.deltas,
                  criterion=self.criterion.state_dict() if hasattr(self.criterion, 'state_dict') else None)
         return s
 
@@ -777,6 +869,8 @@ class LTTask(_Task):
         if self.step % self.ipe != 0:        # mid-epoch: restore the epoch's loss state (not the sampler's)
             if self.criterion is not None and hasattr(self.criterion, 'set_epoch'):
                 self.criterion.set_epoch(e)
+            if self.stream:                  # re-draw the epoch from its start state, skip what was trained
+                self._open_epoch(skip=self.step % self.ipe)
 
 
 # ================================================================================================

@@ -1,5 +1,6 @@
-"""Tests for ride.py: parameter counts (spec §6.1 table, worked out layer by layer), LDAM / DRW / RIDE
-losses against values computed by hand, and the CustomLR schedule."""
+"""Tests for ride.py: parameter counts (spec §6.1 table, worked out layer by layer), the ImageNet-LT
+ResNeXt-50 against torchvision's resnext50_32x4d, LDAM / DRW / RIDE losses against values computed by hand,
+and the CustomLR schedule."""
 import math
 
 import numpy as np
@@ -37,6 +38,79 @@ def test_ride_forward_is_mean_of_experts():
     assert mean.shape == (2, 10) and z.shape == (3, 2, 10)
     torch.testing.assert_close(mean, z.mean(0))
     assert z.abs().max() <= 30 + 1e-4  # s * cosine
+
+
+# ---- RIDE ResNeXt-50 (ImageNet-LT, spec §4.5): torchvision resnext50_32x4d is the independent oracle ----
+def torchvision_resnext50(C):
+    import torchvision
+    return torchvision.models.resnext50_32x4d(weights=None, num_classes=C)
+
+
+@pytest.mark.parametrize("C", [1000, 10])
+def test_ride_resnext50_one_full_expert_is_torchvision_minus_fc_bias(C):
+    assert n_params(ride.ride_resnext50(C, experts=1, reduce=False)) == n_params(torchvision_resnext50(C)) - C
+
+
+def tv_to_ride(sd):
+    """torchvision state_dict -> ride_resnext50(experts=1, reduce=False) keys; fc [C, d] -> NormedLinear [d, C]."""
+    out = {k.replace("layer3.", "layer3s.0.").replace("layer4.", "layer4s.0."): v
+           for k, v in sd.items() if not k.startswith("fc.")}
+    out["linears.0.weight"] = sd["fc.weight"].t()
+    return out
+
+
+def test_ride_resnext50_matches_torchvision_with_copied_weights():
+    torch.manual_seed(0)
+    tv = torchvision_resnext50(10)
+    for m in tv.modules():  # non-trivial BN statistics, so a mis-mapped buffer would show
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1), m.running_var.uniform_(0.5, 2), m.bias.data.normal_(0, 0.1)
+    ours = ride.ride_resnext50(10, experts=1, reduce=False)
+    ours.load_state_dict(tv_to_ride(tv.state_dict()), strict=True)  # every key and shape lines up
+    tv.eval(), ours.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        trunk = torch.nn.Sequential(*list(tv.children())[:-1])  # up to and including avgpool
+        f_tv = trunk(x).flatten(1)
+        f = ours.features(ours.shared(x), 0)
+        mean, z = ours(x)
+    assert f.shape == (2, 2048)
+    assert (f - f_tv).abs().max() <= 1e-4 * f_tv.abs().max()
+    cos = torch.nn.functional.cosine_similarity(f_tv[:, None, :], tv.fc.weight[None], dim=2)
+    torch.testing.assert_close(z[0], 30 * cos, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(mean, z[0])
+
+
+def test_ride_resnext50_shapes_and_shared_parts():
+    torch.manual_seed(0)
+    m = ride.ride_resnext50(7, experts=4, reduce=True)
+    m.eval()
+    with torch.no_grad():
+        mean, z = m(torch.randn(2, 3, 32, 32))
+    assert mean.shape == (2, 7) and z.shape == (4, 2, 7)
+    torch.testing.assert_close(mean, z.mean(0))
+    assert z.abs().max() <= 30 + 1e-4  # s * cosine
+    assert isinstance(m.conv1, torch.nn.Conv2d) and isinstance(m.layer1, torch.nn.Sequential)
+    assert isinstance(m.layer2, torch.nn.Sequential)
+    assert len(m.layer3s) == len(m.layer4s) == len(m.linears) == 4
+    assert m.layer4s[0][0].conv3.out_channels == 4 * 384 and m.linears[0].weight.shape == (4 * 384, 7)
+    assert n_params(m) < n_params(ride.ride_resnext50(7, experts=4, reduce=False))
+
+
+def test_ride_resnext50_sgd_step_moves_every_expert():
+    torch.manual_seed(0)
+    m = ride.ride_resnext50(5, experts=2)
+    counts = [20, 10, 5, 3, 2]
+    L = ride.RIDELoss(counts, diversity=-0.2, reweight_factor=0.02, drw_epoch=80)  # ImageNet-LT settings
+    opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+    experts = [[m.layer3s[e], m.layer4s[e], m.linears[e]] for e in range(2)]
+    before = [[p.detach().clone() for mod in ex for p in mod.parameters()] for ex in experts]
+    loss = L(m(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 4]))
+    assert torch.isfinite(loss)
+    opt.zero_grad(), loss.backward(), opt.step()
+    for ex, old in zip(experts, before):
+        new = [p for mod in ex for p in mod.parameters()]
+        assert all(not torch.equal(a, b) for a, b in zip(old, new))  # every tensor of every expert moved
 
 
 COUNTS = [100, 10, 1]
