@@ -184,9 +184,10 @@ def validate(args):
     _need(args.eval_every > 0, f'--eval-every must be positive, got {args.eval_every}')
     if args.dataset == 'imagenet_lt':
         _need(args.img_size >= 32, f'--img-size must be >= 32 for ImageNet-LT, got {args.img_size}; RIDE uses 224')
+    elif args.dataset == 'imagenet127':
+        _need(args.img_size in (32, 64), f'--img-size must be 32 or 64 for imagenet127, got {args.img_size}')
     else:
-        _need(args.img_size in (32, 64) and (args.img_size == 32 or args.dataset == 'imagenet127'),
-              f'--img-size {args.img_size} does not apply to {args.dataset}; use 32 (64 exists for imagenet127 only)')
+        _need(args.img_size == 32, f'--img-size {args.img_size} does not apply to {args.dataset} (32 px); drop it')
     _need(args.workers is None or args.workers >= 0, f'--workers must be >= 0, got {args.workers}')
     _need(0 <= args.seed < 2 ** 32, f'--seed must be in [0, 2^32), got {args.seed}')
     _need(args.log_every > 0, f'--log-every must be positive, got {args.log_every}')
