@@ -308,7 +308,7 @@ def evaluate(model, x_u8, y, mean, std, num_classes, head_fn, batch=1024):
     batches = ((x_u8[i:i + batch], y[i:i + batch]) for i in range(0, len(x_u8), batch)) if y is not None else x_u8
     correct, total = None, 0
     for xb, yb in batches:
-        with torch.no_grad(), autocast(xb.device):                                       # bf16 on CUDA
+        with autocast(xb.device):                                                        # bf16 on CUDA
             logits = head_fn(model(prep_input(normalize(xb, mean, std)))).float()       # [H,B,C]
         ok = (logits.argmax(-1) == yb).float()                                           # [H,B]
         cls = F.one_hot(yb, num_classes).float()
@@ -702,7 +702,6 @@ class LTTask(_Task):
         import ride
         self._init_common(args, device, log)
         C, self.C = ds.num_classes, ds.num_classes
-        self.stream = ds.streaming                              # ImageNet-LT: JPEG files, not device tensors
         idx = self._data(ds, data, device)
         if len(idx) < args.batch_size:
             raise UsageError(f'--batch-size {args.batch_size} is larger than the training set ({len(idx)}); lower it')
@@ -716,7 +715,7 @@ class LTTask(_Task):
                                    weight_decay=args.wd, nesterov=args.nesterov, **_foreach(device))
         self.lr_steps = steps = lr_steps(args)
         self.criterion = self._criterion(ride)
-        g = 0.1 if self.stream else 0.01                        # lr x0.1 per step on ImageNet-LT, x0.01 on CIFAR
+        g = 0.1 if args.dataset == 'imagenet_lt' else 0.01      # lr x0.1 per step on ImageNet-LT, x0.01 on CIFAR
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda e: ride.lr_lambda(e, warmup=5, steps=steps, gamma=g))
         self.sampler = jitter.make_sampler(
@@ -727,7 +726,6 @@ class LTTask(_Task):
         self.total_steps = args.epochs * self.ipe
         self.images_per_step = args.batch_size
         self.deltas = []
-        self.epoch_batches, self.epoch_state = None, None
         for note in ds.notes:
             log(f'warning: {note}')
         c = self.counts.tolist()
@@ -735,13 +733,7 @@ class LTTask(_Task):
             f'{args.loss} {args.sampler}; {args.epochs} epochs x {self.ipe} steps on {device}')
 
     def _data(self, ds, data, device):
-        """Training subset and test set; sets counts, train_y (device) and the image source."""
-        if self.stream:
-            # the ImageNet-LT train list IS the long-tailed split (1280 -> 5); images decode in workers
-            self.counts = np.bincount(ds.train_y, minlength=self.C)
-            self.train_y = torch.as_tensor(ds.train_y, dtype=torch.long).to(device)
-            self.ds = ds
-            return np.arange(len(ds.train_y))
+        """LDAM-DRW long-tailed subset on the device; sets counts, train/test tensors. Returns its indices."""
         img_max = int(np.bincount(ds.train_y).max())
         counts = data.lt_counts(img_max, self.C, self.args.imb)  # LDAM-DRW IMBALANCECIFAR (anchors.md §7)
         idx = data.lt_subset(ds.train_y, counts, seed=0)         # rand_number = 0: the split is fixed
@@ -754,7 +746,7 @@ class LTTask(_Task):
 
     def _model(self, C, ride, jitter):
         a = self.args
-        if self.ride and self.stream:            # ImageNet-LT: RIDE ResNeXt-50 (jitter.md §4.5, §7 #14)
+        if self.ride and a.dataset == 'imagenet_lt':   # RIDE ResNeXt-50 (jitter.md §4.5, §7 #14)
             return ride.ride_resnext50(C, experts=a.experts, reduce=a.reduce)
         if self.ride:
             return ride.ride_resnet32(C, experts=a.experts, reduce=a.reduce)
@@ -764,7 +756,7 @@ class LTTask(_Task):
     def _criterion(self, ride):
         a, drw = self.args, drw_epoch(self.args)      # DRW: epoch 160 of 200 (CIFAR), 80 of 100 (ImageNet-LT)
         if a.loss == 'ride':
-            if self.stream:                           # RIDE ImageNet-LT config: reweight_factor 0.02, λ = -0.2
+            if a.dataset == 'imagenet_lt':            # RIDE ImageNet-LT config: reweight_factor 0.02, λ = -0.2
                 return ride.RIDELoss(self.counts.tolist(), stage1=a.ride_stage1, drw_epoch=drw,
                                      diversity=-0.2, reweight_factor=0.02)
             return ride.RIDELoss(self.counts.tolist(), stage1=a.ride_stage1, drw_epoch=drw)
@@ -783,30 +775,10 @@ class LTTask(_Task):
         if self.criterion is not None and hasattr(self.criterion, 'set_epoch'):
             self.criterion.set_epoch(e)
         self.deltas.append(float(self.sampler.delta))
-        if self.stream:
-            self._open_epoch(skip=0)
-
-    def _open_epoch(self, skip):
-        """Streaming: draw the epoch's index batches now (one host copy per epoch) so workers decode ahead;
-        the sampler state before the draw is what a mid-epoch checkpoint stores."""
-        import data
-        self.epoch_state = self.sampler.state_dict()
-        idx = torch.stack([self.sampler.next_batch() for _ in range(self.ipe)]).cpu().tolist()
-        e0 = self.step - skip
-        keys = [list(zip(b, data.sample_seeds(self.args.seed, e0 + k, len(b)))) for k, b in enumerate(idx)]
-        images = data.JpegImages(self.ds.root, self.ds.train_files, self.ds.train_y, self.args.img_size, train=True)
-        self.epoch_batches = iter(data.jpeg_loader(images, keys[skip:], self._workers(), self.device.type == 'cuda'))
-
-    def _workers(self):
-        # decoding is the bottleneck (~5.5 ms per ImageNet JPEG per core, measured): every core but the main one
-        return self.args.workers if self.args.workers is not None else max(1, min(16, (os.cpu_count() or 2) - 1))
 
     def _batch(self):
-        """uint8 training view and labels: device-side crop/flip/rotation, or decoded JPEG crops."""
+        """uint8 training view and labels: RIDE's crop/flip/rotation as one batched resample on the device."""
         import data
-        if self.stream:
-            x, y = next(self.epoch_batches)
-            return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         idx = self.sampler.next_batch()
         return data.lt_view(self.train_x[idx], self.gen, degrees=self.degrees), self.train_y[idx]
 
@@ -828,20 +800,12 @@ class LTTask(_Task):
     def at_eval(self):
         return self.step % (self.args.eval_every * self.ipe) == 0 or self.step == self.total_steps
 
-    def _test_batches(self, batch=256):
-        import data
-        if not self.stream:
-            return None
-        images = data.JpegImages(self.ds.root, self.ds.test_files, self.ds.test_y, self.args.img_size, train=False)
-        keys = [list(range(i, min(i + batch, len(images)))) for i in range(0, len(images), batch)]
-        dev = self.device
-        return ((x.to(dev, non_blocking=True), y.to(dev, non_blocking=True))
-                for x, y in data.jpeg_loader(images, keys, self._workers(), dev.type == 'cuda'))
+    def _test_set(self):
+        return self.test_x, self.test_y
 
     def evaluate(self):
         fn = (lambda out: out[0][None]) if self.ride else (lambda out: out[None])
-        test = self._test_batches() or (self.test_x, self.test_y)
-        top1, per_class = evaluate(self.model, test, None, self.mean, self.std, self.C, fn)
+        top1, per_class = evaluate(self.model, self._test_set(), None, self.mean, self.std, self.C, fn)
         self.model.train()
         macc = float(per_class[0].mean())   # the paper's metric: mean per-class accuracy
         self.last_acc = macc
@@ -856,8 +820,7 @@ class LTTask(_Task):
 
     def state_dict(self):
         s = self._common_state()
-        mid_epoch = self.stream and self.step % self.ipe != 0   # streaming: the epoch's batches are drawn ahead
-        s.update(sampler=self.epoch_state if mid_epoch else self.sampler.state_dict(), deltas=self.deltas,
+        s.update(sampler=self.sampler.state_dict(), deltas=self.deltas,
                  criterion=self.criterion.state_dict() if hasattr(self.criterion, 'state_dict') else None)
         return s
 
@@ -871,8 +834,62 @@ class LTTask(_Task):
         if self.step % self.ipe != 0:        # mid-epoch: restore the epoch's loss state (not the sampler's)
             if self.criterion is not None and hasattr(self.criterion, 'set_epoch'):
                 self.criterion.set_epoch(e)
-            if self.stream:                  # re-draw the epoch from its start state, skip what was trained
-                self._open_epoch(skip=self.step % self.ipe)
+
+
+class ImageNetLTTask(LTTask):
+    """LTTask on ImageNet-LT: 115k full-size JPEGs, decoded and augmented by PIL in DataLoader workers.
+
+    The jitter sampler still draws the indices, one epoch at a time (one host copy per epoch), so the workers
+    decode ahead of the step. A mid-epoch checkpoint stores the sampler as it was at the epoch's start; resume
+    draws the epoch again and skips the batches already trained.
+    """
+
+    def _data(self, ds, data, device):
+        # the ImageNet-LT train list IS the long-tailed split (1280 -> 5 images): no LDAM subset
+        self.counts = np.bincount(ds.train_y, minlength=self.C)
+        self.train_y = torch.as_tensor(ds.train_y, dtype=torch.long).to(device)
+        self.ds, self.epoch_batches, self.epoch_state = ds, None, None
+        return np.arange(len(ds.train_y))
+
+    def _epoch_start(self, e):
+        super()._epoch_start(e)
+        self._open_epoch(skip=0)
+
+    def _open_epoch(self, skip):
+        import data
+        self.epoch_state = self.sampler.state_dict()
+        idx = torch.stack([self.sampler.next_batch() for _ in range(self.ipe)]).cpu().tolist()
+        e0 = self.step - skip
+        keys = [list(zip(b, data.sample_seeds(self.args.seed, e0 + k, len(b)))) for k, b in enumerate(idx)]
+        images = data.JpegImages(self.ds.root, self.ds.train_files, self.ds.train_y, self.args.img_size, train=True)
+        self.epoch_batches = iter(data.jpeg_loader(images, keys[skip:], self._workers(), self.device.type == 'cuda'))
+
+    def _workers(self):
+        # decoding is the bottleneck (~5.5 ms per ImageNet JPEG per core, measured): every core but the main one
+        return self.args.workers if self.args.workers is not None else max(1, min(16, (os.cpu_count() or 2) - 1))
+
+    def _batch(self):
+        x, y = next(self.epoch_batches)
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def _test_set(self, batch=256):
+        import data
+        images = data.JpegImages(self.ds.root, self.ds.test_files, self.ds.test_y, self.args.img_size, train=False)
+        keys = [list(range(i, min(i + batch, len(images)))) for i in range(0, len(images), batch)]
+        dev = self.device
+        return ((x.to(dev, non_blocking=True), y.to(dev, non_blocking=True))
+                for x, y in data.jpeg_loader(images, keys, self._workers(), dev.type == 'cuda'))
+
+    def state_dict(self):
+        s = super().state_dict()
+        if self.step % self.ipe != 0:        # mid-epoch: the sampler has already drawn the whole epoch
+            s['sampler'] = self.epoch_state
+        return s
+
+    def load_state_dict(self, s):
+        super().load_state_dict(s)
+        if self.step % self.ipe != 0:
+            self._open_epoch(skip=self.step % self.ipe)
 
 
 # ================================================================================================
@@ -895,7 +912,9 @@ def make_task(args, device, log):
     import data
     ds = data.load_dataset(args.dataset, args.data_dir, args.img_size,
                            with_unlabeled=(args.task == 'ltssl' and args.alg != 'supervised'))
-    return (LTSSLTask if args.task == 'ltssl' else LTTask)(args, ds, device, log)
+    if args.task == 'ltssl':
+        return LTSSLTask(args, ds, device, log)
+    return (ImageNetLTTask if ds.streaming else LTTask)(args, ds, device, log)
 
 
 def train(args, log=print):
