@@ -225,3 +225,17 @@ def test_ctrl_c_with_decoding_workers_resumes_exactly(tree, tmp_path):
     a.pop('timing'), b.pop('timing')
     assert a == b
     assert (ref / 'metrics.jsonl').read_text() == (out / 'metrics.jsonl').read_text()
+
+
+def test_training_batches_pair_each_crop_with_its_label(tree):
+    """The task's own batches (sampler indices -> crops -> device): every crop's painted colour channel is its
+    label's. (The samplers' class frequencies are tested in test_jitter.py.)"""
+    task = _task(tree, ['--epochs', '1', '--iters-per-epoch', '8', '--sampler', 'balanced', '--experts', '1'])
+    task._epoch_start(0)
+    ys = []
+    for _ in range(task.ipe):
+        x, y = task._batch()
+        assert x.dtype == torch.uint8 and tuple(x.shape) == (6, 3, 32, 32)
+        assert torch.equal(x.float().mean((2, 3)).argmax(1), y % 3)
+        ys.append(y)
+    assert len(set(torch.cat(ys).tolist())) >= 4               # the batches span the classes, not one colour
