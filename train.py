@@ -729,7 +729,7 @@ class LTTask(_Task):
         for note in ds.notes:
             log(f'warning: {note}')
         c = self.counts.tolist()
-        log(f'{ds.name}-LT imb {args.imb:g}: {len(idx)} images {c[:5]}..{c[-1]}; {args.model} '
+        log(f'{ds.name}-LT imb {max(c) / max(min(c), 1):g}: {len(idx)} images {c[:5]}..{c[-1]}; {args.model} '
             f'{args.loss} {args.sampler}; {args.epochs} epochs x {self.ipe} steps on {device}')
 
     def _data(self, ds, data, device):

@@ -239,3 +239,21 @@ def test_training_batches_pair_each_crop_with_its_label(tree):
         assert torch.equal(x.float().mean((2, 3)).argmax(1), y % 3)
         ys.append(y)
     assert len(set(torch.cat(ys).tolist())) >= 4               # the batches span the classes, not one colour
+
+
+@conftest.needs_fmnist
+def test_fashion_mnist_written_as_an_imagenet_lt_tree_loads_back(tmp_path):
+    """reproduce/fmnist_as_imagenet_lt.py: the lists load through load_imagenet_lt with the LDAM counts, and a
+    decoded test image equals the Fashion-MNIST original (JPEG at quality 95: within a few grey levels)."""
+    import subprocess
+    import sys
+    script = os.path.join(conftest.ROOT, 'reproduce', 'fmnist_as_imagenet_lt.py')
+    subprocess.run([sys.executable, script, str(tmp_path), '--img-max', '20', '--imb', '10', '--test-per-class', '2'],
+                   check=True, capture_output=True)
+    ds = data.load_dataset('imagenet_lt', str(tmp_path))
+    assert np.bincount(ds.train_y).tolist() == data.lt_counts(20, 10, 10)
+    assert np.bincount(ds.test_y).tolist() == [2] * 10
+    fm = data.load_dataset('fmnist')
+    first0 = fm.test_x[np.where(fm.test_y == 0)[0][0], 0, 2:30, 2:30].astype(int)
+    img = np.asarray(Image.open(os.path.join(ds.root, ds.test_files[0])).convert('L')).astype(int)
+    assert ds.test_y[0] == 0 and np.abs(img - first0).mean() < 3
