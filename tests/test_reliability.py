@@ -343,12 +343,7 @@ def test_sigkill_mid_checkpoint_write_then_random_kills_ltssl_bem(refs, tmp_path
     assert ckpt_step(out) == 2
     kill_cycles(BEM, out, random.Random(0), kills=2, period=2, total=15, start=2)  # ~ steps 9, 12
     assert run_inproc(BEM + ['--resume'], out) == 0
-    ref = refs.get('bem')
-    s, r = read_json(os.path.join(out, 'summary.json')), read_json(os.path.join(ref, 'summary.json'))
-    s.pop('timing'), r.pop('timing')
-    assert s == r
-    assert read_metrics(out) == read_metrics(ref)
-    assert_same_state(runio.load_checkpoint(str(out)), runio.load_checkpoint(ref))
+    assert_same_run(str(out), refs.get('bem'))
 
 
 def test_sigkill_random_kills_lt_jitter_noreplace(refs, tmp_path):
@@ -367,11 +362,7 @@ def test_sigkill_random_kills_lt_jitter_noreplace(refs, tmp_path):
     assert period // 2 <= s < period, s
     kill_cycles(LT, out, random.Random(2), kills=2, period=period, total=total, start=s)
     assert run_inproc(LT + ['--resume'], out) == 0
-    s, r = read_json(os.path.join(out, 'summary.json')), read_json(os.path.join(ref, 'summary.json'))
-    s.pop('timing'), r.pop('timing')
-    assert s == r
-    assert read_metrics(out) == read_metrics(ref)
-    assert_same_state(runio.load_checkpoint(str(out)), runio.load_checkpoint(ref))
+    assert_same_run(str(out), ref)
 
 
 def test_resume_removes_stale_temp_files(refs, tmp_path):
