@@ -29,6 +29,12 @@ JITTER_STAT = ('mean per-class accuracy % of the final model (summary.json `last
                '<20 training images) of the final model; all columns are means over seeds')
 STD_NOTE = ('± = population std over seeds (ddof = 0, numpy\'s default, as the LTSSL code bases compute it); '
             'n = finished seeds. Δ = ours − paper. "not run": no finished run yet; "–": no number.')
+TAG_NOTE = ('tag = where the paper number comes from: `stated` = printed in the text of the paper reproduced; '
+            '`quoted:<src>` = printed by <src>, another paper or repository (its own run or a copy), because the '
+            'reproduced paper\'s cell is lost or is a baseline; `inferred` = the number is printed but which cell it '
+            'belongs to is our reading, or it is derived from a stated relation; `unverified` = not found in any '
+            'stored source. The csv\'s `source` column says which table and why. Δ is withheld ("no Δ") when the '
+            'paper\'s WRN width differs from our runs\' `width` in args.json; `?` = width presumed or not stated.')
 TABLES = {
     'bem_table1': 'BEM Table 1 (inferred layout): consistent setting, CIFAR-10-LT / CIFAR-100-LT',
     'bem_table2': 'BEM Table 2 (inferred layout): uniform / reversed CIFAR-10-LT and STL-10-LT',
@@ -75,16 +81,23 @@ def plan_cells(runs, table):
     return [c for c in cells if c[:2] not in seen and not seen.add(c[:2])]
 
 
+def run_width(args):
+    """WRN width of a run from its args.json (train.py writes the resolved --model and --width); None if not a WRN
+    or not recorded."""
+    args = args or {}
+    return args.get('width') if args.get('model', 'wrn') == 'wrn' else None
+
+
 def load_runs(runs, cells):
-    """DataFrame: row, setting, seed, dir and the summary's numbers of every finished run of `cells`."""
+    """DataFrame: row, setting, seed, dir, WRN width and the summary's numbers of every finished run of `cells`."""
     recs = []
     for row, setting, d in cells:
         for path in sorted((runs / d).glob('seed*/summary.json')):
             s = read_json(path)
             if s and s.get('finished'):
                 recs.append({'row': row, 'setting': setting, 'seed': path.parent.name, 'dir': path.parent,
-                             **{k: s.get(k) for k in KEYS}})
-    df = pd.DataFrame(recs, columns=['row', 'setting', 'seed', 'dir', *KEYS])
+                             'width': run_width(read_json(path.parent / 'args.json')), **{k: s.get(k) for k in KEYS}})
+    df = pd.DataFrame(recs, columns=['row', 'setting', 'seed', 'dir', 'width', *KEYS])
     df[list(KEYS)] = df[list(KEYS)].apply(pd.to_numeric, errors='coerce')
     return df
 
@@ -97,7 +110,9 @@ def ordered(cells):
 
 
 def load_paper(path, table):
-    p = pd.read_csv(path, dtype={'value': str, 'std': str})   # strings keep the paper's printed precision
+    # strings keep the paper's printed precision; width is '', '2', '8', '2?', '8?' or '?' (presumed / not stated)
+    p = pd.read_csv(path, dtype={'value': str, 'std': str, 'width': str, 'tag': str}, keep_default_na=False,
+                    na_values={'std': ['']})
     return p[p.table == table].set_index(['row', 'setting'])
 
 
@@ -125,6 +140,37 @@ def paper_cell(p):
     return p['value'] + (f" ± {p['std']}" if pd.notna(p['std']) else '')
 
 
+def width_check(paper_width, ours):
+    """(comparable, label) for the paper's WRN width ('' = not one WRN cell, 'W', 'W?' = presumed, '?' = not
+    stated) against our runs' widths.
+
+    A different width refuses Δ: the CIFAR-100 baselines of DASO/CCL are WRN-28-2, ACR's CVPR numbers (and
+    presumably BEM's) WRN-28-8, e.g. 48.0 vs ~44.5 for ACR at gamma 20, N1 50 (baselines.md §3.0, ACR issue #5).
+    A presumed or unstated paper width, or runs without a recorded width, still give Δ, labelled."""
+    if not paper_width:
+        return True, ''
+    want, presumed = paper_width.rstrip('?'), paper_width.endswith('?')
+    have = sorted({int(w) for w in ours if pd.notna(w)})
+    if not have:
+        return True, 'width unchecked'
+    if len(have) > 1:
+        return False, f'seeds mix widths {have}'
+    if not want:
+        return True, f'paper width not stated, ours WRN-28-{have[0]}'
+    if int(want) != have[0]:
+        return False, f'paper WRN-28-{want}{"?" if presumed else ""}, ours WRN-28-{have[0]}'
+    return True, f'paper WRN-28-{want} presumed' if presumed else ''
+
+
+def delta_cell(mean, p, widths):
+    if p is None or mean is None:
+        return '–'
+    ok, label = width_check(p['width'], widths)
+    if not ok:
+        return f'no Δ: {label}'
+    return f"{mean - float(p['value']):+.2f}" + (f' ({label})' if label else '')
+
+
 def table_rows(table, cells, df, paper):
     jitter = table.startswith('jitter')
     stat = 'last' if jitter else 'mean_last20'
@@ -133,12 +179,12 @@ def table_rows(table, cells, df, paper):
         sub = df[(df.row == row) & (df.setting == setting)]
         ours, mean = ours_cell(sub[stat])
         p = paper.loc[(row, setting)] if (row, setting) in paper.index else None
-        delta = f"{mean - float(p['value']):+.2f}" if p is not None and mean is not None else '–'
         extra = [mean_cell(sub[k]) for k in ('best', 'many', 'medium', 'few')] if jitter else []
-        out.append([row, setting, ours, *extra, paper_cell(p), delta])
+        tag = '–' if p is None else p['tag']
+        out.append([row, setting, ours, *extra, paper_cell(p), tag, delta_cell(mean, p, sub.width)])
     head = ['row', 'setting', 'ours (mean ± std, n)']
     head += ['best', 'many', 'medium', 'few'] if jitter else []
-    return head + ['paper', 'Δ'], out
+    return head + ['paper', 'tag', 'Δ'], out
 
 
 def table_md(table, runs, paper_csv):
@@ -146,14 +192,14 @@ def table_md(table, runs, paper_csv):
     df, paper = load_runs(runs, cells), load_paper(paper_csv, table)
     head, body = table_rows(table, cells, df, paper)
     stat = JITTER_STAT if table.startswith('jitter') else BEM_STAT
-    md = [f'# {table}: {TABLES[table]}', '', f'Statistic: {stat}.', '', STD_NOTE,
+    md = [f'# {table}: {TABLES[table]}', '', f'Statistic: {stat}.', '', STD_NOTE, '', TAG_NOTE,
           f'Paper numbers and their sources: reproduce/paper_numbers.csv. Runs: {runs}/.', '',
           tabulate(body, head, tablefmt='github', disable_numparse=True) if body else '(no runs planned or found)']
     done = {c[:2] for c in cells}
-    cited = [[r, s, paper_cell(p), p['source']] for (r, s), p in paper.iterrows() if (r, s) not in done]
+    cited = [[r, s, paper_cell(p), p['tag'], p['source']] for (r, s), p in paper.iterrows() if (r, s) not in done]
     if cited:
         md += ['', '## Cited rows (paper numbers only; not trained by this script)', '',
-               tabulate(cited, ['row', 'setting', 'paper', 'source'], tablefmt='github', disable_numparse=True)]
+               tabulate(cited, ['row', 'setting', 'paper', 'tag', 'source'], tablefmt='github', disable_numparse=True)]
     return '\n'.join(md) + '\n'
 
 

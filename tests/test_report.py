@@ -20,6 +20,9 @@ OWNED = ['bem_table1', 'bem_table2', 'bem_table3', 'bem_table4', 'bem_table5', '
          'jitter_table1', 'jitter_table2', 'jitter_table3', 'jitter_table4', 'jitter_table5']
 
 
+WRN2 = dict(model='wrn', width=2)   # args.json as train.py writes it: the resolved --model and --width
+
+
 def fake_run(runs, rel, finished=True, args=None, metrics=None, **stats):
     d = runs / rel
     d.mkdir(parents=True)
@@ -51,7 +54,7 @@ def test_bem_table_mean_std_delta_not_run(tmp_path):
     runs, out = tmp_path / 'runs', tmp_path / 'results'
     s = 'c10-g100-n500-m4000'
     for k, v in enumerate([70.0, 71.5, 73.0]):
-        fake_run(runs, f'bem_table1/fixmatch/{s}/seed{k}', mean_last20=v, last=0.0)
+        fake_run(runs, f'bem_table1/fixmatch/{s}/seed{k}', args=WRN2, mean_last20=v, last=0.0)
     fake_run(runs, f'bem_table1/fixmatch/{s}/seed3', finished=False, mean_last20=10.0)  # killed: not counted
     (runs / 'bem_table1' / 'plan.tsv').write_text(
         f'fixmatch\t{s}\tbem_table1/fixmatch/{s}\n'
@@ -62,11 +65,49 @@ def test_bem_table_mean_std_delta_not_run(tmp_path):
     md = (out / 'bem_table1.md').read_text()
     assert md in r.stdout
     # mean 71.5; population std sqrt((1.5^2 + 0 + 1.5^2) / 3) = sqrt(1.5) = 1.2247; paper 67.8 ± 1.13 (DASO)
-    assert md_row(md, 'fixmatch', s) == ['fixmatch', s, '71.50 ± 1.22 (n=3)', '67.8 ± 1.13', '+3.70']
-    assert md_row(md, 'fixmatch+la', s) == ['fixmatch+la', s, 'not run', '75.3 ± 2.45', '–']
-    assert md_row(md, 'fixmatch+la+bem', s) == ['fixmatch+la+bem', s, 'not run', '–', '–']
+    assert md_row(md, 'fixmatch', s) == ['fixmatch', s, '71.50 ± 1.22 (n=3)', '67.8 ± 1.13', 'quoted:DASO', '+3.70']
+    assert md_row(md, 'fixmatch+la', s) == ['fixmatch+la', s, 'not run', '75.3 ± 2.45', 'quoted:DASO', '–']
+    assert md_row(md, 'fixmatch+la+bem', s) == ['fixmatch+la+bem', s, 'not run', '–', '–', '–']
     assert 'mean of the last 20 evaluations' in md and 'ddof = 0' in md
-    assert 'Cited rows' in md and '| fixmatch+daso' in md          # paper-only rows listed apart
+    assert 'Cited rows' in md and '| fixmatch+daso' in md          # paper-only rows listed apart, with their tag
+    assert md_row(md, 'fixmatch+daso', s)[2:4] == ['76.0 ± 0.37', 'quoted:DASO']
+    assert '`quoted:<src>`' in md and '`inferred`' in md             # the tags are explained above the table
+
+
+def test_quoted_bem_cells_get_delta(tmp_path):
+    """SC-SSL's quoted BEM cells (bem.md §3.2: FixMatch+BEM 80.30 ± 0.62, ACR+BEM 85.50 ± 0.28, CIFAR-10-LT
+    gamma 100, N1/M1 1500/3000) sit under the run rows' names, so a run of that cell gets a Δ."""
+    runs, out, s = tmp_path / 'runs', tmp_path / 'results', 'c10-g100-n1500-m3000'
+    for k, v in enumerate([85.0, 86.6]):
+        fake_run(runs, f'bem_table1/fixmatch+acr+bem/{s}/seed{k}', args=WRN2, mean_last20=v)
+    fake_run(runs, f'bem_table1/fixmatch+bem/{s}/seed0', args=WRN2, mean_last20=79.0)
+    r = report('bem_table1', '--runs', runs, '--out', out)
+    assert r.returncode == 0, r.stderr
+    md = (out / 'bem_table1.md').read_text()
+    # mean 85.8, std 0.8; 85.8 - 85.5 = +0.30; SC-SSL does not state the width (USB's CIFAR-10 WRN-28-2 presumed)
+    assert md_row(md, 'fixmatch+acr+bem', s) == ['fixmatch+acr+bem', s, '85.80 ± 0.80 (n=2)', '85.50 ± 0.28',
+                                                 'quoted:SC-SSL', '+0.30 (paper WRN-28-2 presumed)']
+    assert md_row(md, 'fixmatch+bem', s)[3:] == ['80.30 ± 0.62', 'quoted:SC-SSL', '-1.30 (paper WRN-28-2 presumed)']
+
+
+def test_width_mismatch_refuses_delta(tmp_path):
+    """CIFAR-100: DASO's FixMatch cells are WRN-28-2 (baselines.md §3.1), ACR's CVPR cells WRN-28-8 (ACR issue #5).
+    A WRN-28-8 run gets no Δ against the former and a Δ against the latter; a WRN-28-2 run (WIDTH=2: *-w2 keys) gets
+    its Δ against the WRN-28-2 cell; a run without a recorded width is labelled."""
+    runs, out, s = tmp_path / 'runs', tmp_path / 'results', 'c100-g10-n50-m400'
+    fake_run(runs, f'bem_table1/fixmatch/{s}/seed0', args=dict(model='wrn', width=8), mean_last20=50.0)
+    fake_run(runs, f'bem_table1/fixmatch+acr/{s}/seed0', args=dict(model='wrn', width=8), mean_last20=56.0)
+    fake_run(runs, f'bem_table1/fixmatch+acr+bem/{s}/seed0', args=dict(model='wrn', width=8), mean_last20=56.0)
+    fake_run(runs, f'bem_table1/fixmatch/{s}-w2/seed0', args=WRN2, mean_last20=46.0)
+    fake_run(runs, f'bem_table1/fixmatch+la/{s}-w2/seed0', args={}, mean_last20=47.0)
+    r = report('bem_table1', '--runs', runs, '--out', out)
+    assert r.returncode == 0, r.stderr
+    md = (out / 'bem_table1.md').read_text()
+    assert md_row(md, 'fixmatch', s)[3:] == ['45.2 ± 0.55', 'quoted:DASO', 'no Δ: paper WRN-28-2, ours WRN-28-8']
+    assert md_row(md, 'fixmatch+acr', s)[3:] == ['55.7', 'quoted:LoFT', '+0.30']                 # 56.0 - 55.7
+    assert md_row(md, 'fixmatch+acr+bem', s)[3:] == ['55.8', 'quoted:LoFT', '+0.20 (paper WRN-28-8 presumed)']
+    assert md_row(md, 'fixmatch', f'{s}-w2')[3:] == ['45.2 ± 0.55', 'quoted:DASO', '+0.80']      # 46.0 - 45.2
+    assert md_row(md, 'fixmatch+la', f'{s}-w2')[3:] == ['47.3 ± 0.42', 'quoted:DASO', '-0.30 (width unchecked)']
 
 
 def test_jitter_table_columns(tmp_path):
@@ -79,8 +120,11 @@ def test_jitter_table_columns(tmp_path):
     md = (out / 'jitter_table1.md').read_text()
     # last: mean 49.5, std 0.5; best 50.5; many 70.5; few missing; paper 49.5 (fragment, inferred alignment)
     assert md_row(md, 'ride-4e', 'c100-lt-r100') == [
-        'ride-4e', 'c100-lt-r100', '49.50 ± 0.50 (n=2)', '50.50', '70.50', '50.00', '–', '49.5', '+0.00']
+        'ride-4e', 'c100-lt-r100', '49.50 ± 0.50 (n=2)', '50.50', '70.50', '50.00', '–', '49.5', 'inferred', '+0.00']
     assert 'mean per-class accuracy' in md
+    # J-sampling + RIDE(4e) = RIDE(4e) + 0.6 (jitter text §4.3), no run (cited); TDE's rows are quoted, not the paper's
+    assert md_row(md, 'j-sampling+ride-4e', 'c100-lt-r100')[2:4] == ['50.1', 'inferred']
+    assert md_row(md, 'focal', 'c100-lt-r100')[2:4] == ['38.4', 'quoted:TDE']
 
 
 def test_fig1_gain_and_png(tmp_path):
@@ -119,10 +163,16 @@ def test_fig_cammix_missing_run_one_line(tmp_path):
 # reproduce/paper_numbers.csv
 # ------------------------------------------------------------------------------------------------
 
+TAG = re.compile(r'stated|inferred|unverified|quoted:[A-Za-z][\w.-]*(#\d+)?')
+WIDTH = re.compile(r'([28]?\?|[28])?')
+
+
 def test_paper_numbers_csv():
-    p = pd.read_csv(REPRO / 'paper_numbers.csv')
-    assert list(p.columns) == ['paper', 'table', 'row', 'setting', 'value', 'std', 'source']
-    assert p.source.fillna('').str.strip().ne('').all()
+    p = pd.read_csv(REPRO / 'paper_numbers.csv', dtype={'width': str, 'tag': str}, keep_default_na=False,
+                    na_values={'value': [''], 'std': ['']})
+    assert list(p.columns) == ['paper', 'table', 'row', 'setting', 'value', 'std', 'width', 'tag', 'source']
+    assert len(p) == 402
+    assert p.source.str.strip().ne('').all()
     assert not p.duplicated(['paper', 'table', 'row', 'setting']).any()
     assert p.value.between(0, 100).all() and p['std'].dropna().between(0, 100).all()
     idx = p.set_index(['table', 'row', 'setting'])
@@ -131,7 +181,43 @@ def test_paper_numbers_csv():
     assert idx.loc[('bem_table1', 'fixmatch+acr+bem', 'c100-g20-n150-m300'), 'value'] == 59.8
     assert idx.loc[('bem_table3', 'fixmatch+bem', 'in127-64'), 'value'] == 58.2
     assert 'INFERRED' in idx.loc[('jitter_table1', 'j-sampling+ride-4e', 'c100-lt-r100'), 'source']
-    assert 'CAVEAT' in idx.loc[('bem_table1', 'fixmatch+bem [SC-SSL]', 'c10-g100-n1500-m3000'), 'source']
+    assert 'CAVEAT' in idx.loc[('bem_table1', 'fixmatch+bem', 'c10-g100-n1500-m3000'), 'source']
+
+
+def test_paper_numbers_provenance():
+    """Schema of the provenance columns, and their agreement with the free-text source column."""
+    p = pd.read_csv(REPRO / 'paper_numbers.csv', dtype=str, keep_default_na=False)
+    bad = p[~p.tag.map(TAG.fullmatch).astype(bool)]
+    assert bad.empty, f'invalid tag in {bad[["table", "row", "setting", "tag"]].to_dict("records")}'
+    assert p.width.map(WIDTH.fullmatch).astype(bool).all()
+    name = lambda t: t[7:].split('#')[0].removesuffix('-README').removesuffix('-MODEL_ZOO')  # noqa: E731
+    names = {name(t) for t in p.tag if t.startswith('quoted:')}
+    for _, r in p.iterrows():
+        key, t = (r.table, r.row, r.setting), r.tag
+        if t.startswith('quoted:'):      # the quoting paper / repository is the first one the source names after <-
+            text = r.source.split('<-', 1)[1]
+            assert min((n for n in names if n in text), key=text.find) == name(t), key
+            issue = t.partition('#')[2]
+            assert not issue or f'issue #{issue}' in r.source, key
+        assert (t == 'stated') == ('[PAPER]' in r.source), key
+        assert (t == 'inferred') == ('ALIGNMENT INFERRED' in r.source), key
+        assert (t == 'unverified') == ('UNVERIFIED' in r.source), key
+        # one WRN cell of a CIFAR / STL table carries its width; the source's "WRN-28-w" agrees with it
+        assert bool(r.width) == (r.table in ('bem_table1', 'bem_table2')), key
+        for w in '28':
+            if f'WRN-28-{w}' in r.source and 'presum' not in r.source and r.tag != 'quoted:SC-SSL':
+                assert r.width == w, key
+    # the audit of issue 14: TDE's Table 3 rows are TDE's, not rows of the jitter paper
+    assert not p.source.str.contains('row of the jitter paper').any()
+    assert (p.tag == 'quoted:TDE').sum() == 42 + 5
+    # j-sampling + RIDE(4 experts) is "0.6 points higher than RIDE(4experts)" (jitter text §4.3)
+    idx = p.set_index(['table', 'row', 'setting'])
+    v = lambda r: float(idx.loc[('jitter_table1', r, 'c100-lt-r100'), 'value'])  # noqa: E731
+    assert round(v('j-sampling+ride-4e') - v('ride-4e'), 6) == 0.6
+    # SC-SSL's BEM cells are keyed by the run rows (bem.md §3.2); only the two that LoFT's numbers hold stay apart
+    sc = p[p.row.str.contains('bem') & (p.tag == 'quoted:SC-SSL') & (p.table != 'bem_table3')]
+    assert len(sc) == 14 and set(sc.row) == {'fixmatch+bem', 'fixmatch+acr+bem', 'fixmatch+acr+bem [SC-SSL]'}
+    assert set(sc[sc.row.str.endswith('[SC-SSL]')].setting) == {'c100-g10-n150-m300', 'c100-g20-n150-m300'}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -200,8 +286,17 @@ def test_script_keys_match_paper_numbers(tmp_path, dry_runs):
     base = {tuple(o.split('/')[:3]) for o in outs if o.split('/')[1] in ('fixmatch', 'fixmatch+la', 'fixmatch+abc',
                                                                           'fixmatch+acr')}
     assert len(base) == 32 and all(k in p for k in base)
+    # default WIDTH=8: the CIFAR-100 cells of FixMatch, +LA, +ABC hold WRN-28-2 numbers (DASO), so the report
+    # refuses their Δ (width column); 3 rows x 4 settings = the 12 rows found by the audit of issue 14
+    w = pd.read_csv(REPRO / 'paper_numbers.csv', dtype=str, keep_default_na=False).set_index(
+        ['table', 'row', 'setting']).width
+    assert sorted(k for k in base if k[2].startswith('c100') and w[k] == '2') == sorted(
+        ('bem_table1', r, f'c100-g{g}-n{n}') for r in ('fixmatch', 'fixmatch+la', 'fixmatch+abc')
+        for g in (10, 20) for n in ('50-m400', '150-m300'))
     _, outs = dry('bem_table1', tmp_path, WIDTH='2')
-    assert ('bem_table1', 'fixmatch+acr', 'c100-g10-n50-m400-w2') in {tuple(o.split('/')[:3]) for o in outs}
+    keys = {tuple(o.split('/')[:3]) for o in outs}
+    assert ('bem_table1', 'fixmatch+acr', 'c100-g10-n50-m400-w2') in keys
+    assert all(w[k] == '2' for k in keys if k in w.index and k[2].startswith('c100'))     # WIDTH=2: all comparable
     _, outs = dry_runs['jitter_table1']['full']
     have = {tuple(o.split('/')[:3]) for o in outs if tuple(o.split('/')[:3]) in p}
     assert {k[1] for k in have} == {'j-sampling+gl2norm+longtrain', 'ride-4e', 'j-sampling+ride-4e'}
