@@ -32,6 +32,7 @@ float32; the observed gaps are listed in the README's Parity section.
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -233,3 +234,48 @@ def test_ldam_drw_golden():
         close(crit(cos, y), v[f'epoch{epoch}']['loss'], f'LDAM loss at epoch {epoch}')
     close(ride.drw_weights(LT['counts']), v['epoch160']['per_cls_weights'], 'DRW weights (cifar_train.py)')
     assert v['epoch0']['per_cls_weights'] == [1.0] * len(LT['counts'])     # beta = 0: unweighted, as ours (None)
+
+
+# ------------------------------------------------------------------------------------------------
+# ACR's labeled-view padding (dataset/cifar.py): zeros on ImageNet-127, reflect elsewhere
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('size', [32, 64])
+def test_labeled_zero_padding_is_torchvision_random_crop(size):
+    """get_smallimagenet: RandomCrop(size, padding=int(size / 8)) (constant 0), then RandomHorizontalFlip.
+    Oracle: torchvision's functional pad + crop (+ hflip) on the PIL image, for every crop offset of one row."""
+    from PIL import Image
+    from torchvision.transforms import functional as TF
+    import augment
+    pad = size // 8
+    g = torch.Generator().manual_seed(7)
+    x = torch.randint(1, 256, (1, 3, size, size), generator=g, dtype=torch.uint8)   # no zero pixel inside
+    img = Image.fromarray(x[0].permute(1, 2, 0).numpy())
+    for flip in (False, True):
+        for i, j in [(0, 0), (2 * pad, 2 * pad), (1, 2 * pad - 1), (pad, pad)]:
+            ref = TF.crop(TF.pad(img, pad), i, j, size, size)            # fill 0, padding_mode 'constant'
+            ref = TF.hflip(ref) if flip else ref                           # ACR: crop, then flip
+            # ours flips first: the mirrored column offset gives the same pixels
+            off = torch.tensor([[i, 2 * pad - j if flip else j]])
+            out = augment.flip_crop(x, torch.tensor([flip]), off, pad, 'zeros')[0].permute(1, 2, 0).numpy()
+            assert np.array_equal(out, np.asarray(ref)), (flip, i, j)
+
+
+def test_labeled_pad_defaults_and_wiring(monkeypatch):
+    """imagenet127 -> zeros (ACR), other sets -> reflect; LTSSLTask.train_step hands it to the labeled view."""
+    import augment
+    import train
+    from conftest import patch_small_data
+    p = train.build_parser()
+    assert train.resolve(p.parse_args(['--dataset', 'imagenet127'])).labeled_pad == 'zeros'
+    assert train.resolve(p.parse_args(['--dataset', 'svhn'])).labeled_pad == 'reflect'
+    a = train.resolve(p.parse_args(['--alg', 'acr']))
+    assert (a.ema_u, a.tau1, a.tau12, a.tau2, a.est_epoch) == (0.99, 2.0, 2.0, 2.0, 5)
+    seen, weak = [], augment.weak
+    monkeypatch.setattr(augment, 'weak', lambda x, gen, padding='reflect': seen.append(padding) or weak(x, gen, padding))
+    patch_small_data(monkeypatch)
+    task = train.make_task(train.resolve(p.parse_args(
+        ['--dataset', 'synthetic', '--width', '1', '--batch-size', '4', '--n1', '40', '--m1', '80', '--imb-l', '10',
+         '--iters', '1', '--device', 'cpu', '--labeled-pad', 'zeros'])), torch.device('cpu'), lambda *a, **k: None)
+    task.train_step()
+    assert seen[0] == 'zeros' and set(seen[1:]) == {'reflect'}     # labeled view; weak + strong unlabeled views
