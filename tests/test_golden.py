@@ -157,9 +157,17 @@ def test_acr_histogram_is_acr_statement():
         else:
             assert g['now_mask'] == [0.0] * ACR['C']
     q, w = torch.tensor([0, 0, 0, 1, 2, 2, 3, 3]), torch.tensor([1., 1., 0., 1., 0., 1., 1., 0.])
-    # oracle: ACR's statement, run by torch on CPU (one thread, 8 indices: the last occurrence wins)
+    # issue 14's example; [0,1,1,0,0] is what ACR's statement gave when run by torch on CPU
     assert ltssl.class_histogram(q, w, 5, 'presence').tolist() == [0, 1, 1, 0, 0]
     assert ltssl.class_histogram(q, w, 5, 'counts').tolist() == [2, 1, 1, 1, 0]
+    # the semantics as a plain loop (sequential writes, the last one stays) on random batches of ACR's size
+    g = torch.Generator().manual_seed(3)
+    for _ in range(20):
+        q, w = torch.randint(0, 7, (64,), generator=g), (torch.rand(64, generator=g) < 0.5).float()
+        ref = [0.0] * 7
+        for qi, wi in zip(q.tolist(), w.tolist()):
+            ref[qi] = wi
+        assert ltssl.class_histogram(q, w, 7, 'presence').tolist() == ref
 
 
 def test_acr_counts_default_is_the_named_deviation():
