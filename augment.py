@@ -1,6 +1,7 @@
 """Batched, per-sample FixMatch/ACR augmentation on uint8 tensors, bit-exact with Pillow.
 
-weak   = RandomHorizontalFlip + RandomCrop(H, padding=H/8, padding_mode='reflect')   (one gather)
+weak   = RandomHorizontalFlip + RandomCrop(H, padding=H/8, padding_mode='reflect')   (one gather;
+         padding='zeros' for ACR's ImageNet-127 labeled view)
 strong = weak + RandAugmentMC(n=2, m=10) + CutoutAbs(16)      (Gank0078/ACR dataset/randaugment.py,
          byte-identical to kekmodel/FixMatch-pytorch; spec: /work/shared/spec/anchors.md §1.3)
 
@@ -157,22 +158,32 @@ def _reflect(i, n):
     return torch.where(i > n - 1, 2 * (n - 1) - i, i)
 
 
-def flip_crop(x, flip, offset, pad):
-    """Flip, then reflect-pad + crop at offset [B, 2] = (row i, col j) in padded coords: one gather."""
+def flip_crop(x, flip, offset, pad, padding="reflect"):
+    """Flip, then pad + crop at offset [B, 2] = (row i, col j) in padded coords: one gather.
+    padding: 'reflect' (np.pad/torchvision reflect) or 'zeros' (torchvision's default constant fill 0)."""
     B, C, H, W = x.shape
-    ys = _reflect(torch.arange(H, device=x.device) + offset[:, :1] - pad, H)   # [B, H]
-    xs = _reflect(torch.arange(W, device=x.device) + offset[:, 1:] - pad, W)   # [B, W]
+    ys = torch.arange(H, device=x.device) + offset[:, :1] - pad   # [B, H] source rows, may fall in the pad
+    xs = torch.arange(W, device=x.device) + offset[:, 1:] - pad   # [B, W]
+    inside = None
+    if padding == "zeros":
+        inside = ((ys >= 0) & (ys < H))[:, :, None] & ((xs >= 0) & (xs < W))[:, None, :]   # [B, H, W]
+        ys, xs = ys.clamp(0, H - 1), xs.clamp(0, W - 1)
+    else:
+        assert padding == "reflect", padding
+        ys, xs = _reflect(ys, H), _reflect(xs, W)
     xs = torch.where(flip[:, None], W - 1 - xs, xs)   # flip commutes with the symmetric padding
-    return _gather(x, ys[:, :, None] * W + xs[:, None, :]).view(x.shape)
+    out = _gather(x, ys[:, :, None] * W + xs[:, None, :]).view(x.shape)
+    return out if inside is None else out * inside[:, None].to(out.dtype)
 
 
-def weak(x, gen):
-    """RandomHorizontalFlip(p=0.5) then RandomCrop(H, padding=round(H/8), reflect)."""
+def weak(x, gen, padding="reflect"):
+    """RandomHorizontalFlip(p=0.5) then RandomCrop(H, padding=round(H/8)), reflect-padded (ACR's weak views and
+    CIFAR/SVHN/STL labeled view) or zero-padded (ACR's ImageNet-127 labeled view, `--labeled-pad zeros`)."""
     B, _, H, _ = x.shape
-    pad = round(0.125 * H)  # ACR: int(32 * 0.125) = 4; 8 at 64 px
+    pad = round(0.125 * H)  # ACR: int(32 * 0.125) = 4; 8 at 64 px (ImageNet-127: int(img_size / 8), the same)
     flip = torch.rand(B, generator=gen, device=x.device) < 0.5
     offset = torch.randint(0, 2 * pad + 1, (B, 2), generator=gen, device=x.device)  # torch RandomCrop
-    return flip_crop(x, flip, offset, pad)
+    return flip_crop(x, flip, offset, pad, padding)
 
 
 # ----------------------------------------------------------------------------- LUT ops

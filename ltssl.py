@@ -188,15 +188,21 @@ class ABC(FixMatch):
 
 def class_histogram(q, w, num_classes, mode="counts"):
     """Per-class mass of weights w [B] at labels q [B].
-    counts:   sum of w per class (a histogram; what ACR means).
-    presence: max of w per class. ACR writes `now_mask[q] += w`, an index_put_ without accumulate: with repeated
-              indices one write survives, so a class gets 0/1 (its presence), not its count. [0,0,0,1,2,2] ->
-              [1,1,1], not [3,1,2]. Which duplicate wins is unspecified (CPU: last, CUDA: any); we take 'any'."""
+    counts:   sum of w per class: a histogram (what ACR's text means by the distribution of pseudo-labels).
+    presence: ACR's statement `now_mask[q] += w` (train.py L560) reproduced exactly. It is an index_put without
+              accumulate on a zero vector: every occurrence writes 0 + its own weight and one write survives, so a
+              class gets the weight of ONE of its occurrences, never their sum. On CPU the last occurrence in index
+              order wins (one thread; ACR's 64-sample batches always), which is what this mode computes on any
+              device; on CUDA, or on CPU threads splitting thousands of indices, ACR's winner is unspecified.
+              q = [0,0,0,1,2,2,3,3], w = [1,1,0,1,0,1,1,0] -> [0,1,1,0,0] (counts: [2,1,1,1,0])."""
     out = torch.zeros(num_classes, device=q.device, dtype=torch.float32)
-    if mode == "counts":
+    if mode == "counts" or len(q) == 0:
         return out.scatter_add(0, q, w.float())
     assert mode == "presence", mode
-    return out.scatter_reduce(0, q, w.float(), reduce="amax", include_self=True)
+    # the last position of each class (-1: absent), then that occurrence's weight; no host sync
+    pos = torch.arange(len(q), device=q.device)
+    last = torch.full((num_classes,), -1, device=q.device, dtype=pos.dtype).scatter_reduce(0, q, pos, reduce="amax")
+    return torch.where(last >= 0, w.float()[last.clamp_min(0)], out)
 
 
 def sym_kl(p, q):

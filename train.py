@@ -77,7 +77,20 @@ def build_parser():
     a('--width', type=int, default=2, help='WRN width (ACR public code: 2; ACR paper CIFAR-100: 8)')
     a('--bn-momentum', type=float, default=0.001, help='WRN BatchNorm momentum (ACR/kekmodel)')
     # -- framework options (ltssl.py)
-    a('--acr-count', default='counts', choices=['counts', 'presence'], help='presence = ACR code parity')
+    a('--acr-count', default='counts', choices=['counts', 'presence'], help="ACR's u_py histogram: counts = sum of "
+      "the confident pseudo-labels per class; presence = ACR's statement now_mask[q] += w (index_put: the last "
+      "occurrence's weight per class, CPU order)")
+    # ACR train.py argparse (only with --alg acr; the default is ACR's unless noted)
+    a('--ema-u', type=float, default=None, help="ACR: EMA rate of the unlabeled-distribution estimate u_py (default "
+      "0.99, ACR's README commands; its argparse default is 0.9)")
+    a('--tau1', type=float, default=None, help='ACR: tau_max of the adaptive tau1 (standard-head pseudo-labels); '
+      'default 2')
+    a('--tau12', type=float, default=None, help="ACR: tau of the balanced head's pseudo-label adjustment; default 2")
+    a('--tau2', type=float, default=None, help="ACR: tau of the balanced head's logit-adjusted labeled loss; default 2")
+    a('--est-epoch', type=int, default=None, help='ACR: u_py is estimated and tau1 adapted in epochs > est_epoch '
+      '(0-based epochs of --epoch-steps); default 5')
+    a('--labeled-pad', default=None, choices=['zeros', 'reflect'], help="padding of the labeled view's RandomCrop "
+      "(default: zeros on imagenet127, ACR's get_smallimagenet; reflect elsewhere, ACR's CIFAR/SVHN/STL)")
     a('--abc-views', type=int, default=2, help='ABC strong views (ABC code 2; DASO 1)')
     a('--abc-hard', action='store_true', help='hard ABC pseudo-labels (USB) instead of soft (ABC code)')
     # -- BEM (bem.py; reconstructed choices in README)
@@ -125,6 +138,8 @@ def build_parser():
     return p
 
 
+# ACR train.py argparse (tau1/tau12/tau2 2, est_epoch 5); ema_u 0.99 as in ACR's README commands (argparse 0.9)
+ACR_DEFAULTS = dict(ema_u=0.99, tau1=2.0, tau12=2.0, tau2=2.0, est_epoch=5)
 LTSSL_DATA = ('cifar10', 'cifar100', 'stl10', 'svhn', 'fmnist', 'imagenet127', 'synthetic')
 LT_DATA = ('cifar10', 'cifar100', 'fmnist', 'imagenet_lt', 'synthetic')
 
@@ -133,6 +148,12 @@ def resolve(args):
     """Fill task- and model-dependent defaults, then validate. Raises UsageError."""
     lt = args.task == 'lt'
     args.dataset = args.dataset or ('cifar100' if lt else 'cifar10')
+    acr = not lt and args.alg == 'acr'
+    for k in ACR_DEFAULTS:   # a flag that would do nothing is an error, not a silent no-op
+        flag = '--' + k.replace('_', '-')
+        _need(acr or getattr(args, k) is None, f'{flag} is an ACR option; drop it or use --task ltssl --alg acr')
+    _need(acr or args.acr_count == 'counts', '--acr-count is an ACR option; drop it or use --task ltssl --alg acr')
+    _need(not lt or args.labeled_pad is None, '--labeled-pad is an LTSSL option; drop it or use --task ltssl')
     if args.model is None:
         args.model = (('ride' if args.dataset == 'imagenet_lt' else 'resnet32') if lt else
                       ('resnet50' if args.dataset == 'imagenet127' else 'wrn'))
@@ -157,7 +178,9 @@ def resolve(args):
         on = args.bem
         d.update(mix='cammix' if on else 'none', bank=bool(on), ess='mul' if on else 'off',
                  esm='class' if on else 'off', ecb='on' if on else 'off',
-                 bank_size=32 if args.dataset == 'imagenet127' else 64)
+                 bank_size=32 if args.dataset == 'imagenet127' else 64,
+                 labeled_pad='zeros' if args.dataset == 'imagenet127' else 'reflect')
+        d.update(ACR_DEFAULTS if acr else {})
     for k, v in d.items():
         if getattr(args, k, None) is None:
             setattr(args, k, v)
@@ -226,6 +249,11 @@ def validate(args):
     _need(args.mu > 0, f'--mu must be positive, got {args.mu}')
     _need(args.width >= 1, f'--width must be >= 1, got {args.width}')
     _need(args.abc_views >= 1, f'--abc-views must be >= 1, got {args.abc_views}')
+    if args.task == 'ltssl' and args.alg == 'acr':
+        _need(0 <= args.ema_u < 1, f'--ema-u must be in [0,1), got {args.ema_u}; ACR uses 0.99')
+        for k in ('tau1', 'tau12', 'tau2'):
+            _need(getattr(args, k) >= 0, f'--{k} must be >= 0, got {getattr(args, k)}; ACR uses 2')
+        _need(args.est_epoch >= 0, f'--est-epoch must be >= 0, got {args.est_epoch}; ACR uses 5')
     _need(args.epoch_steps > 0, f'--epoch-steps must be positive, got {args.epoch_steps}')
     _need(0 <= args.tau_c <= 1, f'--tau-c must be in [0,1], got {args.tau_c}')
     _need(0 < args.beta < 1, f'--beta must be in (0,1), got {args.beta}; BEM uses 0.999')
@@ -448,8 +476,10 @@ class LTSSLTask(_Task):
         self.unl_x, self.u_real = to(unl_x[unl]), to(real, torch.bool)
         self.test_x, self.test_y = to(ds.test_x), to(ds.test_y, torch.long)
         self.mean, self.std = ds.mean, ds.std
+        self.labeled_pad = args.labeled_pad
         opts = {'abc': dict(abc_views=args.abc_views, abc_soft=not args.abc_hard),
-                'acr': dict(acr_count=args.acr_count)}.get(args.alg, {})
+                'acr': dict(acr_count=args.acr_count, **{k: getattr(args, k) for k in ACR_DEFAULTS}),
+                }.get(args.alg, {})
         self.fw = ltssl.make_framework(
             args.alg, num_classes=C, labeled_counts=self.counts.tolist(), total_steps=args.iters,
             steps_per_epoch=args.epoch_steps, threshold=args.threshold, device=device, **opts)
@@ -506,7 +536,7 @@ class LTSSLTask(_Task):
         from augment import strong, weak
         g = self.gen
         il = self.lab_sampler.next()
-        xl, yl = weak(self.lab_x[il], g), self.lab_y[il]
+        xl, yl = weak(self.lab_x[il], g, self.labeled_pad), self.lab_y[il]
         parts, u_real, mix = [xl], None, None
         if self.ssl:
             iu = self.unl_sampler.next()

@@ -159,6 +159,14 @@ CASES = [
     ('ride-loss+resnet32', LT + ['--loss', 'ride', '--model', 'resnet32'], 'ride', None),
     ('ldam-loss+ride', LT + ['--loss', 'ldam', '--model', 'ride'], 'ldam', None),
     ('cam-refresh+resnet50', LTSSL + ['--bem', '--cam-refresh', '--model', 'resnet50'], 'cam-refresh', None),
+    # ACR's options do nothing for another framework or --task lt: refused, not ignored
+    ('tau1+fixmatch', LTSSL + ['--tau1', '1.0'], 'tau1', None),
+    ('ema-u+abc', LTSSL + ['--alg', 'abc', '--ema-u', '0.9'], 'ema-u', None),
+    ('est-epoch+lt', LT + ['--est-epoch', '3'], 'est-epoch', None),
+    ('tau12+la', LTSSL + ['--alg', 'la', '--tau12', '1'], 'tau12', None),
+    ('tau2+supervised', LTSSL + ['--alg', 'supervised', '--tau2', '1'], 'tau2', None),
+    ('acr-count+fixmatch', LTSSL + ['--acr-count', 'presence'], 'acr-count', None),
+    ('labeled-pad+lt', LT + ['--labeled-pad', 'zeros'], 'labeled-pad', None),
     # found while writing this catalogue (were accepted, then a traceback or a silently wrong run)
     ('width=0', LTSSL + ['--width', '0'], 'width', None),
     ('abc_views=0', LTSSL + ['--alg', 'abc', '--abc-views', '0'], 'abc-views', None),
@@ -168,6 +176,10 @@ CASES = [
     ('momentum<0', LTSSL + ['--momentum', '-1'], 'momentum',
      None),
     ('wd<0', LTSSL + ['--wd', '-1'], 'wd', None),
+    ('ema-u=1', LTSSL + ['--alg', 'acr', '--ema-u', '1'], 'ema-u', None),
+    ('tau1<0', LTSSL + ['--alg', 'acr', '--tau1', '-1'], 'tau1', None),
+    ('est-epoch<0', LTSSL + ['--alg', 'acr', '--est-epoch', '-1'], 'est-epoch', None),
+    ('labeled-pad=edge', LTSSL + ['--labeled-pad', 'edge'], 'labeled-pad', None),
 ]
 
 
