@@ -393,15 +393,17 @@ def head_tail(run):
 
 
 def sampler_epochs(run):
-    """DataFrame epoch, delta, ratio: per epoch δt and realised freq(tail) / freq(head) (metrics.jsonl 'sampling')."""
+    """DataFrame epoch, delta, head, tail, ratio: per epoch δt, the realised frequency of the head and the tail
+    class (mean over tied classes) and freq(tail) / freq(head) (metrics.jsonl 'sampling')."""
     path, rows = Path(run) / 'metrics.jsonl', []
     head, tail, inst = head_tail(run)
     for line in path.read_text().splitlines():
         for e in (json.loads(line).get('sampling') or []) if line.strip() else []:
             f = np.asarray(e['freq'])
             h, t = (head, tail) if head is not None else ([0], [len(f) - 1])
-            rows.append({'epoch': e['epoch'], 'delta': e['delta'], 'ratio': f[t].mean() / max(f[h].mean(), 1e-12)})
-    return pd.DataFrame(rows, columns=['epoch', 'delta', 'ratio']), inst
+            rows.append({'epoch': e['epoch'], 'delta': e['delta'], 'f_head': f[h].mean(), 'f_tail': f[t].mean(),
+                         'ratio': f[t].mean() / max(f[h].mean(), 1e-12)})
+    return pd.DataFrame(rows, columns=['epoch', 'delta', 'f_head', 'f_tail', 'ratio']), inst
 
 
 def sampler_fig(runs, targets, out, name):
@@ -418,10 +420,12 @@ def sampler_fig(runs, targets, out, name):
             continue
         ax_d.plot(df.epoch, df.delta, label=label)
         ax_r.plot(df.epoch, df.ratio, lw=0.8, label=label)
-        x_inst = df.ratio.mean() / inst if inst else float('nan')
+        ratio = df.f_tail.sum() / max(df.f_head.sum(), 1e-12)     # over all epochs: a tail class has few draws per epoch
+        x_inst = ratio / inst if inst else float('nan')
         rows.append([label, args.get('sampler', '?'), len(df), f'{df.delta.min():.4f} – {df.delta.max():.4f}',
-                     f'{df.ratio.mean():.4f}', f'{inst:.4f}' if inst else '?', f'{x_inst:.2f}'])
-    insts = {r[5] for r in rows if r[5] != '?'}
+                     f'{df.ratio.min():.4f} – {df.ratio.max():.4f}', f'{ratio:.4f}', f'{inst:.4f}' if inst else '?',
+                     f'{x_inst:.3f}'])
+    insts = {r[6] for r in rows if r[6] != '?'}
     for v in insts:
         ax_r.axhline(float(v), ls='--', c='k', lw=0.8)
     ax_d.set(xlabel='epoch', ylabel='δt', title='jitter factor δt per epoch')
@@ -431,10 +435,12 @@ def sampler_fig(runs, targets, out, name):
     fig.tight_layout()
     png = out / f'{name}_sampler.png'
     fig.savefig(png, dpi=120)
-    head = ['run', 'sampler', 'epochs', 'δt min – max', 'tail/head (mean over epochs)', 'n_tail/n_head', '× instance']
+    head = ['run', 'sampler', 'epochs', 'δt min – max', 'tail/head per epoch', 'tail/head (all epochs)', 'n_tail/n_head',
+            '× instance']
     return '\n'.join([f'# {name}: the sampler per epoch', '', 'Realised per-class frequency = draws of the class / '
                       'all draws of the epoch (metrics.jsonl `sampling`, counted on the device); head / tail = the '
-                      'classes with the most / fewest training images; "× instance" = the mean ratio over n_tail/n_head '
+                      'classes with the most / fewest training images (mean over tied classes); "× instance" = tail/head over all '
+                      'epochs / (n_tail/n_head) '
                       '(1 = instance sampling).', '', tabulate(rows, head, tablefmt='github', disable_numparse=True),
                       '', f'figure: {png}']) + '\n'
 

@@ -931,6 +931,7 @@ class ImageNetLTTask(LTTask):
         images = data.JpegImages(self.ds.root, self.ds.train_files, self.ds.train_y, self.args.img_size, train=True)
         self.epoch_batches = iter(data.jpeg_loader(images, [self._rows(k) for k in keys[skip:]], self._workers(),
                                                    self.device.type == 'cuda'))
+        self.epoch_labels = iter([self.train_y[b] for b in self.epoch_idx[skip:]])   # the global batches' labels
 
     def _rows(self, keys):
         """Under torchrun each rank decodes only its rows of every global batch (seeds are per sample)."""
@@ -947,7 +948,7 @@ class ImageNetLTTask(LTTask):
     def _batch(self):
         """This rank's decoded rows and the GLOBAL batch's labels (the loss is taken on the global batch)."""
         x, _ = next(self.epoch_batches)
-        return x.to(self.device, non_blocking=True), self.train_y[self.epoch_idx[self.step % self.ipe]]
+        return x.to(self.device, non_blocking=True), next(self.epoch_labels)
 
     def _local(self, x):
         return x                             # already this rank's rows (_rows)

@@ -430,9 +430,10 @@ def test_report_sampler_figure(tmp_path):
                                        json.dumps({'step': 2, 'sampling': eps[1:]}) + '\n')
     report.main(['sampler', str(run), '--out', str(tmp_path / 'res')])
     md = (tmp_path / 'res' / 'runs_sampler.md').read_text()
-    ratio = (0.25 / 0.5 + 0.3 / 0.4) / 2                             # tail = class 2 (2 images), head = class 0
+    ratio = (0.25 + 0.3) / (0.5 + 0.4)                               # tail = class 2 (2 images), head = class 0
     line = next(x for x in md.splitlines() if 'jitter2' in x)
-    assert '0.0100 – 0.0300' in line and f'{ratio:.4f}' in line and '0.2500' in line and f'{ratio / 0.25:.2f}' in line
+    assert '0.0100 – 0.0300' in line and '0.5000 – 0.7500' in line       # δt and per-epoch tail/head ranges
+    assert f'{ratio:.4f}' in line and '0.2500' in line and f'{ratio / 0.25:.3f}' in line
     assert (tmp_path / 'res' / 'runs_sampler.png').stat().st_size > 1000
 
 
