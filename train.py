@@ -721,7 +721,7 @@ class LTTask(_Task):
         self.fwd = self.model
         if DIST is not None:                               # torchrun: the LTSSL guarantees (ddp.py)
             import ddp
-            self.model = self.fwd = ddp.convert_bn(self.model, device)   # BatchNorm over the global batch
+            self.model = ddp.convert_bn(self.model, device)   # BatchNorm over the global batch
             self.fwd = ddp.wrap(self.model, DIST, find_unused=False)
         self.fwd = torch.compile(self.fwd) if args.compile else self.fwd
         self.opt = torch.optim.SGD(self.model.parameters(), lr=args.lr, momentum=args.momentum,
