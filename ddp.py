@@ -111,3 +111,48 @@ def any_flag(flag, d):
     t = torch.tensor([int(bool(flag))], device=d.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+# ------------------------------------------------------------------------------------------------
+# --task lt: one global batch of rows (images), possibly uneven across ranks (an epoch's partial last batch)
+# ------------------------------------------------------------------------------------------------
+
+def row_range(n, d, rank=None):
+    """[start, stop) of `rank`'s rows of a global batch of n rows: torch.tensor_split's sections (the first
+    n % world ranks take one row more), so the shards stay within one row of each other for any n."""
+    r = d.rank if rank is None else rank
+    q, extra = divmod(n, d.world)
+    start = r * q + min(r, extra)
+    return start, start + q + (r < extra)
+
+
+def shard_rows(x, d):
+    """This rank's rows of the global batch x (dim 0)."""
+    return x[slice(*row_range(len(x), d))]
+
+
+def gather_rows(t, n, d, dim=0):
+    """Inverse of shard_rows along `dim`, autograd-aware: every rank gets the global tensor of n rows.
+
+    Shards are padded to the largest one for the all_gather and trimmed after. Every rank then takes the same
+    loss on the global batch; the gather's backward sums over ranks and DDP averages, which gives exactly the
+    global-batch gradient whatever the shard sizes (module docstring)."""
+    import warnings
+    import torch.distributed.nn.functional as dnf
+    sizes = [b - a for a, b in (row_range(n, d, r) for r in range(d.world))]
+    pad = max(sizes) - t.shape[dim]
+    if pad:
+        shape = list(t.shape)
+        shape[dim] = pad
+        t = torch.cat([t, t.new_zeros(shape)], dim)
+    with warnings.catch_warnings():   # deprecated in favour of a private API; still the public autograd gather
+        warnings.simplefilter('ignore', FutureWarning)
+        parts = dnf.all_gather(t.contiguous())
+    return torch.cat([p.narrow(dim, 0, s) for p, s in zip(parts, sizes)], dim)
+
+
+def all_sum(t):
+    """Sum of a tensor over ranks (no autograd): evaluation counts of a test set split across ranks."""
+    t = t.clone()
+    dist.all_reduce(t)
+    return t

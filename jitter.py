@@ -76,17 +76,53 @@ def utilisation_ratio(counts, a, u, n, replacement=True):
     return R[:, None] / R[None, :]
 
 
-def optimal_u_with_replacement(counts, a, n, exact=False):
-    """§3.1.1: u_i = [1 - sum_{j!=i} n_j (1 - A_ijn)] / [1 + sum_{j!=i} A_ijn n_j/n_i].
-
-    A_ijn = (a_i/a_j)^{1/n} as printed; the stationarity condition really gives 1/(n-1) (`exact=True`).
-    """
-    n_j, a = np.asarray(counts, np.float64), np.asarray(a, np.float64)
+def _u_parts(n_j, a, n, exact):
+    """Numerator and denominator of the §3.1.1 closed form; only the numerator can turn negative."""
     A = (a[:, None] / a[None, :]) ** (1.0 / (n - 1 if exact else n))
     off = 1 - np.eye(len(n_j))                 # the sums run over j != i
     num = 1 - (off * (1 - A) * n_j[None, :]).sum(1)
     den = 1 + (off * A * n_j[None, :] / n_j[:, None]).sum(1)
+    return num, den
+
+
+def optimal_u_with_replacement(counts, a, n, exact=False):
+    """§3.1.1: u_i = [1 - sum_{j!=i} n_j (1 - A_ijn)] / [1 + sum_{j!=i} A_ijn n_j/n_i].
+
+    A_ijn = (a_i/a_j)^{1/n} as printed; the stationarity condition really gives 1/(n-1) (`exact=True`).
+    The closed form is the stationary point of the Lagrangian without the constraint u_i >= 0: for small n
+    (roughly n < N/2 when the a_i differ) it gives negative frequencies. Then it raises ValueError naming
+    the smallest valid n (`min_n_with_replacement`); it never returns a negative u_i.
+    """
+    n_j, a = np.asarray(counts, np.float64), np.asarray(a, np.float64)
+    num, den = _u_parts(n_j, a, n, exact)
+    if (num < 0).any():
+        i = int(np.argmin(num))
+        raise ValueError(f"optimal_u_with_replacement: n = {n} gives a negative frequency (u_{i} = {num[i] / den[i]:.3f}); "
+                         f"the closed form (§3.1.1, no u_i >= 0 constraint) holds for n >= "
+                         f"{min_n_with_replacement(n_j, a, exact)} with these counts and a")
     return num / den
+
+
+def min_n_with_replacement(counts, a, exact=False):
+    """Smallest n from which on every u_i of the §3.1.1 closed form is >= 0 (u -> n_i/N as n grows).
+
+    u_i < 0 iff h_i(x) = sum_{j!=i} n_j (1 - (a_i/a_j)^x) > 1 at x = 1/n. h_i is concave with h_i(0) = 0, so
+    once h_i(x) <= 1 with h_i'(x) >= 0 (or h_i'(0) <= 0), every smaller x (larger n) is valid too: double n
+    until that holds for every class, then walk down to the last invalid n.
+    """
+    n_j, a = np.asarray(counts, np.float64), np.asarray(a, np.float64)
+    off = 1 - np.eye(len(n_j))
+    log_r = np.log(a[:, None] / a[None, :])
+    x_of = lambda n: 1.0 / (n - 1 if exact else n)
+    h = lambda x: (off * n_j * (1 - np.exp(x * log_r))).sum(1)
+    dh = lambda x: -(off * n_j * log_r * np.exp(x * log_r)).sum(1)
+    never = dh(0.0) <= 0                       # h_i <= 0 for all x: u_i >= 0 at every n
+    n = 2
+    while not ((h(x_of(n)) <= 1) & ((dh(x_of(n)) >= 0) | never)).all():
+        n *= 2
+    while n > 2 and (_u_parts(n_j, a, n - 1, exact)[0] >= 0).all():
+        n -= 1
+    return n
 
 
 def optimal_u_without_replacement(counts, a, n):

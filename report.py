@@ -4,6 +4,7 @@
     python report.py fig1 [--runs runs] [--out results]           BEM Fig. 1 (a)-(d)
     python report.py fig_cammix [--run RUN_DIR] [--out results]   CAM / CamMix vs SaliencyMix on test images
     python report.py demo --runs runs/demo [--out results]        the `make demo` table and per-class PNG
+    python report.py sampler TABLE|RUN_DIR... [--runs] [--out]    jitter: δt and tail/head sampling ratio per epoch
 
 Run-dir convention (written by reproduce/common.sh):
     <runs>/<table>/<row>/<setting>/seed<k>/{args.json, summary.json, metrics.jsonl, checkpoint.pt}
@@ -408,12 +409,96 @@ def demo(runs, out):
 
 
 # ================================================================================================
+# Jitter: the sampler beside the table -- δt and the realised tail/head sampling ratio per epoch
+# ================================================================================================
+
+def sampler_targets(runs, targets):
+    """[(label, run dir)]: a jitter table name gives its planned cells (first seed with metrics); else run dirs."""
+    out = []
+    for t in targets:
+        if t in TABLES:
+            for row, setting, d in plan_cells(runs, t):
+                seeds = sorted((runs / d).glob('seed*/metrics.jsonl'))
+                if seeds:
+                    out.append((f'{row} | {setting}', seeds[0].parent))
+        elif (Path(t) / 'metrics.jsonl').exists():
+            out.append((Path(t).name if Path(t).name[:4] != 'seed' else '/'.join(Path(t).parts[-3:-1]), Path(t)))
+        else:
+            die(f'{t}: neither a jitter table name nor a run dir with metrics.jsonl')
+    return out
+
+
+def head_tail(run):
+    """Classes with the most and with the fewest training images (summary.json; LDAM order 0 / C-1 before)."""
+    s = read_json(Path(run) / 'summary.json') or {}
+    counts = s.get('class_counts')
+    if not counts:
+        return None, None, None
+    c = np.asarray(counts)
+    return np.flatnonzero(c == c.max()), np.flatnonzero(c == c.min()), c.min() / c.max()
+
+
+def sampler_epochs(run):
+    """DataFrame epoch, delta, head, tail, ratio: per epoch δt, the realised frequency of the head and the tail
+    class (mean over tied classes) and freq(tail) / freq(head) (metrics.jsonl 'sampling')."""
+    path, rows = Path(run) / 'metrics.jsonl', []
+    head, tail, inst = head_tail(run)
+    for line in path.read_text().splitlines():
+        for e in (json.loads(line).get('sampling') or []) if line.strip() else []:
+            f = np.asarray(e['freq'])
+            h, t = (head, tail) if head is not None else ([0], [len(f) - 1])
+            rows.append({'epoch': e['epoch'], 'delta': e['delta'], 'f_head': f[h].mean(), 'f_tail': f[t].mean(),
+                         'ratio': f[t].mean() / max(f[h].mean(), 1e-12)})
+    return pd.DataFrame(rows, columns=['epoch', 'delta', 'f_head', 'f_tail', 'ratio']), inst
+
+
+def sampler_fig(runs, targets, out, name):
+    """Two panels per run group: δt over epochs, and tail/head sampling ratio (log) with instance sampling dashed."""
+    found = sampler_targets(runs, targets)
+    if not found:
+        return f'# {name}: sampler\n\n(no runs with metrics.jsonl yet)\n'
+    plt, rows = pyplot(), []
+    fig, (ax_d, ax_r) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for label, run in found:
+        df, inst = sampler_epochs(run)
+        args = read_json(Path(run) / 'args.json') or {}
+        if df.empty:
+            continue
+        ax_d.plot(df.epoch, df.delta, label=label)
+        ax_r.plot(df.epoch, df.ratio, lw=0.8, label=label)
+        ratio = df.f_tail.sum() / max(df.f_head.sum(), 1e-12)     # over all epochs: a tail class has few draws per epoch
+        x_inst = ratio / inst if inst else float('nan')
+        rows.append([label, args.get('sampler', '?'), len(df), f'{df.delta.min():.4f} – {df.delta.max():.4f}',
+                     f'{df.ratio.min():.4f} – {df.ratio.max():.4f}', f'{ratio:.4f}', f'{inst:.4f}' if inst else '?',
+                     f'{x_inst:.3f}'])
+    insts = {r[6] for r in rows if r[6] != '?'}
+    for v in insts:
+        ax_r.axhline(float(v), ls='--', c='k', lw=0.8)
+    ax_d.set(xlabel='epoch', ylabel='δt', title='jitter factor δt per epoch')
+    ax_r.set(xlabel='epoch', ylabel='freq(tail) / freq(head)', yscale='log',
+             title='realised tail/head sampling ratio (dashed: n_tail / n_head)')
+    ax_d.legend(fontsize=7)
+    fig.tight_layout()
+    png = out / f'{name}_sampler.png'
+    fig.savefig(png, dpi=120)
+    head = ['run', 'sampler', 'epochs', 'δt min – max', 'tail/head per epoch', 'tail/head (all epochs)', 'n_tail/n_head',
+            '× instance']
+    return '\n'.join([f'# {name}: the sampler per epoch', '', 'Realised per-class frequency = draws of the class / '
+                      'all draws of the epoch (metrics.jsonl `sampling`, counted on the device); head / tail = the '
+                      'classes with the most / fewest training images (mean over tied classes); "× instance" = tail/head over all '
+                      'epochs / (n_tail/n_head) '
+                      '(1 = instance sampling).', '', tabulate(rows, head, tablefmt='github', disable_numparse=True),
+                      '', f'figure: {png}']) + '\n'
+
+
+# ================================================================================================
 # CLI
 # ================================================================================================
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    ap.add_argument('table', help=f'one of {", ".join([*TABLES, "fig1", "fig_cammix"])}')
+    ap.add_argument('table', help=f'one of {", ".join([*TABLES, "fig1", "fig_cammix", "sampler"])}')
+    ap.add_argument('targets', nargs='*', help='sampler: jitter table names and/or run dirs (seed<k>)')
     ap.add_argument('--runs', default='runs', help='runs root (reproduce/*.sh: runs, or runs/smoke)')
     ap.add_argument('--out', default='results', help='where <table>.md and figures go')
     ap.add_argument('--paper', default=str(PAPER_CSV), help='paper numbers CSV')
@@ -421,6 +506,16 @@ def main(argv=None):
     ap.add_argument('--n', type=int, default=6, help='fig_cammix: number of images')
     a = ap.parse_args(argv)
     name = FIGURES.get(a.table, a.table)
+    if name == 'sampler':
+        out = Path(a.out)
+        out.mkdir(parents=True, exist_ok=True)
+        if not a.targets:
+            die('sampler needs jitter table names or run dirs, e.g. python report.py sampler jitter_table1')
+        tag = a.targets[0] if len(a.targets) == 1 and a.targets[0] in TABLES else 'runs'
+        md = sampler_fig(Path(a.runs), a.targets, out, tag)
+        (out / f'{tag}_sampler.md').write_text(md)
+        print(md)
+        return
     if name == 'demo':
         out = Path(a.out)
         out.mkdir(parents=True, exist_ok=True)

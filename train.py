@@ -129,6 +129,8 @@ def build_parser():
     a('--ride-stage1', default='ce', choices=['ce', 'ldam'], help='RIDE loss before DRW: ce (paper text) or ldam (RIDE code)')
     # -- engineering
     a('--compile', action='store_true', help='torch.compile the model')
+    a('--eval-bf16', action='store_true', help='evaluate under bf16 autocast on CUDA, as training does (default: fp32 '
+      'evaluation; with s = 30 cosine logits the bf16 spacing near 30 is 0.125, enough to flip near-ties)')
     a('--deterministic', action='store_true', help='torch/cudnn deterministic algorithms')
     a('--log-every', type=int, default=50, help='steps between host-side logs/NaN checks')
     a('--nan-policy', default='stop', choices=['stop', 'skip'], help='skip: skip non-finite steps (syncs each step)')
@@ -324,10 +326,12 @@ class EMA:
 
 
 @torch.no_grad()
-def evaluate(model, x_u8, y, mean, std, num_classes, head_fn, batch=1024):
+def evaluate(model, x_u8, y, mean, std, num_classes, head_fn, batch=1024, bf16=False, reduce=None):
     """Per-head top-1 and per-class accuracy (%) of `model` on uint8 test images, on the device.
 
     x_u8, y: device tensors; or x_u8 = an iterable of (uint8 images, labels) device batches and y = None.
+    fp32 unless bf16 (--eval-bf16): training runs under bf16 autocast, evaluation does not by default.
+    reduce: sums the per-class counts over ranks when each rank evaluated only its share of the test set.
     """
     from augment import normalize
     model.eval()
@@ -336,12 +340,14 @@ def evaluate(model, x_u8, y, mean, std, num_classes, head_fn, batch=1024):
     batches = ((x_u8[i:i + batch], y[i:i + batch]) for i in range(0, len(x_u8), batch)) if y is not None else x_u8
     correct, total = None, 0
     for xb, yb in batches:
-        with autocast(xb.device):                                                        # bf16 on CUDA
+        with autocast(xb.device, enabled=bf16):                                          # fp32 by default
             logits = head_fn(model(prep_input(normalize(xb, mean, std)))).float()       # [H,B,C]
         ok = (logits.argmax(-1) == yb).float()                                           # [H,B]
         cls = F.one_hot(yb, num_classes).float()
         c, n = ok @ cls, cls.sum(0)                                                      # [H,C], [C]
         correct, total = (c, n) if correct is None else (correct + c, total + n)
+    if reduce is not None:
+        correct, total = reduce(correct), reduce(total)
     per_class = (100 * correct / total.clamp(min=1)).cpu().numpy()
     top1 = (100 * correct.sum(1) / total.sum()).cpu().numpy()
     return top1, per_class
@@ -356,8 +362,10 @@ def prep_input(x):
     return x.contiguous(memory_format=torch.channels_last) if _CHANNELS_LAST else x
 
 
-def autocast(device):
-    return torch.autocast('cuda', dtype=torch.bfloat16) if device.type == 'cuda' else torch.autocast('cpu', enabled=False)
+def autocast(device, enabled=True):
+    """bf16 autocast on CUDA; off on CPU (and wherever enabled=False, e.g. fp32 evaluation)."""
+    on = enabled and device.type == 'cuda'
+    return torch.autocast('cuda', dtype=torch.bfloat16) if on else torch.autocast(device.type, enabled=False)
 
 
 # ================================================================================================
@@ -587,7 +595,7 @@ class LTSSLTask(_Task):
     def evaluate(self):
         names = {v: k for k, v in self.fw.eval_heads.items()}
         top1, per_class = evaluate(self.ema.model, self.test_x, self.test_y, self.mean, self.std, self.C,
-                                   lambda out: self.fw.test_logits(out[0].float()))
+                                   lambda out: self.fw.test_logits(out[0].float()), bf16=self.args.eval_bf16)
         self.model.train()
         rec = {'step': self.step, 'acc': {names[h]: round(float(top1[h]), 4) for h in names},
                'per_class': {names[h]: per_class[h].round(3).tolist() for h in names},
@@ -740,7 +748,12 @@ class LTTask(_Task):
         # RIDE's CIFAR pipeline adds RandomRotation(15); LDAM-DRW's is crop + flip (spec jitter.md §4.2)
         self.degrees = 0.0 if (args.loss == 'ldam' and not self.ride) else 15.0
         self.model = self._model(C, ride, jitter).to(device)
-        self.fwd = torch.compile(self.model) if args.compile else self.model
+        self.fwd = self.model
+        if DIST is not None:                               # torchrun: the LTSSL guarantees (ddp.py)
+            import ddp
+            self.model = ddp.convert_bn(self.model, device)   # BatchNorm over the global batch
+            self.fwd = ddp.wrap(self.model, DIST, find_unused=False)
+        self.fwd = torch.compile(self.fwd) if args.compile else self.fwd
         self.opt = torch.optim.SGD(self.model.parameters(), lr=args.lr, momentum=args.momentum,
                                    weight_decay=args.wd, nesterov=args.nesterov, **_foreach(device))
         self.lr_steps = steps = lr_steps(args)
@@ -756,6 +769,10 @@ class LTTask(_Task):
         self.total_steps = args.epochs * self.ipe
         self.images_per_step = args.batch_size
         self.deltas = []
+        # the sampler, visible: this epoch's draws per class, counted on the device (no sync per step), and the
+        # finished epochs' (epoch, δt, draws) not yet written to metrics.jsonl
+        self.drawn = torch.zeros(C, dtype=torch.long, device=device)
+        self.epoch_draws = []
         for note in ds.notes:
             log(f'warning: {note}')
         c = self.counts.tolist()
@@ -806,26 +823,53 @@ class LTTask(_Task):
             self.criterion.set_epoch(e)
         self.deltas.append(float(self.sampler.delta))
 
+    def _epoch_end(self):
+        self.epoch_draws.append((self.step // self.ipe - 1, self.deltas[-1], self.drawn.clone()))
+        self.drawn.zero_()
+
+    def _count(self, y):
+        """Add a global batch's labels to this epoch's per-class draws (index_add_: no host sync, unlike bincount)."""
+        self.drawn.index_add_(0, y, torch.ones_like(y))
+
     def _batch(self):
-        """uint8 training view and labels: RIDE's crop/flip/rotation as one batched resample on the device."""
+        """uint8 training view and labels of the GLOBAL batch (every rank draws the same indices and
+        augmentation from the same generator): RIDE's crop/flip/rotation as one batched resample on the device."""
         import data
         idx = self.sampler.next_batch()
+        self._count(self.train_y[idx])
         return data.lt_view(self.train_x[idx], self.gen, degrees=self.degrees), self.train_y[idx]
+
+    def _local(self, x):
+        """This rank's rows of the global batch (ImageNet-LT's ranks decode only their rows: no-op there)."""
+        import ddp
+        return ddp.shard_rows(x, DIST)
+
+    def _forward(self, x, n):
+        """Logits of the global batch of n rows. Under torchrun each rank forwards its rows and the outputs
+        come back global (autograd all_gather), so the loss is the one-process loss on the same batch."""
+        if DIST is None:
+            with autocast(self.device):
+                return self.fwd(prep_input(x))
+        import ddp
+        with autocast(self.device):
+            out = self.fwd(prep_input(self._local(x)))
+        if isinstance(out, tuple):                  # RIDE: (mean [b, C], experts [E, b, C])
+            return ddp.gather_rows(out[0], n, DIST), ddp.gather_rows(out[1], n, DIST, dim=1)
+        return ddp.gather_rows(out, n, DIST)
 
     def train_step(self):
         from augment import normalize
         if self.step % self.ipe == 0:
             self._epoch_start(self.step // self.ipe)
         x, y = self._batch()
-        x = normalize(x, self.mean, self.std)
-        with autocast(self.device):
-            out = self.fwd(prep_input(x))
+        out = self._forward(normalize(x, self.mean, self.std), len(y))
         out = tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
         loss = self._loss(out, y)
         self._update(loss, {'loss': loss.detach()})
         self.step += 1
         if self.step % self.ipe == 0:
             self.sched.step()                       # epoch-wise LambdaLR (RIDE CustomLR)
+            self._epoch_end()
 
     def at_eval(self):
         return self.step % (self.args.eval_every * self.ipe) == 0 or self.step == self.total_steps
@@ -833,16 +877,32 @@ class LTTask(_Task):
     def _test_set(self):
         return self.test_x, self.test_y
 
+    def _eval_reduce(self):
+        return None                                 # every rank evaluates the whole (device-resident) test set
+
+    def sampling_record(self):
+        """Each finished epoch since the last record: δt and the realised per-class sampling frequency
+        (draws of class i / all draws of that epoch). One host copy per evaluation."""
+        out = []
+        for e, d, drawn in self.epoch_draws:
+            c = drawn.cpu().numpy()
+            out.append({'epoch': e, 'delta': round(float(d), 6), 'draws': int(c.sum()),
+                        'freq': [round(float(v), 6) for v in c / max(c.sum(), 1)]})
+        self.epoch_draws = []
+        return out
+
     def evaluate(self):
         fn = (lambda out: out[0][None]) if self.ride else (lambda out: out[None])
-        top1, per_class = evaluate(self.model, self._test_set(), None, self.mean, self.std, self.C, fn)
+        top1, per_class = evaluate(self.model, self._test_set(), None, self.mean, self.std, self.C, fn,
+                                   bf16=self.args.eval_bf16, reduce=self._eval_reduce())
         self.model.train()
         macc = float(per_class[0].mean())   # the paper's metric: mean per-class accuracy
         self.last_acc = macc
         return {'step': self.step, 'epoch': self.step // self.ipe, 'acc': {'model': round(macc, 4)},
                 'top1': round(float(top1[0]), 4), 'per_class': {'model': per_class[0].round(3).tolist()},
                 'lr': self.sched.get_last_lr()[0], 'delta': self.deltas[-1] if self.deltas else 0.0,
-                'class_probs': [round(float(p), 5) for p in self.sampler.class_probs()], 'train': self.pop_logs()}
+                'class_probs': [round(float(p), 5) for p in self.sampler.class_probs()],
+                'sampling': self.sampling_record(), 'train': self.pop_logs()}
 
     def summary(self, history):
         stat = 'mean per-class accuracy (%) of the final model (jitter paper §4.1); many >100, few <20 training images'
@@ -850,7 +910,7 @@ class LTTask(_Task):
 
     def state_dict(self):
         s = self._common_state()
-        s.update(sampler=self.sampler.state_dict(), deltas=self.deltas,
+        s.update(sampler=self.sampler.state_dict(), deltas=self.deltas, drawn=self.drawn, epoch_draws=self.epoch_draws,
                  criterion=self.criterion.state_dict() if hasattr(self.criterion, 'state_dict') else None)
         return s
 
@@ -858,6 +918,8 @@ class LTTask(_Task):
         self._load_common(s)
         self.sampler.load_state_dict(s['sampler'])
         self.deltas = s['deltas']
+        self.drawn = s['drawn'].to(self.device)
+        self.epoch_draws = [(e, d, c.to(self.device)) for e, d, c in s['epoch_draws']]
         if s.get('criterion') is not None:
             self.criterion.load_state_dict(s['criterion'])
         e = self.step // self.ipe
@@ -888,24 +950,47 @@ class ImageNetLTTask(LTTask):
     def _open_epoch(self, skip):
         import data
         self.epoch_state = self.sampler.state_dict()
-        idx = torch.stack([self.sampler.next_batch() for _ in range(self.ipe)]).cpu().tolist()
+        # a list, not a stack: shuffle / jitter-noreplace end the epoch with a partial batch
+        self.epoch_idx = [self.sampler.next_batch() for _ in range(self.ipe)]
+        if skip == 0:                        # resume: the checkpoint's counts already hold the whole epoch
+            for b in self.epoch_idx:
+                self._count(self.train_y[b])
         e0 = self.step - skip
-        keys = [list(zip(b, data.sample_seeds(self.args.seed, e0 + k, len(b)))) for k, b in enumerate(idx)]
+        keys = [list(zip(b, data.sample_seeds(self.args.seed, e0 + k, len(b))))
+                for k, b in enumerate(b.cpu().tolist() for b in self.epoch_idx)]
         images = data.JpegImages(self.ds.root, self.ds.train_files, self.ds.train_y, self.args.img_size, train=True)
-        self.epoch_batches = iter(data.jpeg_loader(images, keys[skip:], self._workers(), self.device.type == 'cuda'))
+        self.epoch_batches = iter(data.jpeg_loader(images, [self._rows(k) for k in keys[skip:]], self._workers(),
+                                                   self.device.type == 'cuda'))
+        self.epoch_labels = iter([self.train_y[b] for b in self.epoch_idx[skip:]])   # the global batches' labels
+
+    def _rows(self, keys):
+        """Under torchrun each rank decodes only its rows of every global batch (seeds are per sample)."""
+        import ddp
+        return keys if DIST is None else keys[slice(*ddp.row_range(len(keys), DIST))]
 
     def _workers(self):
-        # decoding is the bottleneck (~5.5 ms per ImageNet JPEG per core, measured): every core but the main one
-        return self.args.workers if self.args.workers is not None else max(1, min(16, (os.cpu_count() or 2) - 1))
+        # decoding is the bottleneck (~5.5 ms per ImageNet JPEG per core, measured): every core but the main one,
+        # shared among the processes of this node under torchrun
+        per_node = int(os.environ.get('LOCAL_WORLD_SIZE', '1'))
+        cores = (os.cpu_count() or 2) // per_node
+        return self.args.workers if self.args.workers is not None else max(1, min(16, cores - 1))
 
     def _batch(self):
-        x, y = next(self.epoch_batches)
-        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        """This rank's decoded rows and the GLOBAL batch's labels (the loss is taken on the global batch)."""
+        x, _ = next(self.epoch_batches)
+        return x.to(self.device, non_blocking=True), next(self.epoch_labels)
+
+    def _local(self, x):
+        return x                             # already this rank's rows (_rows)
+
+    def _eval_reduce(self):
+        import ddp
+        return None if DIST is None else ddp.all_sum
 
     def _test_set(self, batch=256):
         import data
         images = data.JpegImages(self.ds.root, self.ds.test_files, self.ds.test_y, self.args.img_size, train=False)
-        keys = [list(range(i, min(i + batch, len(images)))) for i in range(0, len(images), batch)]
+        keys = [self._rows(list(range(i, min(i + batch, len(images))))) for i in range(0, len(images), batch)]
         dev = self.device
         return ((x.to(dev, non_blocking=True), y.to(dev, non_blocking=True))
                 for x, y in data.jpeg_loader(images, keys, self._workers(), dev.type == 'cuda'))
@@ -980,9 +1065,10 @@ def train(args, log=print):
 
 
 def _check_ddp(args, d):
-    _need(args.task == 'ltssl', 'multi-process training is implemented for --task ltssl; run --task lt on one '
-          'device (a ResNet-32 step is ~50 GFLOP)')
-    _need(args.batch_size % d.world == 0, f'--batch-size {args.batch_size} must be divisible by the {d.world} processes')
+    if args.task == 'lt':   # shards may differ by one row (an epoch's partial last batch is uneven anyway)
+        _need(args.batch_size >= d.world, f'--batch-size {args.batch_size} is smaller than the {d.world} processes')
+    _need(args.task == 'lt' or args.batch_size % d.world == 0,
+          f'--batch-size {args.batch_size} must be divisible by the {d.world} processes')
     _need(not (args.model == 'resnet50' and args.mix != 'none'),
           'Grad-CAM mixing (--model resnet50 with a --mix) runs on one device; use --model wrn or one process')
 

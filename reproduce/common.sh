@@ -52,13 +52,31 @@ ABL_ACR="--task ltssl --alg acr $ABL_DATA"                        # base of both
 ABL_OFF="--ess off --esm off --ecb off"                            # entropy parts off
 
 # The rows of jitter Tables 1 and 2: jitter_main_rows <setting> <dataset flags...>
+# Baselines = RIDE's public code as the paper ran it ("*: results reported by their public code of sampling with
+# replacement"): instance sampling WITH replacement and RIDE's LDAM-based loss from epoch 0 (--ride-stage1 ldam).
+# RIDE's own DataLoader(shuffle=True) samples WITHOUT replacement: that baseline is its own row (*-shuffle).
+# J-sampling + RIDE rows keep the paper's CE in stage 1 and LDAM-DRW after (--ride-stage1 ce, the default).
+RIDE_BASE="--sampler instance --ride-stage1 ldam"
+RIDE_SHUFFLE="--sampler shuffle --ride-stage1 ldam"
 jitter_main_rows() {
   local s=$1; shift
   cell j-sampling+gl2norm+longtrain "$s" $SINGLE "$@"
-  cell ride-4e "$s" $RIDE4 --no-reduce --sampler shuffle "$@"
-  cell ride-4e-reduce "$s" $RIDE4 --reduce --sampler shuffle "$@"
+  cell ride-4e "$s" $RIDE4 --no-reduce $RIDE_BASE "$@"
+  cell ride-4e-reduce "$s" $RIDE4 --reduce $RIDE_BASE "$@"
+  cell ride-4e-shuffle "$s" $RIDE4 --no-reduce $RIDE_SHUFFLE "$@"
+  cell ride-4e-reduce-shuffle "$s" $RIDE4 --reduce $RIDE_SHUFFLE "$@"
   cell j-sampling+ride-4e "$s" $RIDE4 --no-reduce --sampler jitter1 "$@"
   cell j-sampling+ride-4e-reduce "$s" $RIDE4 --reduce --sampler jitter1 "$@"
+  # beyond the paper: Method 2 with RIDE (Method 1 at RIDE's alpha 0.05 samples like instance sampling)
+  cell j-sampling-m2+ride-4e-beyond-paper "$s" $RIDE4 --no-reduce --sampler jitter2 "$@"
+  cell j-sampling-m2+ride-4e-reduce-beyond-paper "$s" $RIDE4 --reduce --sampler jitter2 "$@"
+}
+
+# The sampler figure beside a jitter table: delta_t and the tail/head sampling ratio of every row over epochs.
+sampler_figure() {
+  local cmd=("$PYTHON" report.py sampler "$TABLE" --runs "$RUNS" --out "$RESULTS")
+  echo "+ ${cmd[*]}"
+  [ "$DRY_RUN" = 1 ] || "${cmd[@]}"
 }
 
 TABLE=

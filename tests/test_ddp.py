@@ -55,3 +55,43 @@ def test_batch_not_divisible_by_processes_is_bad_input(tmp_path):
     assert len(ours) == 1 and 'divisible' in ours[0], r.stderr[-2000:]
     assert 'exitcode  : 2' in r.stderr
     assert not (tmp_path / 'x').exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# --task lt under torchrun (issue 12): the same global index batch on every rank, each rank trains on its rows
+# ------------------------------------------------------------------------------------------------
+LT_ARGS = ['--task', 'lt', '--dataset', 'synthetic', '--imb', '10', '--epochs', '2', '--iters-per-epoch', '1',
+           '--eval-every', '1', '--log-every', '1', '--no-progress', '--device', 'cpu']
+
+
+def _records(run):
+    return [json.loads(line) for line in (run / 'metrics.jsonl').read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.skipif(sys.platform != 'linux', reason='torchrun/gloo test written for Linux')
+@pytest.mark.parametrize('extra,port', [
+    (['--model', 'resnet32', '--sampler', 'jitter2', '--batch-size', '8'], 29521),
+    (['--model', 'ride', '--experts', '2', '--sampler', 'jitter1', '--batch-size', '8'], 29522),
+    # batch 7 over 2 processes: shards of 4 and 3 rows, as in an epoch's partial last batch
+    (['--model', 'resnet32', '--sampler', 'jitter-noreplace', '--batch-size', '7'], 29523),
+], ids=['resnet32-jitter2', 'ride-jitter1', 'noreplace-uneven'])
+def test_lt_two_gloo_processes_match_one_process(tmp_path, extra, port):
+    """Oracle: the one-process run. Steps 1 and 2 (one epoch of one step each) give the same loss, the same
+    sampled classes and the same test accuracy; only rank 0 writes."""
+    one, two = tmp_path / 'one', tmp_path / 'two'
+    from conftest import run_train
+    run_train(LT_ARGS + extra, one, synthetic=dict(n_per_class=600, n_test=50))  # in-process; train.py's defaults
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={port}',
+                        'train.py', *LT_ARGS, *extra, '--out', str(two)], cwd=ROOT, env=_env(), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['one', 'two']
+    assert json.loads((two / 'summary.json').read_text())['finished'] is True
+    r1, r2 = _records(one), _records(two)
+    assert len(r1) == len(r2) == 2
+    l1, l2 = [r['train']['loss'] for r in r1], [r['train']['loss'] for r in r2]
+    print('losses one process', l1, 'two processes', l2)
+    assert l2[0] == pytest.approx(l1[0], rel=1e-4)    # step 1: the forward on the same global batch
+    assert l2[1] == pytest.approx(l1[1], rel=1e-3)    # step 2: after one identical update
+    assert [r['sampling'] for r in r1] == [r['sampling'] for r in r2]   # the same global index batches
+    assert [r['acc']['model'] for r in r1] == pytest.approx([r['acc']['model'] for r in r2], abs=0.5)

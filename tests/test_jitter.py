@@ -341,3 +341,126 @@ def test_jitter_py_works_alone(tmp_path):
     r = subprocess.run([sys.executable, "-E", "-s", "-c", code], cwd=tmp_path, capture_output=True, text=True,
                        env={"PATH": "/usr/bin:/bin"}, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+# ================================================================================================
+# issue 12: the closed form never returns a negative frequency
+# ================================================================================================
+def closed_form_numerators(counts, a, n):
+    """1 - sum_{j!=i} n_j (1 - (a_i/a_j)^{1/n}) for each i, written out with loops (the sign of u_i)."""
+    m = len(counts)
+    return np.array([1 - sum(counts[j] * (1 - (a[i] / a[j]) ** (1 / n)) for j in range(m) if j != i)
+                     for i in range(m)])
+
+
+def test_optimal_u_with_replacement_refuses_negative_frequencies():
+    counts = np.array([500, 300, 150, 80, 40, 20, 10, 5.0])   # the issue's shape: u_0 < 0 at n = 50
+    a = np.linspace(0.5, 0.9, 8)
+    assert closed_form_numerators(counts, a, 50)[0] < 0
+    invalid = [n for n in range(2, 20000) if (closed_form_numerators(counts, a, n) < 0).any()]
+    n_min = max(invalid) + 1                                   # brute-force oracle of the valid range
+    assert J.min_n_with_replacement(counts, a) == n_min
+    with pytest.raises(ValueError, match=rf"n = 50 .*negative.*n >= {n_min}\b"):
+        J.optimal_u_with_replacement(counts, a, 50)
+    for n in (n_min, n_min + 1, 4 * n_min, 10 ** 6):
+        assert (J.optimal_u_with_replacement(counts, a, n) >= 0).all()
+    with pytest.raises(ValueError):
+        J.optimal_u_with_replacement(counts, a, n_min - 1)
+
+
+# ================================================================================================
+# issue 12: the sampler, visible -- each epoch's δt and realised class frequencies in metrics.jsonl
+# ================================================================================================
+def lt_run(tmp_path, sampler, *extra):
+    import json
+    from conftest import LT_SYNTHETIC, TINY_LT, run_train
+    run = run_train(TINY_LT + ['--sampler', sampler, *extra], tmp_path / sampler, synthetic=LT_SYNTHETIC)
+    recs = [json.loads(x) for x in (run / 'metrics.jsonl').read_text().splitlines() if x.strip()]
+    return json.loads((run / 'summary.json').read_text())['class_counts'], recs
+
+
+def test_epoch_records_shuffle_draws_every_image_once(tmp_path):
+    counts, recs = lt_run(tmp_path, 'shuffle')
+    eps = [e for r in recs for e in r['sampling']]
+    assert [e['epoch'] for e in eps] == [0, 1]                       # one entry per epoch, every epoch
+    for e in eps:                                                    # one pass over the data: freq = n_i / N
+        assert e['draws'] == sum(counts) and e['delta'] == 0
+        assert e['freq'] == pytest.approx(np.array(counts) / sum(counts), abs=1e-6)
+
+
+def test_epoch_records_noreplace_follow_the_quota_formula(tmp_path):
+    counts, recs = lt_run(tmp_path, 'jitter-noreplace', '--jitter-alpha', '0.8', '--jitter-beta', '1')
+    n = np.array(counts, float)
+    N = n.sum()
+    eps = [e for r in recs for e in r['sampling']]
+    assert len(eps) == 2 and any(e['delta'] != 0 for e in eps)
+    for e in eps:                                                    # quota_i = round(ũ_i N), ũ ∝ n^{1+δt}
+        u_tilde = n ** (1 + e['delta']) / (n ** (1 + e['delta'])).sum()
+        assert e['draws'] == N
+        assert np.abs(np.array(e['freq']) - u_tilde).max() <= 1 / N + 1e-6
+
+
+def test_evaluation_is_fp32_unless_eval_bf16(monkeypatch):
+    import train
+    seen = []
+    real = train.autocast
+    monkeypatch.setattr(train, 'autocast', lambda device, enabled=True: seen.append(enabled) or real(device, enabled))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 3))
+    x, y = torch.randint(0, 255, (10, 3, 4, 4), dtype=torch.uint8), torch.arange(10) % 3
+    for bf16 in (False, True):
+        seen.clear()
+        train.evaluate(model, x, y, (0.5,) * 3, (0.25,) * 3, 3, lambda out: out[None], batch=4, bf16=bf16)
+        assert seen == [bf16] * 3                                    # 3 batches of <= 4
+    assert not torch.is_autocast_enabled()
+    assert train.build_parser().parse_args([]).eval_bf16 is False and \
+        train.build_parser().parse_args(['--eval-bf16']).eval_bf16 is True
+
+
+def test_report_sampler_figure(tmp_path):
+    """Hand-built metrics: the table's δt range, tail/head ratio and × instance are computed from them."""
+    import json
+    import report
+    run = tmp_path / 'run' / 'seed0'
+    run.mkdir(parents=True)
+    (run / 'summary.json').write_text(json.dumps({'class_counts': [8, 4, 2]}))
+    (run / 'args.json').write_text(json.dumps({'sampler': 'jitter2'}))
+    eps = [{'epoch': 0, 'delta': 0.01, 'draws': 14, 'freq': [0.5, 0.25, 0.25]},
+           {'epoch': 1, 'delta': 0.03, 'draws': 14, 'freq': [0.4, 0.3, 0.3]}]
+    (run / 'metrics.jsonl').write_text(json.dumps({'step': 1, 'sampling': eps[:1]}) + '\n' +
+                                       json.dumps({'step': 2, 'sampling': eps[1:]}) + '\n')
+    report.main(['sampler', str(run), '--out', str(tmp_path / 'res')])
+    md = (tmp_path / 'res' / 'runs_sampler.md').read_text()
+    ratio = (0.25 + 0.3) / (0.5 + 0.4)                               # tail = class 2 (2 images), head = class 0
+    line = next(x for x in md.splitlines() if 'jitter2' in x)
+    assert '0.0100 – 0.0300' in line and '0.5000 – 0.7500' in line       # δt and per-epoch tail/head ranges
+    assert f'{ratio:.4f}' in line and '0.2500' in line and f'{ratio / 0.25:.3f}' in line
+    assert (tmp_path / 'res' / 'runs_sampler.png').stat().st_size > 1000
+
+
+def test_jitter_table_baselines_dry_run(tmp_path):
+    """Tables 1-5 (issue 12): baselines = instance sampling + RIDE's loss from epoch 0; shuffle is its own row;
+    J-sampling rows keep CE in stage 1; Method 2 + RIDE is marked beyond the paper; the sampler figure is drawn."""
+    import os
+    import re
+    env = dict(os.environ, DRY_RUN='1', RUNS=str(tmp_path / 'runs'), RESULTS=str(tmp_path / 'res'), SEEDS='1')
+    cmds = {}
+    for t in range(1, 6):
+        out = subprocess.run(['bash', f'reproduce/jitter_table{t}.sh'], cwd=REPO, env=env, capture_output=True,
+                             text=True, timeout=60, check=True).stdout
+        assert f'report.py sampler jitter_table{t}' in out
+        for row, cmd in re.findall(r'cell (\S+) \| \S+ \| seed 0\n\+ \S+ train\.py (.*)', out):
+            cmds.setdefault((t, row), []).append(cmd)
+    flat = lambda t, row: ' '.join(cmds[(t, row)])
+    for t, rows in {1: ('ride-4e', 'ride-4e-reduce'), 3: ('with-replacement',), 4: ('with-replacement',),
+                    5: ('with-replacement',)}.items():
+        for row in rows:
+            assert all('--sampler instance --ride-stage1 ldam' in c for c in cmds[(t, row)]), (t, row)
+    for t, row in [(1, 'ride-4e-shuffle'), (1, 'ride-4e-reduce-shuffle'), (3, 'without-replacement'),
+                   (4, 'without-replacement'), (5, 'without-replacement')]:
+        assert all('--sampler shuffle --ride-stage1 ldam' in c for c in cmds[(t, row)]), (t, row)
+    for t, row in [(1, 'j-sampling+ride-4e'), (1, 'j-sampling+ride-4e-reduce'), (3, 'jitter-with-replacement'),
+                   (3, 'jitter-without-replacement'), (4, 'jitter-with-replacement')]:
+        assert '--ride-stage1' not in flat(t, row) and '--sampler jitter' in flat(t, row)    # CE in stage 1
+    for t in (1, 2):
+        assert '--sampler jitter2' in flat(t, 'j-sampling-m2+ride-4e-beyond-paper')
+        assert '--model ride' in flat(t, 'j-sampling-m2+ride-4e-reduce-beyond-paper')
