@@ -328,8 +328,10 @@ def prep_input(x):
     return x.contiguous(memory_format=torch.channels_last) if _CHANNELS_LAST else x
 
 
-def autocast(device):
-    return torch.autocast('cuda', dtype=torch.bfloat16) if device.type == 'cuda' else torch.autocast('cpu', enabled=False)
+def autocast(device, bf16=None):
+    """bf16 autocast on CUDA, off elsewhere; bf16=True forces it on CPU (tests/test_cuda_paths_cpu.py)."""
+    bf16 = device.type == 'cuda' if bf16 is None else bf16
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 # ================================================================================================
@@ -593,9 +595,10 @@ class LTSSLTask(_Task):
             self.mixer.load_state_dict(s['mixer'])
 
 
-def _foreach(device):
-    """Fused SGD on CUDA (one kernel for all parameters); foreach elsewhere."""
-    return {'fused': True} if device.type == 'cuda' else {'foreach': True}
+def _foreach(device, fused=None):
+    """Fused SGD on CUDA (one kernel for all parameters); foreach elsewhere; fused=True forces it (CPU tests)."""
+    fused = device.type == 'cuda' if fused is None else fused
+    return {'fused': True} if fused else {'foreach': True}
 
 
 # ------------------------------------------------------------------------------------------------
