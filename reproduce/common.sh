@@ -229,8 +229,8 @@ _run_parallel() {
   fi
   mkdir -p "$dir/slots" "$dir/logs"
   _jobs_tsv >"$dir/jobs.tsv"
-  rm -f "$dir"/slots/slot*
-  for ((s = 0; s < n; s++)); do echo "${gpus[s % ng]}" >"$dir/slots/slot$s"; done
+  rm -f "$dir"/slots/gpu.* "$dir"/slots/lock.*
+  for ((s = 0; s < n; s++)); do echo "${gpus[s % ng]}" >"$dir/slots/gpu.$s"; done
   # shellcheck disable=SC2086  # $tool is a command line
   seq 1 "$m" | PYTHON="$PYTHON" DATA_DIR="$DATA_DIR" $tool bash reproduce/common.sh --job "$dir/jobs.tsv"
 }
@@ -245,8 +245,8 @@ _job() {
   for line in "$@"; do
     IFS=$'\t' read -r out label cmd < <(sed -n "${line}p" "$jobs")
     if [ -d "$dir/slots" ]; then
-      for f in "$dir"/slots/slot*; do
-        exec {fd}>>"$f.lock"
+      for f in "$dir"/slots/gpu.*; do
+        exec {fd}>>"$dir/slots/lock.${f##*.}"
         if flock -n "$fd"; then claimed=$f; break; fi
         exec {fd}>&-
       done
@@ -271,20 +271,21 @@ _write_slurm() {
   m=$(_jobs_tsv | wc -l)
   tasks=$(( (m + RUNS_PER_GPU - 1) / RUNS_PER_GPU ))
   root=$(pwd)
-  local script
+  local adir=$dir script
+  case $dir in /*) ;; *) adir=$root/$dir ;; esac
   script=$(
     echo '#!/usr/bin/env bash'
     echo "#SBATCH --job-name=$TABLE"
     echo "#SBATCH --array=1-$tasks"
     echo '#SBATCH --gres=gpu:1'
     echo "#SBATCH --cpus-per-task=${SLURM_CPUS:-$(( 4 * RUNS_PER_GPU ))}"
-    echo "#SBATCH --output=$root/$dir/logs/slurm-%A_%a.out"
+    echo "#SBATCH --output=$adir/logs/slurm-%A_%a.out"
     for a in ${SBATCH_ARGS:-}; do echo "#SBATCH $a"; done
     echo "# $m runs of $TABLE, $RUNS_PER_GPU per array task (one GPU each); written by reproduce/common.sh SLURM=1"
     echo "cd $root"
     echo "R=$RUNS_PER_GPU M=$m"
     echo 'first=$(( (SLURM_ARRAY_TASK_ID - 1) * R + 1 )); last=$(( first + R - 1 < M ? first + R - 1 : M ))'
-    echo "PYTHON=$PYTHON DATA_DIR=$DATA_DIR exec bash reproduce/common.sh --job $root/$dir/jobs.tsv \$(seq \$first \$last)"
+    echo "PYTHON=$PYTHON DATA_DIR=$DATA_DIR exec bash reproduce/common.sh --job $adir/jobs.tsv \$(seq \$first \$last)"
   )
   if [ "$DRY_RUN" = 1 ]; then
     echo "[$TABLE] SLURM=1 DRY_RUN: $dir/sbatch.sh would be:"; echo "$script"
