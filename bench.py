@@ -106,7 +106,7 @@ def fill_defaults(args):
         print(f'error: --modes {",".join(args.modes)}: choose from eager,compile', file=sys.stderr)
         sys.exit(2)
     args.compile_configs = (None if args.compile_configs is None else
-                            {c.strip() for c in args.compile_configs.split(',') if c.strip()})
+                            [c.strip() for c in args.compile_configs.split(',') if c.strip()])
     return args
 
 
@@ -753,7 +753,7 @@ def report(res, args):
                    + [f'{sum(b.values()):.2f}', f'{r["a"]["median_ms"]:.2f}', f'{r["eval_ms_per_10k"]:.0f}'])
     mem_label = res['configs'][0]['a']['mem_label'] if res['configs'] else ''
     print(tabulate(rows, headers=['config', 'mu', 'pipeline', 'img/step', 'ms/step (median)', 'ms/step (mean)',
-                                  'img/s', '(b)/this row', 'TFLOP/s', '% peak', f'peak MiB [{mem_label}]']))
+                                  'img/s', 'ratio (b)/(a)', 'TFLOP/s', '% peak', f'peak MiB [{mem_label}]']))
     comp = [f'{r["name"]} mu={r["mu"] or "-"}: {r["a_compile"]["compile_s"]:.1f} s' for r in res['configs']
             if 'a_compile' in r]
     if comp:
