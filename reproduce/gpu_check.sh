@@ -16,6 +16,9 @@
 #   else /usr/share/datasets/fashion-mnist and DATA_DIR/fashion-mnist; synthetic data when none is found),
 #   DATA_DIR (./datasets), STAGES (tests,speed,throughput,fidelity,hours), PYTHON (.venv/bin/python, else python3).
 # Exit status 0 when every stage ran and the tests passed, 1 otherwise (the report is written either way).
+# On a lent device (15 min in all): copy the .gz files into the ignored datasets/fashion-mnist/ (found there without
+# FMNIST_DIR), then one call: command `bash reproduce/gpu_check.sh`, carry ["datasets/fashion-mnist"], timeout_s 560;
+# $OUT is the device tool's folder, so the report comes back. A second call with BUDGET_S=450 if the lease allows.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}; [ -x "$PYTHON" ] || PYTHON=python3
