@@ -223,7 +223,7 @@ _run_parallel() {
   m=$(_jobs_tsv | wc -l)
   echo "[$TABLE] $m runs on GPUs $GPUS x $RUNS_PER_GPU runs per GPU = $n workers: seq 1 $m | $tool bash reproduce/common.sh --job $dir/jobs.tsv"
   if [ "$DRY_RUN" = 1 ]; then
-    for ((s = 0; s < n; s++)); do echo "  slot $s -> CUDA_VISIBLE_DEVICES=${gpus[s % ng]}"; done
+    for ((s = 0; s < n; s++)); do echo "  slot $s -> GPU ${gpus[s % ng]}"; done
     _jobs_tsv | while IFS=$'\t' read -r out label cmd; do echo "$label"; echo "+ $cmd"; done
     return 0
   fi
@@ -251,12 +251,13 @@ _job() {
         exec {fd}>&-
       done
       [ -n "$claimed" ] || { echo "$label: no free GPU slot" >&2; return 1; }
-      export CUDA_VISIBLE_DEVICES; CUDA_VISIBLE_DEVICES=$(cat "$claimed")
+      read -r CUDA_VISIBLE_DEVICES <"$claimed"
+      export CUDA_VISIBLE_DEVICES
     fi
     if _finished "$out"; then echo "$label: finished, skipped: $out"; continue; fi
     [ -d "$out" ] && cmd="$cmd --resume"
     mkdir -p "$dir/logs"
-    echo "$label -> CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-} (log $dir/logs/$line.log)"
+    echo "$label -> GPU ${CUDA_VISIBLE_DEVICES:-(as set)} (log $dir/logs/$line.log)"
     echo "+ $cmd" >"$dir/logs/$line.log"
     # shellcheck disable=SC2086  # flags are plain words
     if [ "$#" -gt 1 ]; then $cmd >>"$dir/logs/$line.log" 2>&1 & pids+=($!); else $cmd >>"$dir/logs/$line.log" 2>&1 || rc=$?; fi

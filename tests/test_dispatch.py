@@ -75,7 +75,7 @@ def test_dry_run_prints_slots_and_every_command(fake):
     tmp, env = fake
     p = _bash(dict(env, DRY_RUN='1'))
     assert p.returncode == 0, p.stderr
-    assert 'slot 3 -> CUDA_VISIBLE_DEVICES=1' in p.stdout and '4 workers' in p.stdout
+    assert 'slot 3 -> GPU 1' in p.stdout and '4 workers' in p.stdout
     assert p.stdout.count('+ ' + env['PYTHON'] + ' train.py --task') >= 4
     assert not (tmp / 'runs').exists()                               # nothing written
 
