@@ -385,7 +385,7 @@ def stage_fidelity(c):
             except subprocess.TimeoutExpired:
                 p.kill()
     wall = time.time() - t0
-    c.md += ['## 3. Fidelity on Fashion-MNIST-LT' + ('' if c.fmnist else ' (synthetic: Fashion-MNIST absent)'), '',
+    c.md += ['## 3. Fidelity on Fashion-MNIST-LT' + ('' if c.fmnist else ' (here on `synthetic`: see the note above)'), '',
              f'gamma = 100, the demo\'s split (N1/M1 = 1000/2000, consistent, ACR first-k split); LT: imbalance 100. '
              f'{how}. Wall time {wall:.0f} s.', '']
     c.md += fidelity_tables(c, root, procs)
