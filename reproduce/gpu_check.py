@@ -329,19 +329,20 @@ def fidelity_plan(c, avail):
     ms_acr = ms['fixmatch+acr'] or 10.0
     ms = {m: v or ms_acr for m, v in ms.items()}
     ms['fixmatch+bem'] = ms['fixmatch'] + max(0.0, ms['fixmatch+acr+bem'] - ms['fixmatch+acr'])
-    ms_lt = 2 * (ms_of(c, 'lt')[0] or 3.0)            # bench's LT step is batch 128; these runs use 256
+    ms_lt = ms_of(c, 'lt')[0] or 3.0                   # bench's LT step: ResNet-32 batch 128, as these runs
     n_runs = (len(SSL_METHODS) + len(LT_METHODS)) * len(seeds)
     gain = max(1.0, c.gain.get(4) or max(c.gain.values(), default=1.0))   # 4 runs: the closest measured
     train_s = max(10.0, 0.75 * avail - 25)             # 25 s: process start, data, cuDNN autotune; 0.75: evals, noise
     per_run_gpu_s = train_s * gain / n_runs
     steps = {m: per_run_gpu_s * 1e3 / v for m, v in ms.items()}
     ssl_steps = int(max(200, min(steps.values())) // 100 * 100)   # every SSL method the same length
-    ipe = math.ceil(fmnist_lt_size() / 256)
+    ipe = math.ceil(fmnist_lt_size() / 128)
     epochs = max(6, int(per_run_gpu_s * 1e3 / ms_lt / ipe))
     ssl_common = ['--dataset', data_flag, '--n1', '1000', '--m1', '2000', '--imb-l', '100', '--setting', 'consistent',
                   '--split', 'acr', '--iters', str(ssl_steps), '--eval-every', str(max(1, ssl_steps // 5)),
                   '--epoch-steps', str(min(500, max(25, ssl_steps // 20))), '--device', 'cuda', '--no-progress']
     lt_common = ['--task', 'lt', '--dataset', data_flag, '--imb', '100', '--model', 'resnet32', '--epochs', str(epochs),
+                 '--batch-size', '128', '--lr', '0.1',
                  '--eval-every', str(max(1, epochs // 5)), '--group-l2norm', 'off', '--device', 'cuda',
                  '--no-progress']
     for m, f in SSL_METHODS.items():
@@ -351,10 +352,11 @@ def fidelity_plan(c, avail):
         for s in seeds:
             runs.append((m, s, 'lt', lt_common + f))
     how = (f'{n_runs} runs at once; measured ms/step ' + ', '.join(f'{m} {v:.1f}' for m, v in ms.items())
-           + f', LT (batch 256) {ms_lt:.1f}; concurrency gain {gain:.2f}x; {train_s:.0f} s of training -> '
+           + f', LT {ms_lt:.1f}; concurrency gain {gain:.2f}x; {train_s:.0f} s of training -> '
            f'LTSSL {ssl_steps} steps (WRN-28-2, batch 64, mu 1, lr 0.03, EMA 0.999: train.py defaults; '
            f'--epoch-steps {min(500, max(25, ssl_steps // 20))} so the ACR/BEM estimates start inside the run), '
-           f'LT {epochs} epochs x {ipe} steps (ResNet-32, batch 256, lr 0.5 with 5 warm-up epochs, group L2norm off)')
+           f'LT {epochs} epochs x {ipe} steps (ResNet-32, batch 128, lr 0.1 = the LDAM-DRW CIFAR recipe, 5 warm-up '
+           f'epochs, group L2norm off as reproduce/fmnist_cpu.sh)')
     return runs, how
 
 
