@@ -9,7 +9,7 @@ $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m pip install -q -r requirements.txt
 	touch $@
 
-.PHONY: demo test smoke bench clean
+.PHONY: demo test smoke bench gpu_check clean
 demo: $(VENV)/.installed
 	PYTHON=$(PYTHON) bash reproduce/demo.sh
 
@@ -22,5 +22,8 @@ smoke: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PYTHON) bench.py --quick
 
+gpu_check:            # on a GPU machine: no venv, no pip (python3 with torch already there)
+	bash reproduce/gpu_check.sh
+
 clean:
-	rm -rf runs/smoke results/smoke
+	rm -rf runs/smoke results/smoke runs/gpu_check_smoke results/gpu_check_smoke

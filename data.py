@@ -223,7 +223,8 @@ def _read_idx(path):
 
 def _find_fmnist(root):
     names = ['train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte']
-    for d in [FMNIST_SYSTEM_DIR, os.path.join(root, 'FashionMNIST', 'raw'), os.path.join(root, 'fashion-mnist')]:
+    env = [os.environ['FMNIST_DIR']] if os.environ.get('FMNIST_DIR') else []   # a copied folder (GPU lease)
+    for d in env + [FMNIST_SYSTEM_DIR, os.path.join(root, 'FashionMNIST', 'raw'), os.path.join(root, 'fashion-mnist')]:
         for ext in ('.gz', ''):
             paths = [os.path.join(d, n + ext) for n in names]
             if all(os.path.exists(p) for p in paths):
@@ -495,8 +496,8 @@ def dataset_present(name, data_dir, img_size=32):
     if name in where and os.path.exists(os.path.join(data_dir, where[name])):
         return True, ''
     if name == 'fmnist':
-        return False, (f'Fashion-MNIST not found in {FMNIST_SYSTEM_DIR} (apt-get install dataset-fashion-mnist) '
-                       f'nor under {data_dir}/FashionMNIST/raw')
+        return False, (f'Fashion-MNIST not found in $FMNIST_DIR, {FMNIST_SYSTEM_DIR} (apt-get install '
+                       f'dataset-fashion-mnist) nor under {data_dir}/FashionMNIST/raw')
     return False, f'{name} not found under {data_dir} ({where.get(name, "?")})'
 
 

@@ -340,7 +340,7 @@ def evaluate(model, x_u8, y, mean, std, num_classes, head_fn, batch=1024, bf16=F
     batches = ((x_u8[i:i + batch], y[i:i + batch]) for i in range(0, len(x_u8), batch)) if y is not None else x_u8
     correct, total = None, 0
     for xb, yb in batches:
-        with autocast(xb.device, enabled=bf16):                                          # fp32 by default
+        with autocast(xb.device, bf16=bf16 and xb.device.type == 'cuda'):  # fp32 by default
             logits = head_fn(model(prep_input(normalize(xb, mean, std)))).float()       # [H,B,C]
         ok = (logits.argmax(-1) == yb).float()                                           # [H,B]
         cls = F.one_hot(yb, num_classes).float()
@@ -362,10 +362,11 @@ def prep_input(x):
     return x.contiguous(memory_format=torch.channels_last) if _CHANNELS_LAST else x
 
 
-def autocast(device, enabled=True):
-    """bf16 autocast on CUDA; off on CPU (and wherever enabled=False, e.g. fp32 evaluation)."""
-    on = enabled and device.type == 'cuda'
-    return torch.autocast('cuda', dtype=torch.bfloat16) if on else torch.autocast(device.type, enabled=False)
+def autocast(device, bf16=None):
+    """bf16 autocast on CUDA, off elsewhere. bf16=False keeps fp32 (evaluation's default); bf16=True forces
+    it on CPU too (tests/test_cuda_paths_cpu.py)."""
+    bf16 = device.type == 'cuda' if bf16 is None else bf16
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 # ================================================================================================
@@ -631,9 +632,10 @@ class LTSSLTask(_Task):
             self.mixer.load_state_dict(s['mixer'])
 
 
-def _foreach(device):
-    """Fused SGD on CUDA (one kernel for all parameters); foreach elsewhere."""
-    return {'fused': True} if device.type == 'cuda' else {'foreach': True}
+def _foreach(device, fused=None):
+    """Fused SGD on CUDA (one kernel for all parameters); foreach elsewhere; fused=True forces it (CPU tests)."""
+    fused = device.type == 'cuda' if fused is None else fused
+    return {'fused': True} if fused else {'foreach': True}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -24,7 +24,13 @@
 #   DRY_RUN=1         print the commands, run nothing
 #   DATA_DIR=./datasets  RUNS=runs  RESULTS=results  PYTHON=.venv/bin/python (falls back to python3)
 #   SMOKE_SSL, SMOKE_LT  flags appended in SMOKE mode (argparse keeps the last occurrence of a flag)
-# The GPU is chosen by CUDA_VISIBLE_DEVICES only.
+#   GPUS=0,1,2,3 RUNS_PER_GPU=2   run the plan's runs concurrently: GNU parallel (else xargs -P) with
+#                     len(GPUS) x RUNS_PER_GPU workers; each run claims a free slot (flock) and gets that slot's
+#                     CUDA_VISIBLE_DEVICES; output per run in runs/<table>/logs/; skip/resume as in the serial loop
+#   SLURM=1           write runs/<table>/sbatch.sh (a job array: one task per RUNS_PER_GPU runs on one GPU) and
+#                     runs/<table>/jobs.tsv instead of running; SBATCH_ARGS="--partition=x --time=12:00:00" adds
+#                     #SBATCH lines; then `sbatch runs/<table>/sbatch.sh` and, when it is done, the printed report
+# Without GPUS the GPU is chosen by CUDA_VISIBLE_DEVICES only (one run at a time).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -36,6 +42,9 @@ DRY_RUN=${DRY_RUN:-0}
 ONLY=${ONLY:-}
 DATA_DIR=${DATA_DIR:-./datasets}
 RUNS=${RUNS:-runs}
+GPUS=${GPUS:-}
+RUNS_PER_GPU=${RUNS_PER_GPU:-1}
+SLURM=${SLURM:-0}
 RESULTS=${RESULTS:-results}
 # SMOKE: synthetic 32 px data (600 images/class, so N1/M1 shrink to 150/300), WRN-28-1, 4 steps of batch 8;
 # LT: 2 epochs of 3 steps of batch 32.
@@ -189,9 +198,128 @@ run_all() {
   echo "[$TABLE] ${#SEL[@]} cells x $SEEDS seeds -> $RUNS (SMOKE=$SMOKE)"
   _preflight
   _write_plan
+  if [ "$SLURM" = 1 ]; then _write_slurm "$@"; return 0; fi
+  if [ -n "$GPUS" ]; then
+    local failed=0
+    _run_parallel || failed=$?
+    _report "$@"
+    if [ "$failed" != 0 ]; then echo "[$TABLE] some runs failed (exit $failed): see $RUNS/$TABLE/logs/" >&2; exit 1; fi
+    return 0
+  fi
   local i k
   for ((k = 0; k < SEEDS; k++)); do
     for i in "${SEL[@]}"; do _run_one "$i" "$k"; done
   done
   _report "$@"
 }
+
+# ------------------------------------------------------------------------------------------------
+# Concurrent runs (GPUS / RUNS_PER_GPU) and Slurm job arrays (SLURM=1). One job = one run = one line of
+# runs/<table>/jobs.tsv: out dir <TAB> label <TAB> train.py command without --resume (flags are plain words).
+# `bash reproduce/common.sh --job JOBS N...` runs lines N... of JOBS with the serial loop's skip/resume rule.
+# ------------------------------------------------------------------------------------------------
+
+_jobs_tsv() {    # the jobs of the selected cells, seeds outer (as the serial loop)
+  local i k out
+  for ((k = 0; k < SEEDS; k++)); do
+    for i in "${SEL[@]}"; do
+      out="$RUNS/${C_DIR[i]}/seed$k"
+      printf '%s\t%s\t%s\n' "$out" "[$TABLE] cell ${C_ROW[i]} | ${C_SET[i]} | seed $k" \
+        "$PYTHON train.py $(_flags "$i") --seed $k --data-dir $DATA_DIR --out $out"
+    done
+  done
+}
+
+_run_parallel() {
+  local -a gpus
+  IFS=, read -ra gpus <<<"$GPUS"
+  local ng=${#gpus[@]} n s dir="$RUNS/$TABLE" tool
+  n=$(( ng * RUNS_PER_GPU ))
+  if command -v parallel >/dev/null 2>&1; then tool="parallel --will-cite -j $n --line-buffer"
+  else tool="xargs -P $n -n 1"; fi
+  local m
+  m=$(_jobs_tsv | wc -l)
+  echo "[$TABLE] $m runs on GPUs $GPUS x $RUNS_PER_GPU runs per GPU = $n workers: seq 1 $m | $tool bash reproduce/common.sh --job $dir/jobs.tsv"
+  if [ "$DRY_RUN" = 1 ]; then
+    for ((s = 0; s < n; s++)); do echo "  slot $s -> GPU ${gpus[s % ng]}"; done
+    _jobs_tsv | while IFS=$'\t' read -r out label cmd; do echo "$label"; echo "+ $cmd"; done
+    return 0
+  fi
+  mkdir -p "$dir/slots" "$dir/logs"
+  _jobs_tsv >"$dir/jobs.tsv"
+  rm -f "$dir"/slots/gpu.* "$dir"/slots/lock.*
+  for ((s = 0; s < n; s++)); do echo "${gpus[s % ng]}" >"$dir/slots/gpu.$s"; done
+  # shellcheck disable=SC2086  # $tool is a command line
+  seq 1 "$m" | PYTHON="$PYTHON" DATA_DIR="$DATA_DIR" $tool bash reproduce/common.sh --job "$dir/jobs.tsv"
+}
+
+# One job line: claim a free GPU slot (at most as many jobs run as there are slots), skip if finished, resume if
+# a killed run left its dir, output to logs/<line>.log.
+_job() {
+  local jobs=$1 dir line out label cmd fd f rc=0 claimed= p
+  local -a pids=()
+  dir=$(dirname "$jobs")
+  shift
+  for line in "$@"; do
+    IFS=$'\t' read -r out label cmd < <(sed -n "${line}p" "$jobs")
+    if [ -d "$dir/slots" ]; then
+      for f in "$dir"/slots/gpu.*; do
+        exec {fd}>>"$dir/slots/lock.${f##*.}"
+        if flock -n "$fd"; then claimed=$f; break; fi
+        exec {fd}>&-
+      done
+      [ -n "$claimed" ] || { echo "$label: no free GPU slot" >&2; return 1; }
+      read -r CUDA_VISIBLE_DEVICES <"$claimed"
+      export CUDA_VISIBLE_DEVICES
+    fi
+    if _finished "$out"; then echo "$label: finished, skipped: $out"; continue; fi
+    [ -d "$out" ] && cmd="$cmd --resume"
+    mkdir -p "$dir/logs"
+    echo "$label -> GPU ${CUDA_VISIBLE_DEVICES:-(as set)} (log $dir/logs/$line.log)"
+    echo "+ $cmd" >"$dir/logs/$line.log"
+    # shellcheck disable=SC2086  # flags are plain words
+    if [ "$#" -gt 1 ]; then $cmd >>"$dir/logs/$line.log" 2>&1 & pids+=($!); else $cmd >>"$dir/logs/$line.log" 2>&1 || rc=$?; fi
+  done
+  for p in "${pids[@]}"; do wait "$p" || rc=$?; done
+  [ "$rc" = 0 ] || echo "$label: exit $rc (log $dir/logs/$line.log)" >&2
+  return "$rc"
+}
+
+_write_slurm() {
+  local dir="$RUNS/$TABLE" m tasks root a
+  m=$(_jobs_tsv | wc -l)
+  tasks=$(( (m + RUNS_PER_GPU - 1) / RUNS_PER_GPU ))
+  root=$(pwd)
+  local adir=$dir script
+  case $dir in /*) ;; *) adir=$root/$dir ;; esac
+  script=$(
+    echo '#!/usr/bin/env bash'
+    echo "#SBATCH --job-name=$TABLE"
+    echo "#SBATCH --array=1-$tasks"
+    echo '#SBATCH --gres=gpu:1'
+    echo "#SBATCH --cpus-per-task=${SLURM_CPUS:-$(( 4 * RUNS_PER_GPU ))}"
+    echo "#SBATCH --output=$adir/logs/slurm-%A_%a.out"
+    for a in ${SBATCH_ARGS:-}; do echo "#SBATCH $a"; done
+    echo "# $m runs of $TABLE, $RUNS_PER_GPU per array task (one GPU each); written by reproduce/common.sh SLURM=1"
+    echo "cd $root"
+    echo "R=$RUNS_PER_GPU M=$m"
+    echo 'first=$(( (SLURM_ARRAY_TASK_ID - 1) * R + 1 )); last=$(( first + R - 1 < M ? first + R - 1 : M ))'
+    echo "PYTHON=$PYTHON DATA_DIR=$DATA_DIR exec bash reproduce/common.sh --job $adir/jobs.tsv \$(seq \$first \$last)"
+  )
+  if [ "$DRY_RUN" = 1 ]; then
+    echo "[$TABLE] SLURM=1 DRY_RUN: $dir/sbatch.sh would be:"; echo "$script"
+    echo "[$TABLE] and $dir/jobs.tsv ($m lines):"; _jobs_tsv
+    return 0
+  fi
+  mkdir -p "$dir/logs"
+  _jobs_tsv >"$dir/jobs.tsv"
+  echo "$script" >"$dir/sbatch.sh"
+  echo "[$TABLE] wrote $dir/sbatch.sh ($tasks array tasks, $m runs) and $dir/jobs.tsv"
+  echo "[$TABLE] submit: sbatch $dir/sbatch.sh ; when it is done: $PYTHON report.py $TABLE --runs $RUNS --out $RESULTS $*"
+}
+
+if [ "${BASH_SOURCE[0]}" = "$0" ] && [ "${1:-}" = --job ]; then
+  shift
+  _job "$@"
+  exit $?
+fi

@@ -149,3 +149,29 @@ def test_host_cv2_boxes_equal_device_boxes():
     cams = torch.nn.functional.avg_pool2d(torch.randn(64, 1, 10, 10, generator=g), 3, 1)[:, 0]   # [64,8,8]
     for tau in (0.3, 0.5, 0.7):
         assert torch.equal(bench.host_cam_boxes(cams, (32, 32), tau), bem.cam_boxes(cams, (32, 32), tau))
+
+
+# ------------------------------------------------------------------------------------------------
+# Targets (issue 13): PASS/FAIL per (a) row with the figure; INFO off the target's setting
+# ------------------------------------------------------------------------------------------------
+
+def _res(ms_eager, ms_compiled, ms_ref):
+    row = lambda ms: {'median_ms': ms}   # noqa: E731
+    return {'configs': [{'key': 'acr_bem', 'mu': 1, 'a': row(ms_eager), 'a_compile': row(ms_compiled), 'b': row(ms_ref),
+                         'ratio': ms_ref / ms_eager, 'ratio_compile': ms_ref / ms_compiled}]}
+
+
+def test_targets_judge_each_row_at_the_target_setting_only():
+    full = bench.fill_defaults(bench.build_parser().parse_args(['--modes', 'eager,compile']))
+    lines = bench.targets(_res(5.0, 3.5, 16.0), full, torch.device('cuda'))
+    # eager 5.0 ms (> 4: FAIL), 3.2x (< 4: FAIL); compiled 3.5 ms (PASS), 16/3.5 = 4.57x (PASS)
+    assert [line.split(':')[0] for line in lines] == ['FAIL', 'FAIL', 'PASS', 'PASS']
+    assert '5.00 ms/step' in lines[0] and '3.20x' in lines[1] and '4.57x' in lines[3]
+    quick = bench.fill_defaults(bench.build_parser().parse_args(['--quick', '--modes', 'eager,compile']))
+    assert all(line.startswith('INFO') for line in bench.targets(_res(5.0, 3.5, 16.0), quick, torch.device('cpu')))
+
+
+def test_bad_modes_is_one_line_exit_2():
+    p = subprocess.run([sys.executable, 'bench.py', '--quick', '--modes', 'eager,jit'], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 2 and p.stderr.count('\n') == 1 and 'eager,compile' in p.stderr, p.stderr
