@@ -340,7 +340,7 @@ def evaluate(model, x_u8, y, mean, std, num_classes, head_fn, batch=1024, bf16=F
     batches = ((x_u8[i:i + batch], y[i:i + batch]) for i in range(0, len(x_u8), batch)) if y is not None else x_u8
     correct, total = None, 0
     for xb, yb in batches:
-        with autocast(xb.device, bf16=bf16 and xb.device.type == 'cuda'):  # fp32 by default
+        with autocast(xb.device, bf16=None if bf16 else False):  # fp32 by default; --eval-bf16: as training
             logits = head_fn(model(prep_input(normalize(xb, mean, std)))).float()       # [H,B,C]
         ok = (logits.argmax(-1) == yb).float()                                           # [H,B]
         cls = F.one_hot(yb, num_classes).float()

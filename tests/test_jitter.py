@@ -404,13 +404,13 @@ def test_evaluation_is_fp32_unless_eval_bf16(monkeypatch):
     import train
     seen = []
     real = train.autocast
-    monkeypatch.setattr(train, 'autocast', lambda device, enabled=True: seen.append(enabled) or real(device, enabled))
+    monkeypatch.setattr(train, 'autocast', lambda device, bf16=None: seen.append(bf16) or real(device, bf16))
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 3))
     x, y = torch.randint(0, 255, (10, 3, 4, 4), dtype=torch.uint8), torch.arange(10) % 3
     for bf16 in (False, True):
         seen.clear()
         train.evaluate(model, x, y, (0.5,) * 3, (0.25,) * 3, 3, lambda out: out[None], batch=4, bf16=bf16)
-        assert seen == [bf16] * 3                                    # 3 batches of <= 4
+        assert seen == [None if bf16 else False] * 3                 # 3 batches of <= 4; None = as training
     assert not torch.is_autocast_enabled()
     assert train.build_parser().parse_args([]).eval_bf16 is False and \
         train.build_parser().parse_args(['--eval-bf16']).eval_bf16 is True
