@@ -420,7 +420,7 @@ def sampler_targets(runs, targets):
             for row, setting, d in plan_cells(runs, t):
                 seeds = sorted((runs / d).glob('seed*/metrics.jsonl'))
                 if seeds:
-                    out.append((f'{row} | {setting}', seeds[0].parent))
+                    out.append((f'{row}/{setting}', seeds[0].parent))
         elif (Path(t) / 'metrics.jsonl').exists():
             out.append((Path(t).name if Path(t).name[:4] != 'seed' else '/'.join(Path(t).parts[-3:-1]), Path(t)))
         else:
