@@ -88,6 +88,10 @@ def build_parser():
     a('--ess', default=None, help='mul|add|off (default mul with --bem)')
     a('--esm', default=None, help='class|batch|off (default class with --bem)')
     a('--ecb', default=None, help='on|cb|off (default on with --bem)')
+    a('--ecb-scope', default='mixed', choices=['mixed', 'target', 'all'],
+      help='where the ECB weights act (reconstructed, README): mixed = both labels of mixed samples only '
+      '(lam < 1; unmixed views, ACR L_u^b and ABC L_con keep their own loss); target = the target label of mixed '
+      'samples only (ESS already drew the pasted class); all = every unlabeled term (the first implementation)')
     a('--tau-c', type=float, default=0.5, help='CAM threshold (reconstructed)')
     a('--bank-size', type=int, default=None, help='per class per queue (64 CIFAR/STL, 32 ImageNet-127)')
     a('--beta', type=float, default=0.999, help='effective-number beta (BEM Eq. 2)')
@@ -523,6 +527,8 @@ class LTSSLTask(_Task):
         ls = logits[:, Bl + Bu:].reshape(len(logits), self.V, Bu, -1).transpose(0, 1) if self.ssl else None
         loss, logs, pl = self.fw.loss(logits[:, :Bl], yl, lw, ls, u_real, self.step, g, mix)
         logs = dict(logs, loss=loss.detach())
+        if self.mixer is not None:
+            self.mixer.account(ls, pl, mix)
         cam_w = None
         if self.mixer is not None and not self.mixer.plain_cam:
             cam_w = self.mixer.grad_cam(logits, fmap, yl, pl['q'], Bl, Bu)
@@ -621,8 +627,12 @@ class Mixer:
                            bank_size=args.bank_size, beta=args.beta, lambda_d=args.lambda_d,
                            est_start=6 * args.epoch_steps, ess=args.ess, esm=args.esm, ecb=args.ecb,
                            tau_c=args.tau_c, mix=args.mix if args.mix != 'none' else 'cammix',
-                           cam_refresh=args.cam_refresh)
+                           cam_refresh=args.cam_refresh, d_u_fn=self._acr_u_py if args.alg == 'acr' else None)
         self.method = args.mix
+
+    def _acr_u_py(self):
+        """Under ACR, Eq. 3 IS ACR's u_py (same EMA, same start): one estimate, saved once (in the framework)."""
+        return self.task.fw.u_py
 
     def _cam_fn(self, src, c):
         """--cam-refresh: CAM of the bank image from the EMA model, at draw time."""
@@ -660,12 +670,21 @@ class Mixer:
             first = torch.arange(len(us), device=us.device) < Bu
             mixed = torch.where(first[:, None, None, None], us, mixed)
             lam = torch.where(first, 1.0, lam)
-        w = self.bem.class_weights()
-        return mixed, [dict(lam=lam[v * Bu:(v + 1) * Bu], y_src=y_src[v * Bu:(v + 1) * Bu], w=w) for v in range(V)]
+        w, scope = self.bem.class_weights(), self.args.ecb_scope
+        return mixed, [dict(lam=lam[v * Bu:(v + 1) * Bu], y_src=y_src[v * Bu:(v + 1) * Bu], w=w, ecb_scope=scope)
+                       for v in range(V)]
+
+    def account(self, logits_s, pl, mix):
+        """Loss mass of L_u (head 0: the term ECB weights) per class, on the device, for the dynamics records."""
+        for v in range(len(logits_s)):
+            self.bem.add_loss_mass(logits_s[v, 0].detach(), pl['q'], pl['mask'], None if mix is None else mix[v])
 
     def update(self, task, xl, yl, uw, u_real, logits, fmap, Bl, Bu, pl, cam_w=None):
         head = task.model.heads[0]
         kw = dict(head_weights=head.weight.detach()) if cam_w is None else dict(cam_w_l=cam_w[0], cam_w_u=cam_w[1])
+        if 'q_est' in pl:   # ACR: entropies from the balanced head, grouped by u_py's own pseudo-labels
+            kw.update(stat_logits_l=logits[1, :Bl].detach(), stat_logits_w=logits[1, Bl:Bl + Bu].detach(),
+                      stat_q=pl['q_est'], stat_mask=pl['mask_est'])
         self.bem.update(task.step, x_l=xl, y_l=yl, logits_l=logits[0, :Bl].detach(), fmap_l=fmap[:Bl],
                         u_w=uw, logits_w=logits[0, Bl:Bl + Bu].detach(), q_u=pl['q'], mask_u=pl['mask'],
                         u_real=u_real, fmap_w=fmap[Bl:Bl + Bu], **kw)
