@@ -31,7 +31,8 @@ Reconstruction choices. The paper's text stops before §4.3; the defaults follow
 | ESS | 'mul': s_c ∝ e~_c / E_c | 'add': alpha*norm(1/E) + (1-alpha)*norm(e~); 'off': Eq. 4 | E3, no new hyper-parameter |
 | ESM | 'class': r_c = e^u_c / (e^x_c + e^u_c) | 'batch': class means; 'off': r_c = esm_ratio (0.5) | E4 |
 | ECB | 'on': w_c = C (e~_c/E_c) / sum_k (e~_k/E_k) | 'cb': Cui's C (1/E_c)/sum(1/E); 'off': None | E5, sums to C like Cui et al. |
-| ECB use | w in mixed_ce on the mixed unlabeled terms (train.py) | all unlabeled terms | E5: ACR's LA losses are not re-balanced twice |
+| ECB use | ecb_scope 'mixed': w on both labels of mixed samples (lam < 1) only | 'target' (pasted label unweighted), 'all' | E5; ESS already draws the pasted class |
+| d^u under ACR | d_u_fn = ACR's u_py (train.py); entropies from its head and pseudo-labels (stat_*) | own Eq. 3 | one estimate |
 | what is mixed | every strong view (ACR: both; train.py) | only the second | spec §5 #11 |
 | MixUp baseline | lam ~ Beta(1,1), uint8 output rounded | Beta(0.75) (MixMatch) | the same lam law as CutMix |
 | class draw | inverse-CDF (searchsorted) on s_c | torch.multinomial | multinomial's 1-sample path calls .item() |
@@ -296,7 +297,8 @@ class BEM:
             fmap_*: [B,K,h,w] (detached inside); head_weights: [C,K] of the head that made q_u.
             Grad-CAM (ResNet-50): pass cam_w_l / cam_w_u [B,K] from grad_cam_weights instead of head_weights.
       5. w = bem.class_weights()   # ECB [C] or None;  q_u repeated to n if needed:
-         loss_u = mixed_ce(logits_s, q_u, mask_u, dict(lam=lam, y_src=y_src, w=w)).mean()
+         mix = dict(lam=lam, y_src=y_src, w=w, ecb_scope='mixed')
+         loss_u = mixed_ce(logits_s, q_u, mask_u, mix).mean();  bem.add_loss_mass(logits_s, q_u, mask_u, mix)
     At step 0 the bank is empty: draw returns zero boxes, so mix leaves the targets unchanged (lam = 1).
     draw / mix / update never call .item(), .cpu() or nonzero. stats() and state_dict() are for log/ckpt time.
     """

@@ -553,6 +553,8 @@ class LTSSLTask(_Task):
         segs = x.split(sizes)
         with autocast(self.device):
             logits, fmap = self.fwd(prep_input(ddp.shard(segs, DIST)))
+        # Grad-CAM (ResNet-50) needs the gradient, which exists only on this rank's own slice, before the gather
+        self.local_out = (logits, fmap, sizes) if self.mixer is not None and not self.mixer.plain_cam else None
         # the feature map is read only by BEM/mixing (CAM boxes): gather it only then, not every step
         fmap = ddp.gather(fmap.detach(), sizes, DIST, dim=0, autograd=False) if self.mixer is not None else fmap
         return ddp.gather(logits, sizes, DIST, dim=1), fmap
@@ -690,11 +692,29 @@ class Mixer:
                         u_real=u_real, fmap_w=fmap[Bl:Bl + Bu], **kw)
 
     def grad_cam(self, logits, fmap, yl, q, Bl, Bu):
-        """ResNet-50: CAM layer (layer3) != head input, so take Grad-CAM weights before backward."""
+        """ResNet-50: CAM layer (layer3) != head input, so take Grad-CAM weights before backward.
+        torchrun: each rank differentiates its own slice (the gathered feature map is detached), then the weights
+        are gathered. Through the global BatchNorm's autograd all-reduce the gradient of the local scores is the
+        gradient of the global score sum, as in one process."""
+        if DIST is not None:
+            return self._grad_cam_ddp(yl, q, Bl, Bu)
         score = torch.cat([logits[0, :Bl].gather(1, yl[:, None]), logits[0, Bl:Bl + Bu].gather(1, q[:, None])])[:, 0]
         w = self.bem_mod.grad_cam_weights(score, fmap)
         w = w[:Bl + Bu] if len(w) >= Bl + Bu else w
         return w[:Bl].float(), w[Bl:Bl + Bu].float()
+
+    def _grad_cam_ddp(self, yl, q, Bl, Bu):
+        import ddp
+        logits, fmap, sizes = self.task.local_out
+        n = DIST.world
+        bl, bu = Bl // n, Bu // n                       # this rank's rows: labeled, then weak views (ddp.shard)
+        y_loc, q_loc = yl.chunk(n)[DIST.rank], q.chunk(n)[DIST.rank]
+        z = logits[0].float()
+        score = torch.cat([z[:bl].gather(1, y_loc[:, None]), z[bl:bl + bu].gather(1, q_loc[:, None])])[:, 0]
+        w = self.bem_mod.grad_cam_weights(score, fmap)[:bl + bu].float()
+        w = ddp.gather(w.detach(), [Bl, Bu], DIST, dim=0, autograd=False)
+        self.task.local_out = None
+        return w[:Bl], w[Bl:Bl + Bu]
 
     def stats(self):
         s = self.bem.stats(reset=True)
@@ -972,8 +992,6 @@ def _check_ddp(args, d):
     _need(args.task == 'ltssl', 'multi-process training is implemented for --task ltssl; run --task lt on one '
           'device (a ResNet-32 step is ~50 GFLOP)')
     _need(args.batch_size % d.world == 0, f'--batch-size {args.batch_size} must be divisible by the {d.world} processes')
-    _need(not (args.model == 'resnet50' and args.mix != 'none'),
-          'Grad-CAM mixing (--model resnet50 with a --mix) runs on one device; use --model wrn or one process')
 
 
 def loop(task, run_dir, history, args, log, write=True):
