@@ -335,7 +335,7 @@ def cammix_run(runs, run):
 # ================================================================================================
 
 DYN_PANELS = (('s_c', 'ESS: P(source class c)', None), ('r_c', 'ESM: P(partner from labeled queue)', None),
-              ('w_c', 'ECB weight w_c', 'log'), ('e', 'entropy e^x_c (solid), e^u_c (dashed)', None),
+              ('w_c', 'ECB weight w_c', None), ('e', 'entropy e^x_c (solid), e^u_c (dashed)', None),
               ('fill', 'queue fill: labeled (solid), unlabeled (dashed)', None),
               ('mass', 'share of L_u mass since last record: target (solid), pasted (dashed)', None))
 

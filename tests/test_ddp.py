@@ -67,7 +67,9 @@ def test_resnet50_gradcam_bem_two_processes_match_one_process(tmp_path):
     launch.write_text(f'import sys; sys.path[:0] = [{str(tests)!r}, {str(ROOT)!r}]; import conftest; '
                       'sys.exit(conftest.cli_main(sys.argv[1:]))\n')
     env = dict(_env(), TEST_SYNTHETIC=json.dumps(dict(n_per_class=150, n_test=2)))
-    args = [*ARGS, '--model', 'resnet50']
+    # lr 1e-3: at ACR's 0.03 one step of a from-scratch ResNet-50 on batch 8 moves the loss 4.4 -> 29, and the
+    # float order of the BN all-reduce alone then differs by 0.2 % at step 2, with or without BEM (measured)
+    args = [*ARGS, '--model', 'resnet50', '--lr', '0.001']
     one, two = tmp_path / 'one', tmp_path / 'two'
     r = subprocess.run([sys.executable, str(launch), *args, '--out', str(one)], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=600)
@@ -83,5 +85,8 @@ def test_resnet50_gradcam_bem_two_processes_match_one_process(tmp_path):
     import torch
     b1, b2 = (torch.load(d / 'checkpoint.pt', weights_only=False)['mixer'] for d in (one, two))
     assert torch.equal(b1['filled'], b2['filled'])
-    # Grad-CAM weights equal up to float order: the same boxes (a threshold crossing may move a rare one)
-    assert (b1['bank_box'] == b2['bank_box']).all(1).float().mean() >= 0.9
+    # Grad-CAM weights equal up to float order: the same boxes in the filled slots (measured at step 0: 8 of 8
+    # identical; a threshold crossing may move a rare one after the update)
+    filled = (b1['bank_box'] != 0).any(1)
+    assert filled.sum() >= 8
+    assert (b1['bank_box'][filled] == b2['bank_box'][filled]).all(1).float().mean() >= 0.9
