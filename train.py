@@ -665,6 +665,10 @@ class Mixer:
             cam_fn = self._cam_fn if self.args.cam_refresh else None
             src, y_src, box, _ = self.bem.draw(len(us), g, cam_fn)
             mixed, lam = self.bem.mix(us, src, box, g)
+            # an invalid draw (empty bank) has an all-zero box: MixUp/CutMix would paste a blank bank row
+            valid = (box[:, 2:] > box[:, :2]).all(1)
+            mixed = torch.where(valid[:, None, None, None], mixed, us)
+            lam = torch.where(valid, lam, 1.0)
         else:
             src, y_src, box = self._in_batch(uw, V)
             mixed, lam = self.bem_mod.mix_batch(self.method, us, src, g, box=box)

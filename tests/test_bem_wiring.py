@@ -168,3 +168,12 @@ def test_acr_bem_distribution_is_acr_u_py_and_dynamics_figure(tmp_path):
     png = tmp_path / 'fig' / 'bem_dynamics.png'
     assert png.exists() and png.stat().st_size > 20_000
     assert 'step 9) of 3' in (tmp_path / 'fig' / 'bem_dynamics.md').read_text()
+
+
+def test_empty_bank_leaves_cutmix_views_unmixed(tmp_path):
+    """An invalid draw (step 0: empty bank) must not paste a blank bank row, whatever the mixing method: with
+    --mix cutmix, ECB on and off still give the same step-0 terms."""
+    base = TINY + ['--alg', 'fixmatch', '--bem', '--mix', 'cutmix', '--iters', '1', '--threshold', '0.05']
+    on = read_metrics(run_train(base + ['--ecb', 'on'], tmp_path / 'on'))[0]['train']
+    off = read_metrics(run_train(base + ['--ecb', 'off'], tmp_path / 'off'))[0]['train']
+    assert on == off
