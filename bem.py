@@ -481,7 +481,7 @@ class BEM:
         """Tensors for logs and Fig. 1. u_* are accumulated over truly-unlabeled samples since the last reset."""
         a, (n, area, fb) = self.acc, self.acc_box
         w = self.class_weights()
-        mass = self.acc_mass / self.acc_mass.sum().clamp_min(1e-300)   # shares of the unlabeled loss mass
+        mass = self.acc_mass / self.acc_mass.sum().clamp_min(1e-300)   # shares of the L_u mass (all 0: no mass)
         out = dict(s_c=self.sampling_probs(), r_c=self.labeled_ratio(),
                    w_c=w if w is not None else torch.ones(self.C, device=self.device),
                    d_u=self.unlabeled_dist().clone(), e_x=self.e_x.clone(), e_u=self.e_u.clone(), E_c=self.effective_numbers(),
