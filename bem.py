@@ -31,7 +31,8 @@ Reconstruction choices. The paper's text stops before §4.3; the defaults follow
 | ESS | 'mul': s_c ∝ e~_c / E_c | 'add': alpha*norm(1/E) + (1-alpha)*norm(e~); 'off': Eq. 4 | E3, no new hyper-parameter |
 | ESM | 'class': r_c = e^u_c / (e^x_c + e^u_c) | 'batch': class means; 'off': r_c = esm_ratio (0.5) | E4 |
 | ECB | 'on': w_c = C (e~_c/E_c) / sum_k (e~_k/E_k) | 'cb': Cui's C (1/E_c)/sum(1/E); 'off': None | E5, sums to C like Cui et al. |
-| ECB use | w in mixed_ce on the mixed unlabeled terms (train.py) | all unlabeled terms | E5: ACR's LA losses are not re-balanced twice |
+| ECB use | ecb_scope 'mixed': w on both labels of mixed samples (lam < 1) only | 'target' (pasted label unweighted), 'all' | E5; ESS already draws the pasted class |
+| d^u under ACR | d_u_fn = ACR's u_py (train.py); entropies from its head and pseudo-labels (stat_*) | own Eq. 3 | one estimate |
 | what is mixed | every strong view (ACR: both; train.py) | only the second | spec §5 #11 |
 | MixUp baseline | lam ~ Beta(1,1), uint8 output rounded | Beta(0.75) (MixMatch) | the same lam law as CutMix |
 | class draw | inverse-CDF (searchsorted) on s_c | torch.multinomial | multinomial's 1-sample path calls .item() |
@@ -196,22 +197,61 @@ def _ce(logits, target):
     return F.cross_entropy(logits, target, reduction='none')
 
 
-def mixed_ce(logits, target, mask, mix=None):
-    """Per-sample (mixed) CE [B] (spec E5).
+ECB_SCOPES = ('mixed', 'target', 'all')
 
-    mix=None: mask * CE(logits, target).
-    mix=dict(lam=[B], y_src=[B] long, w=[C] or None):
-        mask * (lam * w[target] * CE(logits, target) + (1 - lam) * w[y_src] * CE(logits, y_src)).
+
+def mixed_ce_terms(logits, target, mask, mix=None):
+    """The per-sample loss [B] split into its target-label and source-label parts (t, s); mixed_ce = t + s.
+
+    mix=None: (mask * CE(logits, target), 0).
+    mix=dict(lam=[B], y_src=[B] long, w=[C] or None, ecb_scope='mixed'|'target'|'all'):
+      a mixed sample (lam < 1):  t = mask * lam * w[target] * CE(target),  s = mask * (1 - lam) * w[y_src] * CE(y_src)
+      ecb_scope  'mixed'  (default) the ECB weights act on mixed samples only; an unmixed sample (lam = 1) gets
+                          exactly mask * CE(target), s = 0 (bit for bit the framework's own loss)
+                 'target' as 'mixed', but the pasted label is not weighted (w[y_src] -> 1): ESS already drew the
+                          source class ∝ e~_c/E_c, so weighting it again corrects the same imbalance twice
+                 'all'    every sample, unmixed ones included: lam * w[target] * CE + (1 - lam) * w[y_src] * CE
     target is long [B] or a soft float [B,C]; a soft target indexes w by its argmax."""
     logits = logits.float()
     loss = _ce(logits, target)
     if mix is None:
-        return mask * loss
-    w = mix.get('w')
+        return mask * loss, torch.zeros_like(loss)
+    w, scope, lam, y_src = mix.get('w'), mix.get('ecb_scope', 'mixed'), mix['lam'], mix['y_src']
+    if scope not in ECB_SCOPES:
+        raise ValueError(f'unknown ecb_scope {scope!r}; choose one of {ECB_SCOPES}')
     hard = target.argmax(1) if target.dtype.is_floating_point else target
-    w_t, w_s = (1.0, 1.0) if w is None else (w[hard], w[mix['y_src']])
-    lam = mix['lam']
-    return mask * (lam * w_t * loss + (1 - lam) * w_s * _ce(logits, mix['y_src']))
+    w_t = 1.0 if w is None else w[hard]
+    w_s = 1.0 if w is None or scope == 'target' else w[y_src]
+    t = lam * w_t * loss                               # spec E5: Cui's class-balanced weight on each label
+    s = (1 - lam) * w_s * _ce(logits, y_src)
+    if scope != 'all':                                 # unmixed: the framework's loss, untouched
+        mixed = lam < 1
+        t, s = torch.where(mixed, t, loss), torch.where(mixed, s, torch.zeros_like(s))
+    return mask * t, mask * s
+
+
+def mixed_ce(logits, target, mask, mix=None):
+    """Per-sample (mixed) CE [B] (spec E5): the sum of mixed_ce_terms (see there for mix and ecb_scope)."""
+    t, s = mixed_ce_terms(logits, target, mask, mix)
+    return t + s
+
+
+@torch.no_grad()
+def loss_mass(logits, target, mask, mix=None):
+    """Where the unlabeled loss goes: float64 [3,C], per class the summed per-sample terms of mixed_ce.
+    Row 0: unmixed samples (at their target class); row 1: target-label part of mixed samples (at the target
+    class); row 2: source-label part of mixed samples (at the pasted class). Sum over rows and classes = sum of
+    mixed_ce. Scatter-adds on the device, no host sync."""
+    t, s = (v.double() for v in mixed_ce_terms(logits, target, mask, mix))
+    C = logits.shape[-1]
+    hard = target.argmax(1) if target.dtype.is_floating_point else target
+    mixed = torch.zeros_like(t, dtype=torch.bool) if mix is None else mix['lam'] < 1
+    y_src = hard if mix is None else mix['y_src']
+    out = torch.zeros(3, C, dtype=torch.float64, device=t.device)
+    out[0].index_add_(0, hard, torch.where(mixed, 0.0, t))
+    out[1].index_add_(0, hard, torch.where(mixed, t, 0.0))
+    out[2].index_add_(0, y_src, s)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -257,7 +297,8 @@ class BEM:
             fmap_*: [B,K,h,w] (detached inside); head_weights: [C,K] of the head that made q_u.
             Grad-CAM (ResNet-50): pass cam_w_l / cam_w_u [B,K] from grad_cam_weights instead of head_weights.
       5. w = bem.class_weights()   # ECB [C] or None;  q_u repeated to n if needed:
-         loss_u = mixed_ce(logits_s, q_u, mask_u, dict(lam=lam, y_src=y_src, w=w)).mean()
+         mix = dict(lam=lam, y_src=y_src, w=w, ecb_scope='mixed')
+         loss_u = mixed_ce(logits_s, q_u, mask_u, mix).mean();  bem.add_loss_mass(logits_s, q_u, mask_u, mix)
     At step 0 the bank is empty: draw returns zero boxes, so mix leaves the targets unchanged (lam = 1).
     draw / mix / update never call .item(), .cpu() or nonzero. stats() and state_dict() are for log/ckpt time.
     """
@@ -274,13 +315,15 @@ class BEM:
                  ecb='on',              # reconstructed: 'on' | 'cb' | 'off' (E5)
                  tau_c=0.5,             # reconstructed: CAM threshold (spec §5 #9)
                  mix='cammix',          # mixing method used with the bank: cammix | cutmix | saliencymix | mixup
-                 cam_refresh=False):    # reconstructed: cache boxes at push time; True = recompute at draw
+                 cam_refresh=False,     # reconstructed: cache boxes at push time; True = recompute at draw
+                 d_u_fn=None):          # callable -> [C]: an external Eq. 3 estimate (ACR's u_py); None = own
         C, K = num_classes, bank_size
         self.C, self.K, self.shape, self.device = C, K, tuple(image_shape), torch.device(device)
         self.M, self.beta, self.lambda_d, self.est_start = unlabeled_size, beta, lambda_d, est_start
         self.lambda_e = lambda_d if lambda_e is None else lambda_e
         self.entropy_set, self.ess, self.alpha, self.esm, self.esm_ratio = entropy_set, ess, alpha, esm, esm_ratio
         self.ecb, self.tau_c, self.mix_method, self.cam_refresh = ecb, tau_c, mix, cam_refresh
+        self.d_u_fn = d_u_fn   # when set, BEM keeps no d^u of its own: one estimate, one EMA, one checkpoint entry
         kw = dict(device=self.device)
         self.N_x = torch.as_tensor(labeled_counts, dtype=torch.float64, **kw)
         # bank: queue q (0 = labeled, 1 = unlabeled), class c, slot k -> row q*C*K + c*K + k; the last row is a
@@ -294,11 +337,16 @@ class BEM:
         self.e_u = self.e_x.clone()
         self.acc = {k: torch.zeros(C, dtype=torch.float64, **kw) for k in ('u_count', 'u_count_masked', 'u_H')}
         self.acc_box = torch.zeros(3, dtype=torch.float64, **kw)  # drawn boxes: n, sum of area fraction, n fallback
+        self.acc_mass = torch.zeros(3, C, dtype=torch.float64, **kw)  # unlabeled loss mass (loss_mass rows)
 
     # ---- §4.2 Eq. 2-4 and §4.3 E3-E5 ----
+    def unlabeled_dist(self):
+        """d^u (Eq. 3): BEM's own estimate, or the external one (d_u_fn, e.g. ACR's u_py), as float64 [C]."""
+        return self.d_u if self.d_u_fn is None else self.d_u_fn().to(self.d_u)
+
     def effective_numbers(self):
         """E_c = E_c^x + E_c^u with N_c^u = M * d_c^u (Eq. 2); a class below 1 effective sample counts as 1."""
-        E = effective_number(self.N_x, self.beta) + effective_number(self.M * self.d_u, self.beta)
+        E = effective_number(self.N_x, self.beta) + effective_number(self.M * self.unlabeled_dist(), self.beta)
         return E.clamp_min(1.0)
 
     def _entropy_over_E(self):
@@ -383,25 +431,35 @@ class BEM:
     # ---- per-step statistics (Eq. 3, E2) and bank push ----
     @torch.no_grad()
     def update(self, step, *, x_l, y_l, logits_l, fmap_l, u_w, logits_w, q_u, mask_u, u_real, fmap_w,
-               head_weights=None, cam_w_l=None, cam_w_u=None):
-        """Once per step, after the forward; see the class docstring for shapes."""
+               head_weights=None, cam_w_l=None, cam_w_u=None, stat_logits_l=None, stat_logits_w=None,
+               stat_q=None, stat_mask=None):
+        """Once per step, after the forward; see the class docstring for shapes.
+        stat_*: the head the statistics (Eq. 3, E2 entropies, Fig. 1 counts) come from when it is not the one
+        that labels the bank (ACR: the balanced head's raw softmax, argmax and confidence mask, the inputs of
+        its u_py). Default: logits_l, logits_w, q_u, mask_u. The entropies are grouped by the same
+        pseudo-labels, from the same probabilities, as the estimate they sit beside."""
         C, lam_e = self.C, self.lambda_e
+        logits_l = logits_l if stat_logits_l is None else stat_logits_l
+        logits_e = logits_w if stat_logits_w is None else stat_logits_w
+        q_e = q_u if stat_q is None else stat_q
+        m_e = mask_u if stat_mask is None else stat_mask
         mask = mask_u > 0.5 if mask_u.dtype.is_floating_point else mask_u.bool()
+        mask_e = m_e > 0.5 if m_e.dtype.is_floating_point else m_e.bool()
         real = u_real.bool()
-        if step >= self.est_start:  # Eq. 3, "once the training status stabilizes" (Python int: no sync)
-            _, hist = _class_mean(torch.ones_like(q_u, dtype=torch.float64), q_u, mask & real, C)
+        if step >= self.est_start and self.d_u_fn is None:  # Eq. 3, "once the training status stabilizes"
+            _, hist = _class_mean(torch.ones_like(q_e, dtype=torch.float64), q_e, mask_e & real, C)
             d_t = hist / hist.sum().clamp_min(1)
             self.d_u.copy_(torch.where(hist.sum() > 0, self.lambda_d * self.d_u + (1 - self.lambda_d) * d_t, self.d_u))
-        H_l, H_u = entropy(logits_l).double(), entropy(logits_w).double()
-        sel_u = real & mask if self.entropy_set == 'masked' else real
+        H_l, H_u = entropy(logits_l).double(), entropy(logits_e).double()
+        sel_u = real & mask_e if self.entropy_set == 'masked' else real
         all_l = torch.ones_like(y_l, dtype=torch.bool)
         for e, (s, n) in ((self.e_x, _class_mean(H_l, y_l, all_l, C)),
-                          (self.e_u, _class_mean(H_u, q_u, sel_u, C))):  # E2; absent classes keep their value
+                          (self.e_u, _class_mean(H_u, q_e, sel_u, C))):  # E2; absent classes keep their value
             e.copy_(torch.where(n > 0, lam_e * e + (1 - lam_e) * s / n.clamp_min(1), e))
-        s, n = _class_mean(H_u, q_u, real, C)                           # Fig. 1 accumulators
+        s, n = _class_mean(H_u, q_e, real, C)                           # Fig. 1 accumulators
         self.acc['u_H'] += s
         self.acc['u_count'] += n
-        self.acc['u_count_masked'] += _class_mean(H_u, q_u, real & mask, C)[1]
+        self.acc['u_count_masked'] += _class_mean(H_u, q_e, real & mask_e, C)[1]
         box = self._boxes(fmap_l, fmap_w, torch.cat([y_l, q_u]), head_weights, cam_w_l, cam_w_u)
         self.push(x_l, y_l, box[:len(y_l)], all_l, labeled=True)
         self.push(u_w, q_u, box[len(y_l):], mask, labeled=False)
@@ -414,33 +472,42 @@ class BEM:
         fmap = torch.cat([fmap_l, fmap_w]).detach()
         return cam_boxes(cam(fmap, w.detach()), self.shape[1:], self.tau_c)
 
+    def add_loss_mass(self, logits, target, mask, mix=None):
+        """Accumulate loss_mass of one unlabeled loss term (on the device) until the next stats(reset=True)."""
+        self.acc_mass += loss_mass(logits, target, mask, mix)
+
     # ---- logging and checkpoints ----
     def stats(self, reset=False):
         """Tensors for logs and Fig. 1. u_* are accumulated over truly-unlabeled samples since the last reset."""
         a, (n, area, fb) = self.acc, self.acc_box
         w = self.class_weights()
+        mass = self.acc_mass / self.acc_mass.sum().clamp_min(1e-300)   # shares of the L_u mass (all 0: no mass)
         out = dict(s_c=self.sampling_probs(), r_c=self.labeled_ratio(),
                    w_c=w if w is not None else torch.ones(self.C, device=self.device),
-                   d_u=self.d_u.clone(), e_x=self.e_x.clone(), e_u=self.e_u.clone(), E_c=self.effective_numbers(),
+                   d_u=self.unlabeled_dist().clone(), e_x=self.e_x.clone(), e_u=self.e_u.clone(), E_c=self.effective_numbers(),
                    u_count=a['u_count'].clone(), u_count_masked=a['u_count_masked'].clone(),
                    u_entropy=a['u_H'] / a['u_count'].clamp_min(1),
                    box_area=area / n.clamp_min(1), fallback_frac=fb / n.clamp_min(1),
-                   fill_x=self.filled[0].clone(), fill_u=self.filled[1].clone())
+                   fill_x=self.filled[0].clone(), fill_u=self.filled[1].clone(),
+                   mass_unmixed=mass[0], mass_target=mass[1], mass_source=mass[2])
         if reset:
-            for v in (*a.values(), self.acc_box):
+            for v in (*a.values(), self.acc_box, self.acc_mass):
                 v.zero_()
         return out
 
-    _STATE = ('ptr', 'filled', 'd_u', 'e_x', 'e_u', 'acc_box')
+    _STATE = ('ptr', 'filled', 'd_u', 'e_x', 'e_u', 'acc_box', 'acc_mass')
+
+    def _state_keys(self):
+        return [k for k in self._STATE if not (k == 'd_u' and self.d_u_fn is not None)]  # external d^u: its owner saves it
 
     def state_dict(self):
-        sd = {k: getattr(self, k).clone() for k in self._STATE}
+        sd = {k: getattr(self, k).clone() for k in self._state_keys()}
         sd.update(bank_img=self.bank_img[:-1].clone(), bank_box=self.bank_box[:-1].clone())
         sd.update({'acc_' + k: v.clone() for k, v in self.acc.items()})
         return sd
 
     def load_state_dict(self, sd):
-        for k in self._STATE:
+        for k in self._state_keys():
             getattr(self, k).copy_(sd[k])
         self.bank_img[:-1].copy_(sd['bank_img'])
         self.bank_box[:-1].copy_(sd['bank_box'])

@@ -10,6 +10,9 @@ step, not more data per step.
     pseudo-labels, ACR's distribution estimate, ABC's Bernoulli draws and BEM's bank/statistics updates are
     identical on every rank and equal to a single-process run. DDP averages the gradients; through the
     gather's backward (a sum over ranks) this yields exactly the global-batch gradient.
+  * Grad-CAM (ResNet-50 + BEM/CamMix): the gathered feature map is detached, so each rank differentiates its
+    own slice's scores w.r.t. its own feature map, then the channel weights are gathered (train.py Mixer).
+    The global BatchNorm's all-reduce is autograd-aware, so this is the gradient of the global score sum.
   * Only rank 0 writes files.
 """
 import os

@@ -52,6 +52,14 @@ def views_ce(logits_v, target, mask, mix):
     return torch.stack(terms).mean()
 
 
+def rebalanced(mix):
+    """The mix of a loss term that is already re-balanced (ACR's L_u^b, ABC's L_con): the mixed labels (lam,
+    y_src) without BEM's ECB weights, so the same imbalance is not corrected twice; ecb_scope='all' keeps them."""
+    if mix is None:
+        return None
+    return [m if m.get("ecb_scope") == "all" else dict(m, w=None) for m in mix]
+
+
 def confident(probs, threshold):
     """(max prob, argmax, float mask max >= threshold). `.ge` as in FixMatch-pytorch/ACR (BEM Eq. 1 writes '>')."""
     maxp, q = probs.max(dim=1)
@@ -168,6 +176,7 @@ class ABC(FixMatch):
         m_u = conf * torch.bernoulli(self.p_u(step)[q_hat], generator=gen)
         target = q_abc if self.abc_soft else q_hat
         # ABCfix.py L262-L266: one term per strong view, each a batch mean, SUMMED (not averaged) over views
+        mix = rebalanced(mix)   # ABC's Bernoulli mask already balances L_con: no ECB weights on top
         L_con = sum(ce(logits_s[v, 1], target, m_u, None if mix is None else mix[v]).mean()
                     for v in range(self.strong_views))
         return L_cls, L_con, m_u
@@ -283,14 +292,17 @@ class ACR(Framework):
         z, z_b = logits_w[0].detach().float(), logits_w[1].detach().float()
         r = acr_pseudo_labels(z, z_b, adj(self.pi, self.tau1), self.adj12, self.threshold)
         Lu = views_ce(logits_s[:, 0], r["q"], r["mask_ss_t"], mix)     # ACR L537-L574: L_u over 2B terms
-        Lu_b = views_ce(logits_s[:, 1], r["q_h2"], r["mask_b_h2"], mix)  # ACR L575-L576: L_u^b
+        # ACR L575-L576: L_u^b; its targets are already logit-adjusted (tau12): no ECB weights on top
+        Lu_b = views_ce(logits_s[:, 1], r["q_h2"], r["mask_b_h2"], rebalanced(mix))
         if epoch > self.est_epoch:
             real = torch.ones_like(r["m_b"]) if u_real is None else u_real.float()
             self.estimate(r["q_b"], r["m_b"] * real)   # u_real False: a labeled image inside the unlabeled set
         logs = {"Lx": Lx, "Lu": Lu, "Lx_b": Lx_b, "Lu_b": Lu_b, "mask": r["mask_ss_t"].mean(),
                 "mask_b": r["mask_b_h2"].mean(), "tau1": self.tau1}
-        # paper silent: BEM's probs = the softmax whose argmax is q (tau1-adjusted), so entropies match pseudo-labels
-        pl = {"q": r["q"], "mask": r["mask_ss_t"], "probs": r["p"], "q_bal": r["q_h2"], "mask_bal": r["mask_b_h2"]}
+        # BEM: the bank takes L_u's pseudo-labels (q, mask); its statistics (entropies beside the d^u estimate)
+        # take the estimate's own inputs: the balanced head's raw argmax q_b and confidence m_b (u_py below)
+        pl = {"q": r["q"], "mask": r["mask_ss_t"], "probs": r["p"], "q_bal": r["q_h2"], "mask_bal": r["mask_b_h2"],
+              "q_est": r["q_b"], "mask_est": r["m_b"]}
         return Lx + Lu + Lx_b + Lu_b, _detached(logs), pl
 
 

@@ -5,6 +5,7 @@
     python report.py fig_cammix [--run RUN_DIR] [--out results]   CAM / CamMix vs SaliencyMix on test images
     python report.py demo --runs runs/demo [--out results]        the `make demo` table and per-class PNG
     python report.py sampler TABLE|RUN_DIR... [--runs] [--out]    jitter: δt and tail/head sampling ratio per epoch
+    python report.py dynamics --run RUN_DIR [--out results]       BEM's bank over training (bem_dynamics.png)
 
 Run-dir convention (written by reproduce/common.sh):
     <runs>/<table>/<row>/<setting>/seed<k>/{args.json, summary.json, metrics.jsonl, checkpoint.pt}
@@ -377,6 +378,65 @@ def cammix_run(runs, run):
 
 
 # ================================================================================================
+# BEM's bank over one run: the `bem` block of every evaluation record in metrics.jsonl
+# ================================================================================================
+
+DYN_PANELS = (('s_c', 'ESS: P(source class c)', None), ('r_c', 'ESM: P(partner from labeled queue)', None),
+              ('w_c', 'ECB weight w_c', None), ('e', 'entropy e^x_c (solid), e^u_c (dashed)', None),
+              ('fill', 'queue fill: labeled (solid), unlabeled (dashed)', None),
+              ('mass', 'share of L_u mass since last record: target (solid), pasted (dashed)', None))
+
+
+def dynamics_records(run):
+    """(steps, {key: array [records, C]}) from the evaluation records that carry BEM's statistics."""
+    path = Path(run) / 'metrics.jsonl'
+    recs = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+    recs = [r for r in recs if 'bem' in r and 'mass_source' in r['bem']]
+    recs or die(f'{path} has no BEM dynamics records; run train.py --bem (or a --mix) first')
+    return [r['step'] for r in recs], {k: np.array([r['bem'][k] for r in recs]) for k in recs[0]['bem']}
+
+
+def dynamics(run, out):
+    """bem_dynamics.png: per class (colour: head -> tail) s_c, r_c, w_c, e^x/e^u, queue fill and loss-mass share."""
+    steps, b = dynamics_records(run)
+    a = read_json(Path(run) / 'args.json') or {}
+    K = a.get('bank_size') or max(1, int(b['fill_x'].max()), int(b['fill_u'].max()))
+    C, plt = b['s_c'].shape[1], pyplot()
+    colors = plt.cm.viridis(np.linspace(0, 0.9, C))
+    target = b['mass_unmixed'] + b['mass_target']
+    series = {'s_c': [(b['s_c'], '-')], 'r_c': [(b['r_c'], '-')], 'w_c': [(b['w_c'], '-')],
+              'e': [(b['e_x'], '-'), (b['e_u'], '--')], 'fill': [(b['fill_x'] / K, '-'), (b['fill_u'] / K, '--')],
+              'mass': [(target, '-'), (b['mass_source'], '--')]}
+    fig, axes = plt.subplots(2, 3, figsize=(15, 7), sharex=True)
+    for ax, (key, title, yscale) in zip(axes.flat, DYN_PANELS):
+        for vals, ls in series[key]:
+            for c in range(C):
+                ax.plot(steps, vals[:, c], ls, color=colors[c], lw=1.2, label=f'class {c}' if ls == '-' else None)
+        ax.set_title(title, fontsize=10)
+        if yscale:
+            ax.set_yscale(yscale)
+    axes[0, 1].axhline(0.5, color='k', lw=0.5, ls=':')
+    for ax in axes[1]:
+        ax.set_xlabel('step')
+    h, lab = axes[0, 0].get_legend_handles_labels()
+    fig.legend(h, lab, loc='center right', fontsize=8, title='0 = head')
+    name = f"{a.get('dataset', '?')} {a.get('alg', '?')}+BEM (ecb {a.get('ecb')}, scope {a.get('ecb_scope', 'all')})"
+    fig.suptitle(f'BEM bank dynamics: {name}, {Path(run)}', fontsize=10)
+    fig.tight_layout(rect=(0, 0, 0.92, 0.97))
+    fig.savefig(out / 'bem_dynamics.png', dpi=110)
+    last = {k: v[-1] for k, v in b.items()}
+    body = [[c, f"{last['s_c'][c]:.3f}", f"{last['r_c'][c]:.3f}", f"{last['w_c'][c]:.3f}", f"{last['e_x'][c]:.3f}",
+             f"{last['e_u'][c]:.3f}", f"{last['fill_x'][c]:g}/{K}", f"{last['fill_u'][c]:g}/{K}",
+             f"{target[-1][c]:.3f}", f"{last['mass_source'][c]:.3f}",
+             next((str(s) for s, f in zip(steps, b['fill_u'][:, c]) if f >= K), '–')] for c in range(C)]
+    return (f'# bem_dynamics: {run}\n\nLast record (step {steps[-1]}) of {len(steps)}; mass = share of the L_u loss '
+            'mass since the previous record (target = unmixed + target label of mixed samples; pasted = source '
+            'label). Figure: bem_dynamics.png\n\n'
+            + tabulate(body, ['class', 's_c', 'r_c', 'w_c', 'e^x', 'e^u', 'fill x', 'fill u', 'mass target',
+                              'mass pasted', 'u queue full at step'], tablefmt='github', disable_numparse=True) + '\n')
+
+
+# ================================================================================================
 # make demo: supervised vs FixMatch (+BEM) on Fashion-MNIST-LT
 # ================================================================================================
 
@@ -502,7 +562,7 @@ def main(argv=None):
     ap.add_argument('--runs', default='runs', help='runs root (reproduce/*.sh: runs, or runs/smoke)')
     ap.add_argument('--out', default='results', help='where <table>.md and figures go')
     ap.add_argument('--paper', default=str(PAPER_CSV), help='paper numbers CSV')
-    ap.add_argument('--run', default=None, help='fig_cammix: the run dir (seed<k>) to plot')
+    ap.add_argument('--run', default=None, help='fig_cammix, dynamics: the run dir (seed<k>) to plot')
     ap.add_argument('--n', type=int, default=6, help='fig_cammix: number of images')
     a = ap.parse_args(argv)
     name = FIGURES.get(a.table, a.table)
@@ -521,6 +581,14 @@ def main(argv=None):
         out.mkdir(parents=True, exist_ok=True)
         md = demo(Path(a.runs), out)
         (out / 'demo.md').write_text(md)
+        print(md)
+        return
+    if name == 'dynamics':
+        a.run or die('dynamics needs --run RUN_DIR (a run with --bem or a --mix)')
+        out = Path(a.out)
+        out.mkdir(parents=True, exist_ok=True)
+        md = dynamics(Path(a.run), out)
+        (out / 'bem_dynamics.md').write_text(md)
         print(md)
         return
     if name not in TABLES and name not in FIGURES.values():

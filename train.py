@@ -101,6 +101,10 @@ def build_parser():
     a('--ess', default=None, help='mul|add|off (default mul with --bem)')
     a('--esm', default=None, help='class|batch|off (default class with --bem)')
     a('--ecb', default=None, help='on|cb|off (default on with --bem)')
+    a('--ecb-scope', default='mixed', choices=['mixed', 'target', 'all'],
+      help='where the ECB weights act (reconstructed, README): mixed = both labels of mixed samples only '
+      '(lam < 1; unmixed views, ACR L_u^b and ABC L_con keep their own loss); target = the target label of mixed '
+      'samples only (ESS already drew the pasted class); all = every unlabeled term (the first implementation)')
     a('--tau-c', type=float, default=0.5, help='CAM threshold (reconstructed)')
     a('--bank-size', type=int, default=None, help='per class per queue (64 CIFAR/STL, 32 ImageNet-127)')
     a('--beta', type=float, default=0.999, help='effective-number beta (BEM Eq. 2)')
@@ -562,6 +566,8 @@ class LTSSLTask(_Task):
         ls = logits[:, Bl + Bu:].reshape(len(logits), self.V, Bu, -1).transpose(0, 1) if self.ssl else None
         loss, logs, pl = self.fw.loss(logits[:, :Bl], yl, lw, ls, u_real, self.step, g, mix)
         logs = dict(logs, loss=loss.detach())
+        if self.mixer is not None:
+            self.mixer.account(ls, pl, mix)
         cam_w = None
         if self.mixer is not None and not self.mixer.plain_cam:
             cam_w = self.mixer.grad_cam(logits, fmap, yl, pl['q'], Bl, Bu)
@@ -586,6 +592,8 @@ class LTSSLTask(_Task):
         segs = x.split(sizes)
         with autocast(self.device):
             logits, fmap = self.fwd(prep_input(ddp.shard(segs, DIST)))
+        # Grad-CAM (ResNet-50) needs the gradient, which exists only on this rank's own slice, before the gather
+        self.local_out = (logits, fmap, sizes) if self.mixer is not None and not self.mixer.plain_cam else None
         # the feature map is read only by BEM/mixing (CAM boxes): gather it only then, not every step
         fmap = ddp.gather(fmap.detach(), sizes, DIST, dim=0, autograd=False) if self.mixer is not None else fmap
         return ddp.gather(logits, sizes, DIST, dim=1), fmap
@@ -661,8 +669,12 @@ class Mixer:
                            bank_size=args.bank_size, beta=args.beta, lambda_d=args.lambda_d,
                            est_start=6 * args.epoch_steps, ess=args.ess, esm=args.esm, ecb=args.ecb,
                            tau_c=args.tau_c, mix=args.mix if args.mix != 'none' else 'cammix',
-                           cam_refresh=args.cam_refresh)
+                           cam_refresh=args.cam_refresh, d_u_fn=self._acr_u_py if args.alg == 'acr' else None)
         self.method = args.mix
+
+    def _acr_u_py(self):
+        """Under ACR, Eq. 3 IS ACR's u_py (same EMA, same start): one estimate, saved once (in the framework)."""
+        return self.task.fw.u_py
 
     def _cam_fn(self, src, c):
         """--cam-refresh: CAM of the bank image from the EMA model, at draw time."""
@@ -693,6 +705,10 @@ class Mixer:
             cam_fn = self._cam_fn if self.args.cam_refresh else None
             src, y_src, box, _ = self.bem.draw(len(us), g, cam_fn)
             mixed, lam = self.bem.mix(us, src, box, g)
+            # an invalid draw (empty bank) has an all-zero box: MixUp/CutMix would paste a blank bank row
+            valid = (box[:, 2:] > box[:, :2]).all(1)
+            mixed = torch.where(valid[:, None, None, None], mixed, us)
+            lam = torch.where(valid, lam, 1.0)
         else:
             src, y_src, box = self._in_batch(uw, V)
             mixed, lam = self.bem_mod.mix_batch(self.method, us, src, g, box=box)
@@ -700,22 +716,49 @@ class Mixer:
             first = torch.arange(len(us), device=us.device) < Bu
             mixed = torch.where(first[:, None, None, None], us, mixed)
             lam = torch.where(first, 1.0, lam)
-        w = self.bem.class_weights()
-        return mixed, [dict(lam=lam[v * Bu:(v + 1) * Bu], y_src=y_src[v * Bu:(v + 1) * Bu], w=w) for v in range(V)]
+        w, scope = self.bem.class_weights(), self.args.ecb_scope
+        return mixed, [dict(lam=lam[v * Bu:(v + 1) * Bu], y_src=y_src[v * Bu:(v + 1) * Bu], w=w, ecb_scope=scope)
+                       for v in range(V)]
+
+    def account(self, logits_s, pl, mix):
+        """Loss mass of L_u (head 0: the term ECB weights) per class, on the device, for the dynamics records."""
+        for v in range(len(logits_s)):
+            self.bem.add_loss_mass(logits_s[v, 0].detach(), pl['q'], pl['mask'], None if mix is None else mix[v])
 
     def update(self, task, xl, yl, uw, u_real, logits, fmap, Bl, Bu, pl, cam_w=None):
         head = task.model.heads[0]
         kw = dict(head_weights=head.weight.detach()) if cam_w is None else dict(cam_w_l=cam_w[0], cam_w_u=cam_w[1])
+        if 'q_est' in pl:   # ACR: entropies from the balanced head, grouped by u_py's own pseudo-labels
+            kw.update(stat_logits_l=logits[1, :Bl].detach(), stat_logits_w=logits[1, Bl:Bl + Bu].detach(),
+                      stat_q=pl['q_est'], stat_mask=pl['mask_est'])
         self.bem.update(task.step, x_l=xl, y_l=yl, logits_l=logits[0, :Bl].detach(), fmap_l=fmap[:Bl],
                         u_w=uw, logits_w=logits[0, Bl:Bl + Bu].detach(), q_u=pl['q'], mask_u=pl['mask'],
                         u_real=u_real, fmap_w=fmap[Bl:Bl + Bu], **kw)
 
     def grad_cam(self, logits, fmap, yl, q, Bl, Bu):
-        """ResNet-50: CAM layer (layer3) != head input, so take Grad-CAM weights before backward."""
+        """ResNet-50: CAM layer (layer3) != head input, so take Grad-CAM weights before backward.
+        torchrun: each rank differentiates its own slice (the gathered feature map is detached), then the weights
+        are gathered. Through the global BatchNorm's autograd all-reduce the gradient of the local scores is the
+        gradient of the global score sum, as in one process."""
+        if DIST is not None:
+            return self._grad_cam_ddp(yl, q, Bl, Bu)
         score = torch.cat([logits[0, :Bl].gather(1, yl[:, None]), logits[0, Bl:Bl + Bu].gather(1, q[:, None])])[:, 0]
         w = self.bem_mod.grad_cam_weights(score, fmap)
         w = w[:Bl + Bu] if len(w) >= Bl + Bu else w
         return w[:Bl].float(), w[Bl:Bl + Bu].float()
+
+    def _grad_cam_ddp(self, yl, q, Bl, Bu):
+        import ddp
+        logits, fmap, sizes = self.task.local_out
+        n = DIST.world
+        bl, bu = Bl // n, Bu // n                       # this rank's rows: labeled, then weak views (ddp.shard)
+        y_loc, q_loc = yl.chunk(n)[DIST.rank], q.chunk(n)[DIST.rank]
+        z = logits[0].float()
+        score = torch.cat([z[:bl].gather(1, y_loc[:, None]), z[bl:bl + bu].gather(1, q_loc[:, None])])[:, 0]
+        w = self.bem_mod.grad_cam_weights(score, fmap)[:bl + bu].float()
+        w = ddp.gather(w.detach(), [Bl, Bu], DIST, dim=0, autograd=False)
+        self.task.local_out = None
+        return w[:Bl], w[Bl:Bl + Bu]
 
     def stats(self):
         s = self.bem.stats(reset=True)
@@ -1071,8 +1114,6 @@ def _check_ddp(args, d):
         _need(args.batch_size >= d.world, f'--batch-size {args.batch_size} is smaller than the {d.world} processes')
     _need(args.task == 'lt' or args.batch_size % d.world == 0,
           f'--batch-size {args.batch_size} must be divisible by the {d.world} processes')
-    _need(not (args.model == 'resnet50' and args.mix != 'none'),
-          'Grad-CAM mixing (--model resnet50 with a --mix) runs on one device; use --model wrn or one process')
 
 
 def loop(task, run_dir, history, args, log, write=True):

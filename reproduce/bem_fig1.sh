@@ -6,7 +6,9 @@
 #   (d)     BEM's accuracy gain per framework (FixMatch, +LA, +ABC, +ACR) in the consistent setting, averaged
 #           over the four consistent CIFAR-10-LT columns of Table 1; paper: 11.8 / 4.4 / 1.4 / 2.5
 #   Every run is a Table 1 / Table 2 run (same run dirs): after those two scripts this only draws the figure.
-# Output: results/bem_fig1.png and results/bem_fig1.md
+#   and BEM's bank over training (s_c, r_c, w_c, e^x/e^u, queue fill, loss-mass shares) from the `bem` block of
+#   the same metrics.jsonl records, for the consistent CIFAR-10-LT FixMatch+ACR+BEM run (seed 0)
+# Output: results/bem_fig1.png, results/bem_fig1.md, results/bem_dynamics.png and results/bem_dynamics.md
 # Usage: bash reproduce/bem_fig1.sh   [SEEDS=3 SMOKE=1 DRY_RUN=1]
 #
 # GPU-hours, ESTIMATE (not measured): 0 after Tables 1-2; otherwise 8 rows x 4 settings x 3 seeds x 0.28 h
@@ -30,3 +32,6 @@ for s in uniform reversed; do
     --task ltssl --alg acr --bem --dataset cifar10 --n1 1500 --m1 3000 --imb-l 100 --setting "$s"
 done
 run_all
+DYN="$RUNS/bem_table1/fixmatch+acr+bem/c10-g100-n1500-m3000/seed0"
+echo "+ $PYTHON report.py dynamics --run $DYN --out $RESULTS"
+[ "$DRY_RUN" = 1 ] || "$PYTHON" report.py dynamics --run "$DYN" --out "$RESULTS"

@@ -3,11 +3,14 @@
 #   FixMatch+ACR, CIFAR-10-LT gamma = 100, N1/M1 = 1500/3000, consistent; WRN-28-2, 250k steps, 3 seeds.
 #   Rows (cumulative): ACR | + CamMix in-batch | + class-balanced mix bank (CBMB) | + ESS | + ESM | + ECB (= full BEM).
 #   The first and last rows are Table 1's runs (same run dirs). No paper numbers survive (all "–").
+#   Two more rows are ablations of OUR reconstruction, not of the paper (README "ECB scope"): full BEM with
+#   the ECB weights on every unlabeled term (--ecb-scope all: unmixed views, ACR's L_u^b too) and with them on
+#   the target label only (--ecb-scope target: the pasted label, already drawn by ESS, is not weighted again).
 # Usage: bash reproduce/bem_table4.sh   [SEEDS=3 SMOKE=1 DRY_RUN=1]
 #
 # GPU-hours, ESTIMATE (not measured; to be replaced by the benchmark numbers):
 #   ~4.4 ms/step (perf.md §5 target + ~10 % for BEM) x 250k steps = 0.3 h per run
-#   4 new rows x 3 seeds = 12 runs x 0.3 h = ~3.6 GPU-h (+ 6 runs = ~1.8 GPU-h if Table 1 has not run)
+#   6 new rows x 3 seeds = 18 runs x 0.3 h = ~5.4 GPU-h (+ 6 runs = ~1.8 GPU-h if Table 1 has not run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source reproduce/common.sh
@@ -23,4 +26,6 @@ cell fixmatch+acr+cammix+bank "$S" $ACR --bem --mix cammix --bank $OFF
 cell fixmatch+acr+cammix+bank+ess "$S" $ACR --bem --mix cammix --bank --ess mul --esm off --ecb off
 cell fixmatch+acr+cammix+bank+ess+esm "$S" $ACR --bem --mix cammix --bank --ess mul --esm class --ecb off
 share "bem_table1/fixmatch+acr+bem/$S" fixmatch+acr+cammix+bank+ess+esm+ecb "$S" $ACR --bem
+cell recon-ablation-ecb-scope-all "$S" $ACR --bem --ecb-scope all
+cell recon-ablation-ecb-scope-target "$S" $ACR --bem --ecb-scope target
 run_all
