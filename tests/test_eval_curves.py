@@ -248,3 +248,89 @@ def test_tensorboard_mirrors_and_resume_appends(tmp_path, monkeypatch):
 def test_tensorboard_flag_is_resume_free():
     import runio
     assert 'tensorboard' in runio.RESUME_FREE          # switching it on for --resume does not change the result
+
+
+# ------------------------------------------------------------------------------------------------
+# make demo on a fresh machine: install Fashion-MNIST when root with apt-get, else the synthetic fallback
+# (the fallback's real run is CI's `QUICK=1 FMNIST_DIR=$(mktemp -d) make demo`)
+# ------------------------------------------------------------------------------------------------
+
+def _stubs(tmp, uid):
+    """PATH stubs: `id -u` prints uid; apt-get logs its call and 'installs' (a marker file); python answers
+    --check-data from the marker and prints any other command instead of running it."""
+    import stat
+    b = tmp / 'bin'
+    b.mkdir()
+    scripts = {'id': f'echo {uid}',
+               'apt-get': f'echo "$*" >> {tmp}/apt.log; case "$*" in *install*) touch {tmp}/installed;; esac',
+               'py': f'case " $* " in *" --check-data "*) [ -f {tmp}/installed ]; exit $?;; esac; echo "ran $*"'}
+    for name, body in scripts.items():
+        (b / name).write_text('#!/bin/bash\n' + body + '\n')
+        (b / name).chmod((b / name).stat().st_mode | stat.S_IEXEC)
+    return dict(os.environ, PATH=f'{b}:{os.environ["PATH"]}', PYTHON=str(b / 'py'), QUICK='1', RUNS=str(tmp / 'runs'),
+                RESULTS=str(tmp / 'results'))
+
+
+def _demo(env):
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run(['bash', os.path.join(root, 'reproduce', 'demo.sh')], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_demo_installs_fashion_mnist_as_root_with_apt(tmp_path):
+    env = _stubs(tmp_path, 0)
+    env.pop('FMNIST_DIR', None)
+    out = _demo(env)
+    assert out.count("installing Debian's dataset-fashion-mnist") == 1
+    assert 'install -y -qq dataset-fashion-mnist' in (tmp_path / 'apt.log').read_text()
+    runs = [line for line in out.splitlines() if line.startswith('ran train.py')]
+    assert len(runs) == 3 and all('--dataset fmnist' in r and '--n1 1000 --m1 2000' in r for r in runs)
+    assert 'synthetic' not in out
+
+
+def test_demo_fallback_without_root_fits_the_synthetic_set(tmp_path):
+    import shlex
+    import data
+    out = _demo(_stubs(tmp_path, 1000))
+    assert not (tmp_path / 'apt.log').exists()
+    assert out.count("using the generated 'synthetic' set") == 1
+    runs = [line[4:] for line in out.splitlines() if line.startswith('ran train.py')]
+    # rows in run order; the report call follows them
+    assert [('--bem' in r, r.split('--alg ')[1].split()[0]) for r in runs] == [
+        (False, 'supervised'), (False, 'fixmatch'), (True, 'fixmatch')]
+    assert out.splitlines().index(next(x for x in out.splitlines() if x.startswith('ran report.py demo'))) > \
+        out.splitlines().index('ran ' + runs[-1])
+    have = np.bincount(data.make_synthetic().train_y)          # the set the fallback trains on
+    for r in runs:
+        argv = shlex.split(r)[1:]
+        a = train.resolve(train.build_parser().parse_args(argv), train.given_flags(argv))
+        assert a.dataset == 'synthetic' and '_synthetic/' in a.out
+        n, m = data.setting_counts(a.n1, a.m1, a.imb_l, a.imb_u, a.setting, len(have))
+        data.check_split(np.repeat(np.arange(len(have)), have), n, m if a.alg != 'supervised' else [0] * len(m), a.split)
+        assert n[0] / n[-1] == 100                              # gamma kept
+
+
+def test_demo_fmnist_dir_skips_the_install(tmp_path):
+    env = _stubs(tmp_path, 0)
+    env['FMNIST_DIR'] = str(tmp_path / 'empty')
+    out = _demo(env)
+    assert not (tmp_path / 'apt.log').exists() and "using the generated 'synthetic' set" in out
+
+
+def test_dry_run_scripts_run_nothing(tmp_path):
+    """DRY_RUN=1: demo.sh / fmnist_cpu.sh / jitter_fig_theory.sh print their commands and run none of them."""
+    env = _stubs(tmp_path, 1000)
+    env['DRY_RUN'] = '1'
+    out = _demo(env)
+    assert 'ran train.py' not in out and out.count('+ ') >= 4 and '--dataset synthetic' in out
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for script in ('fmnist_cpu.sh', 'jitter_fig_theory.sh'):
+        r = subprocess.run(['bash', os.path.join(root, 'reproduce', script)], env=dict(env, ROOT=str(tmp_path / 'r')),
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert 'ran ' not in r.stdout and r.stdout.startswith('+ '), r.stdout
+    assert not (tmp_path / 'r').exists()
