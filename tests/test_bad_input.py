@@ -33,6 +33,8 @@ LTSSL = ['--dataset', 'synthetic', '--width', '1', '--batch-size', '8', '--n1', 
 # LT: ResNet-32, one epoch of ~5 batches of 64 (294 images at --imb 100).
 LT = ['--task', 'lt', '--dataset', 'synthetic', '--imb', '100', '--batch-size', '64', '--epochs', '1',
       '--no-progress', '--device', 'cpu']
+LTSSL_NO_WIDTH = LTSSL[:2] + LTSSL[4:]     # for --model resnet50 (--width is a WRN flag, refused there)
+assert '--width' not in LTSSL_NO_WIDTH
 SYNTH = dict(n_per_class=120, n_test=4)     # conftest's end-to-end size: 120 train / 4 test images per class
 
 
@@ -158,7 +160,7 @@ CASES = [
     ('mix+supervised', LTSSL + ['--mix', 'cutmix', '--alg', 'supervised'], 'mix', None),
     ('ride-loss+resnet32', LT + ['--loss', 'ride', '--model', 'resnet32'], 'ride', None),
     ('ldam-loss+ride', LT + ['--loss', 'ldam', '--model', 'ride'], 'ldam', None),
-    ('cam-refresh+resnet50', LTSSL + ['--bem', '--cam-refresh', '--model', 'resnet50'], 'cam-refresh', None),
+    ('cam-refresh+resnet50', LTSSL_NO_WIDTH + ['--bem', '--cam-refresh', '--model', 'resnet50'], 'cam-refresh', None),
     # found while writing this catalogue (were accepted, then a traceback or a silently wrong run)
     ('width=0', LTSSL + ['--width', '0'], 'width', None),
     ('abc_views=0', LTSSL + ['--alg', 'abc', '--abc-views', '0'], 'abc-views', None),
