@@ -650,7 +650,22 @@ def curve_series(recs):
         if isinstance(r.get('class_probs'), list) and r['class_probs']:
             p = r['class_probs']
             put('sampler (jitter)', 'p(tail)/p(head)', st, p[-1] / max(p[0], 1e-12))
+        if 'top1' in r:
+            put('test accuracy % (per head)', 'top-1 (all test images)', st, r['top1'])
+        for k, v in r.items():          # records other code adds later: numbers, or class means of lists
+            if k in _DRAWN:
+                continue
+            if isinstance(v, dict):
+                for kk, vv in v.items():
+                    put(f'other records: {k}', kk, st, _mean(vv))
+            else:
+                put('other records', k, st, _mean(v))
     return panels
+
+
+# record keys drawn above, or not worth a curve (per-class lists are in eval's per_class.csv)
+_DRAWN = {'step', 'epoch', 'acc', 'per_class', 'top1', 'lr', 'train', 'bem', 'delta', 'sampler', 'class_probs',
+          'u_counts', 'u_entropy', 'box_area'}
 
 
 def run_labels(runs):
@@ -666,7 +681,8 @@ def curves_figure(runs, path):
     data = {lab: curve_series(read_records(r)) for lab, r in zip(run_labels(runs), runs)}
     order = ['test accuracy % (per head)', 'loss parts (train mean since the last evaluation)', 'mask rate',
              'learning rate', 'thresholds (ACR adaptive tau)', 'BEM dynamics (class means)', 'sampler (jitter)']
-    panels = [p for p in order if any(p in d for d in data.values())]
+    other = sorted({p for d in data.values() for p in d if p not in order})
+    panels = [p for p in order + other if any(p in d for d in data.values())]
     if not panels:
         die(f'no evaluation records in {", ".join(map(str, runs))}/metrics.jsonl')
     plt = pyplot()

@@ -167,7 +167,8 @@ def test_curve_series_reads_every_part():
              'bem': {'u_entropy': [1.0, 2.0, 3.0], 'box_area': 0.4, 'w_c': [0.5, 1.0, 2.0]}},
             {'step': 20, 'acc': {'standard': 30.0, 'balanced': 35.0}, 'lr': 0.02,
              'train': {'loss': 1.0, 'Lx': 0.8, 'Lu': 0.2, 'mask': 0.3, 'tau1': 0.8},
-             'bem': {'u_entropy': [2.0, 2.0, 2.0], 'box_area': 0.5, 'w_c': [0.5, 1.0, 1.0]}}]
+             'bem': {'u_entropy': [2.0, 2.0, 2.0], 'box_area': 0.5, 'w_c': [0.5, 1.0, 1.0]},
+             'future': {'delta_t': [0.25, 0.75]}, 'per_class': {'standard': [1.0, 2.0]}}]
     p = report.curve_series(recs)
     assert p['test accuracy % (per head)']['balanced'] == ([10, 20], [25.0, 35.0])
     assert p['mask rate']['mask'] == ([10, 20], [0.1, 0.3])
@@ -178,6 +179,8 @@ def test_curve_series_reads_every_part():
     assert bem['u_entropy'][1] == [2.0, 2.0] and bem['box_area'][1] == [0.4, 0.5]
     assert bem['w_c tail/head'][1] == [4.0, 2.0]
     assert 'sampler (jitter)' not in p                  # absent from the records: no panel
+    assert p['other records: future']['delta_t'] == ([20], [0.5])   # a key added later: drawn, as a class mean
+    assert not [k for k in p if 'per_class' in k]
 
 
 def test_curves_several_runs_and_lt_records(tmp_path, capsys):
