@@ -202,13 +202,18 @@ def _lt(a):
     return a.task == 'lt'
 
 
-def _mixing(a):   # the condition of make_mixer: BEM or a mixing baseline is on
-    return _ltssl(a) and (a.bem or a.mix != 'none' or a.bank or 'off' not in (a.ess, a.esm, a.ecb))
+def _ssl(a):
+    return _ltssl(a) and a.alg != 'supervised'
+
+
+def _mixing(a):   # the condition of make_mixer: BEM or a mixing baseline is on (SSL only)
+    return _ssl(a) and (a.bem or a.mix != 'none' or a.bank or 'off' not in (a.ess, a.esm, a.ecb))
 
 
 _LTSSL, _LT = ('--task ltssl', _ltssl), ('--task lt', _lt)
+_BEM = ('BEM on an SSL --alg (fixmatch|la|abc|acr, --task ltssl)', _ssl)
 _WRN = ('--model wrn (--task ltssl)', lambda a: _ltssl(a) and a.model == 'wrn')
-_MIX = ('BEM or a mixing baseline (--task ltssl with --bem or --mix)', _mixing)
+_MIX = ('BEM or a mixing baseline (--task ltssl, an SSL --alg, with --bem or --mix)', _mixing)
 _ABC = ('--alg abc (--task ltssl)', lambda a: _ltssl(a) and a.alg == 'abc')
 _RIDE = ('--model ride (--task lt)', lambda a: _lt(a) and a.model == 'ride')
 _JITTER = ('a jitter sampler (--task lt, --sampler jitter1|jitter2|jitter-noreplace)',
@@ -216,7 +221,7 @@ _JITTER = ('a jitter sampler (--task lt, --sampler jitter1|jitter2|jitter-norepl
 SCOPE = {
     'iters': _LTSSL, 'epoch_steps': _LTSSL, 'mu': _LTSSL, 'ema': _LTSSL, 'threshold': _LTSSL, 'alg': _LTSSL,
     'n1': _LTSSL, 'm1': _LTSSL, 'imb_l': _LTSSL, 'imb_u': _LTSSL, 'setting': _LTSSL, 'split': _LTSSL,
-    'bem': _LTSSL, 'mix': _LTSSL, 'bank': _LTSSL, 'ess': _LTSSL, 'esm': _LTSSL, 'ecb': _LTSSL,
+    'bem': _BEM, 'mix': _BEM, 'bank': _BEM, 'ess': _BEM, 'esm': _BEM, 'ecb': _BEM,
     'width': _WRN, 'bn_momentum': _WRN,
     'acr_count': ('--alg acr (--task ltssl)', lambda a: _ltssl(a) and a.alg == 'acr'),
     'abc_views': _ABC, 'abc_hard': _ABC,

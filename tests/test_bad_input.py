@@ -209,6 +209,8 @@ SCOPE_CASES = [
     ('no-mixing+bank-size', LTSSL + ['--bank-size', '32'], '--bank-size', '--bem'),
     ('no-mixing+mix-views', LTSSL + ['--mix-views', 'second'], '--mix-views', '--bem'),
     ('synthetic+workers', LT + ['--workers', '2'], '--workers', 'imagenet_lt'),
+    ('supervised+ess', LTSSL + ['--alg', 'supervised', '--ess', 'mul'], '--ess', 'SSL --alg'),
+    ('supervised+no-bank', LTSSL + ['--alg', 'supervised', '--no-bank'], '--no-bank', 'SSL --alg'),
 ]
 
 
