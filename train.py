@@ -176,8 +176,8 @@ def resolve(args, given=()):
     for k, v in d.items():
         if getattr(args, k, None) is None:
             setattr(args, k, v)
+    validate(args)                # first: its messages are the more specific ones (e.g. ImageNet-LT needs RIDE)
     check_scope(args, given)
-    validate(args)
     if lt and args.delta_fixed is not None and args.delta_fixed_from is None:
         args.delta_fixed_from = drw_epoch(args)
     return args
