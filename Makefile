@@ -3,13 +3,19 @@ PY ?= python3
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 
+# A fresh Debian/Ubuntu lacks python3-venv: installed when we are root with apt-get (one line says so).
 $(VENV)/.installed: requirements.txt
-	$(PY) -m venv $(VENV)
+	$(PY) -m venv $(VENV) || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && echo "python3 -m venv failed: installing Debian's python3-venv (root, apt-get)" \
+	  && apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null \
+	  && rm -rf $(VENV) && $(PY) -m venv $(VENV); }
 	$(PYTHON) -m pip install -q --upgrade pip
 	$(PYTHON) -m pip install -q -r requirements.txt
 	touch $@
 
 .PHONY: demo test smoke bench gpu_check clean
+# Fashion-MNIST: Debian's dataset-fashion-mnist (installed by the demo as root with apt-get), else the synthetic
+# set. QUICK=1 (CI), FMNIST_DIR=<empty dir> (force the fallback), DRY_RUN=1: see reproduce/demo.sh.
 demo: $(VENV)/.installed
 	PYTHON=$(PYTHON) bash reproduce/demo.sh
 

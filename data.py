@@ -14,6 +14,7 @@ import gzip
 import math
 import os
 import pickle
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +23,12 @@ import torch
 
 class DataError(Exception):
     """A dataset is missing or malformed. The message says what is wrong and how to fix it."""
+
+    def __str__(self):
+        # raised in a DataLoader worker, the error comes back as "Caught DataError in ... Traceback ...
+        # DataError: <message>": keep the message, one line
+        msg = super().__str__().strip().splitlines() or ['']
+        return msg[-1].split('DataError: ', 1)[-1]
 
 
 # Per-dataset normalisation (ACR dataset/cifar.py; STL reuses the CIFAR-10 stats there).
@@ -40,7 +47,8 @@ LT_STATS = {'cifar10': ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
             'cifar100': ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))}
 NUM_CLASSES = {'cifar10': 10, 'cifar100': 100, 'stl10': 10, 'svhn': 10, 'fmnist': 10,
                'imagenet127': 127, 'synthetic': 10, 'imagenet_lt': 1000}
-FMNIST_SYSTEM_DIR = '/usr/share/datasets/fashion-mnist'
+# Debian's dataset-fashion-mnist; FMNIST_DIR points the lookup elsewhere (an empty folder tests the fallbacks)
+FMNIST_SYSTEM_DIR = os.environ.get('FMNIST_DIR', '/usr/share/datasets/fashion-mnist')
 
 
 @dataclass
@@ -158,11 +166,53 @@ def imagenet127_split(labels, labeled_percent=0.1):
 # Loaders (uint8 NCHW numpy). Each raises DataError with a one-line fix when files are missing.
 # ------------------------------------------------------------------------------------------------
 
+def _checked_files(cls, root, kw):
+    """(path, md5) of the files torchvision's integrity check reads for this dataset class and split."""
+    if hasattr(cls, 'split_list'):                              # SVHN: one .mat file per split
+        _, name, md5 = cls.split_list[kw['split']]
+        return [(os.path.join(root, name), md5)]
+    if not hasattr(cls, 'train_list'):                          # FashionMNIST: existence only (read by _read_idx)
+        return []
+    return [(os.path.join(root, cls.base_folder, f), md5) for f, md5 in cls.train_list + cls.test_list]
+
+
+def _corrupt_file(cls, root, kw):
+    """The first file that is present but fails torchvision's MD5 check, else None."""
+    from torchvision.datasets.utils import check_integrity
+    return next((p for p, md5 in _checked_files(cls, root, kw) if os.path.exists(p) and not check_integrity(p, md5)),
+                None)
+
+
+def _unreadable_file(cls, root, kw):
+    """A file that passes the MD5 check but does not parse: the first CIFAR pickle that fails to load, or the
+    dataset's folder when the format is not a pickle."""
+    if not hasattr(cls, 'meta'):
+        return next((p for p, _ in _checked_files(cls, root, kw)), root)
+    for p in [p for p, _ in _checked_files(cls, root, kw)] + [os.path.join(root, cls.base_folder, cls.meta['filename'])]:
+        try:
+            with open(p, 'rb') as f:
+                pickle.load(f, encoding='latin1')
+        except Exception:  # noqa: BLE001  any failure to parse names this file
+            return p
+    return os.path.join(root, cls.base_folder)
+
+
+def _replace_hint(what):
+    return (f'delete it and run again on a networked machine (torchvision downloads {what} again), '
+            f'or copy a good copy of the file in its place')
+
+
 def _torchvision(cls, root, what, **kw):
     try:
         return cls(root, download=False, **kw)
     except (RuntimeError, FileNotFoundError):
-        pass
+        bad = _corrupt_file(cls, root, kw)           # present but failing the check: corrupt, not missing
+        if bad:
+            raise DataError(f'{bad} is corrupt (its MD5 differs from the official file); {_replace_hint(what)}') from None
+    except Exception as e:  # noqa: BLE001  present, passes the MD5 check, does not parse
+        bad = _unreadable_file(cls, root, kw)
+        raise DataError(f'{bad} is corrupt (torchvision cannot read it: {type(e).__name__}); '
+                        f'{_replace_hint(what)}') from None
     try:
         return cls(root, download=True, **kw)
     except Exception as e:  # no network, bad archive, ...
@@ -212,19 +262,32 @@ def load_svhn(root):
     return tr.data, tr.labels.astype(np.int64), te.data, te.labels.astype(np.int64)
 
 
+_FMNIST_FIX = ('replace it: apt-get install --reinstall dataset-fashion-mnist (the system copy), or delete it and run '
+               'again on a networked machine (torchvision downloads Fashion-MNIST)')
+
+
 def _read_idx(path):
-    """IDX format (MNIST family): magic, dims as big-endian int32, then uint8 data."""
-    with gzip.open(path, 'rb') if path.endswith('.gz') else open(path, 'rb') as f:
-        raw = f.read()
-    ndim = raw[3]
+    """IDX format (MNIST family): 0, 0, dtype 0x08 (uint8), ndim; dims as big-endian int32; the bytes.
+    A file that does not decompress, or whose size differs from what its header says, is corrupt."""
+    try:
+        with gzip.open(path, 'rb') if path.endswith('.gz') else open(path, 'rb') as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as e:   # gzip.BadGzipFile is an OSError; a cut file is EOFError
+        raise DataError(f'{path} is corrupt (cannot be read: {type(e).__name__}); {_FMNIST_FIX}') from None
+    ndim = raw[3] if len(raw) >= 4 and raw[:3] == bytes([0, 0, 8]) else 0
     shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], 'big') for i in range(ndim))
+    need = 4 + 4 * ndim + int(np.prod(shape))
+    if ndim == 0 or len(raw) != need:
+        raise DataError(f'{path} is corrupt (not a uint8 IDX file of the size its header gives: {len(raw)} bytes, '
+                        f'expected {need if ndim else "an IDX header"}); {_FMNIST_FIX}')
     return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
 def _find_fmnist(root):
+    """The four IDX files: under --data-dir first (itself, FashionMNIST/raw, fashion-mnist), then the system copy."""
     names = ['train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte']
-    env = [os.environ['FMNIST_DIR']] if os.environ.get('FMNIST_DIR') else []   # a copied folder (GPU lease)
-    for d in env + [FMNIST_SYSTEM_DIR, os.path.join(root, 'FashionMNIST', 'raw'), os.path.join(root, 'fashion-mnist')]:
+    dirs = [root, os.path.join(root, 'FashionMNIST', 'raw'), os.path.join(root, 'fashion-mnist'), FMNIST_SYSTEM_DIR]
+    for d in dirs:
         for ext in ('.gz', ''):
             paths = [os.path.join(d, n + ext) for n in names]
             if all(os.path.exists(p) for p in paths):
@@ -244,6 +307,9 @@ def load_fmnist(root):
         _torchvision(datasets.FashionMNIST, root, 'Fashion-MNIST', train=True)
         paths = _find_fmnist(root)
     xs = [_read_idx(p) for p in paths]
+    for x, y, p in ((xs[0], xs[1], paths[1]), (xs[2], xs[3], paths[3])):
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+            raise DataError(f'{p} is corrupt ({len(y)} labels for {len(x)} images of shape {x.shape[1:]}); {_FMNIST_FIX}')
 
     def prep(x):
         x = np.pad(x, ((0, 0), (2, 2), (2, 2)))
@@ -271,8 +337,8 @@ def load_imagenet127(root, size):
                     e = pickle.load(fh, encoding='latin1')
                     xs.append(np.asarray(e['data'], np.uint8)); ys.extend(e['labels'])
                 except Exception:
-                    raise DataError(f'{os.path.join(d, f)} is not a Small-ImageNet pickle (dict with '
-                                    f'data/labels); re-create it') from None
+                    raise DataError(f'{os.path.join(d, f)} is corrupt (not a Small-ImageNet pickle: a dict with '
+                                    f'data/labels); re-create it with CoSSL\'s Small-ImageNet-127 script') from None
                 if xs[-1].ndim != 2 or xs[-1].shape[1] != 3 * size * size or len(xs[-1]) != len(e['labels']):
                     raise DataError(f'{os.path.join(d, f)} holds {xs[-1].shape[-1]} values per image for '
                                     f'{len(e["labels"])} labels; --img-size {size} needs {3 * size * size} per '
@@ -377,14 +443,29 @@ def _imagenet_lt_lists(root):
     return d, out
 
 
+_JPEG_FIX = 'copy the original JPEG from ImageNet-2012 (ILSVRC2012 train/ or val/) in its place'
+
+
+def _file_size(path):
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None
+
+
 def load_imagenet_lt(root):
     """ImageNet-LT as file lists + labels. Every listed image must exist (checked now, not 3 hours in)."""
     d, lists = _imagenet_lt_lists(root)
     for split, (files, _) in lists.items():
-        missing = [f for f in files if not os.path.exists(os.path.join(d, f))]
+        sizes = [_file_size(os.path.join(d, f)) for f in files]
+        missing = [f for f, n in zip(files, sizes) if n is None]
         if missing:
             raise DataError(f'{len(missing)} of {len(files)} ImageNet-LT {split} images missing under {d} '
                             f'(first: {missing[0]}); ' + _IMAGENET_LT_HOWTO.format(d=d))
+        empty = [f for f, n in zip(files, sizes) if n == 0]
+        if empty:
+            raise DataError(f'{os.path.join(d, empty[0])} is corrupt (an empty file; {len(empty)} listed {split} '
+                            f'images are empty); {_JPEG_FIX}')
     (tr_f, tr_y), (te_f, te_y) = lists['train'], lists['test']
     C = int(max(tr_y.max(), te_y.max())) + 1
     notes = [f'{s} list has {len(lists[s][0])} images, not the published {n}: not the ImageNet-LT split'
@@ -417,8 +498,12 @@ class JpegImages(torch.utils.data.Dataset):
     def __getitem__(self, key):
         from PIL import Image
         i, seed = key if self.train else (key, None)
-        with Image.open(os.path.join(self.root, self.files[i])) as im:
-            img = im.convert('RGB')
+        path = os.path.join(self.root, self.files[i])
+        try:
+            with Image.open(path) as im:
+                img = im.convert('RGB')
+        except (OSError, SyntaxError, ValueError) as e:   # PIL: UnidentifiedImageError / truncated file are OSErrors
+            raise DataError(f'{path} is corrupt (PIL cannot decode it: {type(e).__name__}); {_JPEG_FIX}') from None
         if seed is None:
             return self.tf(img), self.labels[i]
         with torch.random.fork_rng(devices=[]):    # torchvision draws from the global RNG
@@ -496,8 +581,8 @@ def dataset_present(name, data_dir, img_size=32):
     if name in where and os.path.exists(os.path.join(data_dir, where[name])):
         return True, ''
     if name == 'fmnist':
-        return False, (f'Fashion-MNIST not found in $FMNIST_DIR, {FMNIST_SYSTEM_DIR} (apt-get install '
-                       f'dataset-fashion-mnist) nor under {data_dir}/FashionMNIST/raw')
+        return False, (f'Fashion-MNIST not found under {data_dir} (itself, FashionMNIST/raw, fashion-mnist) nor in '
+                       f'{FMNIST_SYSTEM_DIR} (apt-get install dataset-fashion-mnist)')
     return False, f'{name} not found under {data_dir} ({where.get(name, "?")})'
 
 

@@ -6,6 +6,9 @@
     python report.py demo --runs runs/demo [--out results]        the `make demo` table and per-class PNG
     python report.py sampler TABLE|RUN_DIR... [--runs] [--out]    jitter: δt and tail/head sampling ratio per epoch
     python report.py dynamics --run RUN_DIR [--out results]       BEM's bank over training (bem_dynamics.png)
+    python report.py eval RUN_DIR [--checkpoint last|prev] [--weights ema|raw] [--heads all|NAME]
+                                                                  a run's checkpoint on its test set -> RUN_DIR/eval/
+    python report.py curves RUN_DIR [RUN_DIR ...] [--out PNG]     accuracy, losses, mask rate, lr over steps
 
 Run-dir convention (written by reproduce/common.sh):
     <runs>/<table>/<row>/<setting>/seed<k>/{args.json, summary.json, metrics.jsonl, checkpoint.pt}
@@ -441,9 +444,11 @@ def dynamics(run, out):
 # ================================================================================================
 
 def demo(runs, out):
-    """Table of the demo's runs (overall, head/tail halves, many/few) and a per-class accuracy PNG."""
+    """Table of the demo's runs (overall, head/tail halves, many/few) and a per-class accuracy PNG.
+    Rows in run order: the order the run directories were created (args.json is written once, at the start)."""
     rows, curves = [], {}
-    for run in sorted(p for p in runs.iterdir() if (p / 'summary.json').exists()):
+    started = lambda p: ((p / 'args.json').stat().st_mtime if (p / 'args.json').exists() else 0, p.name)  # noqa: E731
+    for run in sorted((p for p in runs.iterdir() if (p / 'summary.json').exists()), key=started):
         s, a = read_json(run / 'summary.json'), read_json(run / 'args.json')
         if not s or not s.get('finished'):
             continue
@@ -552,10 +557,374 @@ def sampler_fig(runs, targets, out, name):
 
 
 # ================================================================================================
+# eval: a run's checkpoint on its test set (USB eval.py / RIDE test.py): per class, per group, confusion
+# ================================================================================================
+
+_SHAPES, _COLOURS = ('square', 'disc', 'triangle', 'plus', 'bar'), ('red', 'blue')   # data.make_synthetic
+CLASS_NAMES = {
+    'cifar10': 'airplane automobile bird cat deer dog frog horse ship truck'.split(),
+    'stl10': 'airplane bird car cat deer dog horse monkey ship truck'.split(),
+    'fmnist': ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag',
+               'Ankle boot'],
+    'svhn': [str(d) for d in range(10)],
+    'synthetic': [f'{_COLOURS[c // 5]} {_SHAPES[c % 5]}' for c in range(10)],
+}
+
+
+def class_names(args, C):
+    """Names of the dataset's classes where it has them (CIFAR-100: its own meta file), else class numbers."""
+    names = CLASS_NAMES.get(args.dataset)
+    if args.dataset == 'cifar100':
+        import pickle
+        try:
+            with open(Path(args.data_dir) / 'cifar-100-python' / 'meta', 'rb') as f:
+                names = pickle.load(f, encoding='latin1')['fine_label_names']
+        except Exception:  # noqa: BLE001  names are a nicety: fall back to numbers
+            names = None
+    return list(names) if names is not None and len(names) == C else [str(c) for c in range(C)]
+
+
+def confusion(y, pred, C):
+    """counts[i, j] = test images of true class i predicted as j."""
+    return np.bincount(np.asarray(y) * C + np.asarray(pred), minlength=C * C).reshape(C, C)
+
+
+def head_to_tail(counts):
+    """Class order by training count, largest first (ties keep the class order)."""
+    return np.argsort(-np.asarray(counts), kind='stable')
+
+
+def normalised(cm, order):
+    """Rows and columns in `order`, each row divided by its true-class total (a row without images stays 0)."""
+    m = cm[np.ix_(order, order)].astype(float)
+    return m / np.maximum(m.sum(1, keepdims=True), 1)
+
+
+def run_args(run):
+    """args.json on top of this train.py's defaults; an argument this version does not know ends the call."""
+    import train
+    a = read_json(run / 'args.json')
+    if not isinstance(a, dict):
+        die(f'{run}/args.json is missing or unreadable: {run} is not a run directory of train.py')
+    ns = train.build_parser().parse_args([])
+    unknown = sorted(set(a) - set(vars(ns)))
+    if unknown or a.get('task') not in ('ltssl', 'lt'):
+        commit = (read_json(run / 'env.json') or {}).get('git_commit') or 'unknown'
+        die(f'{run} was written by another version of train.py (argument {(unknown or ["task"])[0]!r}); '
+            f'evaluate it from that version (git commit {commit}, in env.json)')
+    vars(ns).update(a)
+    return ns
+
+
+def load_weights(run, which, task, weights):
+    """Load the checkpoint's raw or EMA weights into the task's model; returns (model, checkpoint step)."""
+    import torch
+    path = run / ('checkpoint.pt' if which == 'last' else 'checkpoint.prev.pt')
+    if not path.exists():
+        die(f'{path} not found: the run has written no {"" if which == "last" else "previous "}checkpoint yet '
+            f'(one is written at each evaluation); train it further or use --checkpoint '
+            f'{"prev" if which == "last" else "last"}')
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=False)
+    except Exception as e:  # noqa: BLE001
+        die(f'{path} is unreadable ({type(e).__name__}); try --checkpoint prev')
+    key = 'ema' if weights == 'ema' else 'model'
+    net = task.ema.model if weights == 'ema' else task.model
+    try:
+        sd = {k.removeprefix('module.').removeprefix('_orig_mod.'): v for k, v in state[key].items()}
+        net.load_state_dict(sd)
+        if hasattr(task, 'fw'):
+            task.fw.load_state_dict(state['fw'])        # a framework's test-time logits may read its state
+    except (KeyError, RuntimeError) as e:
+        die(f'{path} does not fit the model args.json describes ({type(e).__name__}: '
+            f'{str(e).splitlines()[0][:120]}); it was written by another version of train.py')
+    return net, int(state.get('step', -1))
+
+
+def build_task(args, device):
+    """The run's task exactly as train.py builds it (same data, split and test set); DataError -> exit 2."""
+    import data
+    import train
+    from runio import UsageError
+    train._CHANNELS_LAST = device.type == 'cuda'
+    try:
+        return train.make_task(args, device, lambda *a, **k: None)
+    except (UsageError, data.DataError) as e:
+        die(f'cannot rebuild the run\'s data: {e}')
+
+
+def predict(task, net, batch=1024):
+    """argmax of every head on the run's test set: (pred [H, N], y [N]) as numpy."""
+    import torch
+    import train
+    from augment import normalize
+    if hasattr(task, 'fw'):
+        head_fn = lambda out: task.fw.test_logits(out[0].float())              # noqa: E731  [H,B,C]
+    else:
+        head_fn = (lambda out: out[0][None]) if task.ride else (lambda out: out[None])  # noqa: E731
+    test = task._test_set() if hasattr(task, '_test_set') else (task.test_x, task.test_y)   # LT / LTSSL
+    if isinstance(test, tuple):
+        x, y = test
+        test = ((x[i:i + batch], y[i:i + batch]) for i in range(0, len(x), batch))
+    net.eval()
+    preds, ys = [], []
+    with torch.no_grad():
+        for xb, yb in test:
+            with train.autocast(xb.device, bf16=None if getattr(task.args, 'eval_bf16', False) else False):
+                logits = head_fn(net(train.prep_input(normalize(xb, task.mean, task.std)))).float()
+            preds.append(logits.argmax(-1).cpu())
+            ys.append(yb.cpu())
+    return torch.cat(preds, 1).numpy(), torch.cat(ys).numpy()
+
+
+def head_names(task):
+    """{head name: index} and the head the run reports."""
+    if hasattr(task, 'fw'):
+        return dict(task.fw.eval_heads), task._eval_name()
+    return {'model': 0}, 'model'
+
+
+def eval_stats(pred, y, counts, C):
+    """Top-1, mean per-class, RIDE's many/medium/few and the head/tail halves of one head, and its per-class %."""
+    import runio
+    per_class = 100 * np.diag(confusion(y, pred, C)) / np.maximum(np.bincount(y, minlength=C), 1)
+    top1 = 100 * float((pred == y).mean())
+    g = runio.head_stats([top1], per_class, counts)
+    out = {'top1': round(top1, 4), 'mean_per_class': round(float(per_class.mean()), 4)}
+    out.update({k: g[k] for k in ('many', 'medium', 'few', 'head_half', 'tail_half')})
+    return out, per_class
+
+
+def confusion_png(cm, counts, names, path, title):
+    plt = pyplot()
+    order = head_to_tail(counts)
+    m = normalised(cm, order)
+    C = len(order)
+    fig, ax = plt.subplots(figsize=(min(4 + 0.35 * C, 14), min(3.5 + 0.3 * C, 12)))
+    im = ax.imshow(m, cmap='Blues', vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, label='fraction of the true class')
+    if C <= 40:
+        labels = [f'{names[c]} ({counts[c]})' for c in order]
+        ax.set_xticks(range(C), labels, rotation=90, fontsize=7)
+        ax.set_yticks(range(C), labels, fontsize=7)
+        if C <= 12:
+            for i in range(C):
+                for j in range(C):
+                    if m[i, j] >= 0.005:
+                        ax.text(j, i, f'{m[i, j]:.2f}', ha='center', va='center', fontsize=6,
+                                color='white' if m[i, j] > 0.5 else 'black')
+    ax.set(xlabel='predicted class (head -> tail)', ylabel='true class (train count), head -> tail', title=title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def eval_main(argv):
+    ap = argparse.ArgumentParser(prog='report.py eval', description='evaluate a run\'s checkpoint on its test set')
+    ap.add_argument('run', help='run directory (holds args.json and checkpoint.pt)')
+    ap.add_argument('--checkpoint', default='last', choices=['last', 'prev'],
+                    help='checkpoint.pt (last) or checkpoint.prev.pt (the one before)')
+    ap.add_argument('--weights', default=None, choices=['ema', 'raw'],
+                    help='ltssl: ema (the evaluated model, default) or raw; lt keeps raw weights only')
+    ap.add_argument('--heads', default='all', help='all (default) or one head name (ABC: standard|abc, '
+                    'ACR: standard|balanced); confusion.png shows the reported head, or the one named')
+    ap.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'])
+    ap.add_argument('--data-dir', default=None, help='where the dataset is (default: the run\'s --data-dir)')
+    a = ap.parse_args(argv)
+    import train
+    from runio import UsageError, write_json
+    run = Path(a.run)
+    args = run_args(run)
+    args.data_dir = a.data_dir or args.data_dir
+    weights = a.weights or ('ema' if args.task == 'ltssl' else 'raw')
+    if args.task == 'lt' and weights == 'ema':
+        die('--weights ema: --task lt runs keep no EMA model (the jitter paper evaluates the final model); '
+            'use --weights raw')
+    if not (run / ('checkpoint.pt' if a.checkpoint == 'last' else 'checkpoint.prev.pt')).exists():
+        load_weights(run, a.checkpoint, None, weights)               # the one-line "not found" answer
+    try:
+        device = train.pick_device(a.device)
+    except UsageError as e:
+        die(str(e))
+    task = build_task(args, device)
+    net, step = load_weights(run, a.checkpoint, task, weights)
+    heads, reported = head_names(task)
+    chosen = list(heads) if a.heads == 'all' else [a.heads]
+    if any(h not in heads for h in chosen):
+        die(f'--heads {a.heads}: this {args.alg if args.task == "ltssl" else args.model} run has the heads '
+            f'{", ".join(heads)}; use all or one of them')
+    pred, y = predict(task, net)
+    C, counts = task.C, np.asarray(task.counts)
+    names = class_names(args, C)
+    stats, per_class = {}, {}
+    for h in chosen:
+        stats[h], per_class[h] = eval_stats(pred[heads[h]], y, counts, C)
+    shown = reported if reported in chosen else chosen[0]
+    out = run / 'eval'
+    out.mkdir(exist_ok=True)
+    table = pd.DataFrame({'class': range(C), 'name': names, 'train_count': counts,
+                          **{f'accuracy_{h}' if len(chosen) > 1 else 'accuracy': per_class[h].round(3) for h in chosen}})
+    table.to_csv(out / 'per_class.csv', index=False)
+    cm = confusion(y, pred[heads[shown]], C)
+    confusion_png(cm, counts, names, out / 'confusion.png',
+                  f'{run.name}: {shown} head, {weights} weights, step {step} (rows normalised)')
+    summ = read_json(run / 'summary.json') or {}
+    rec = {'run': str(run), 'checkpoint': a.checkpoint, 'step': step, 'weights': weights, 'device': str(device),
+           'reported_head': reported, 'heads': stats, 'class_counts': counts.tolist(), 'class_names': names,
+           'order_head_to_tail': head_to_tail(counts).tolist(), 'confusion_head': shown,
+           'confusion_counts': cm.tolist(), 'summary_last': summ.get('last')}
+    write_json(str(out / 'eval.json'), rec)
+    cols = ['top1', 'mean_per_class', 'many', 'medium', 'few', 'head_half', 'tail_half']
+    rows = [[h + (' (reported)' if h == reported else ''), *[stats[h][k] for k in cols]] for h in chosen]
+    print(f'{run}: {args.task} {args.dataset} {args.alg if args.task == "ltssl" else args.model}, checkpoint '
+          f'{a.checkpoint} (step {step}), {weights} weights, {len(y)} test images on {device}\n')
+    print(tabulate(rows, ['head', 'top-1', 'mean per-class', 'many', 'medium', 'few', 'head half', 'tail half'],
+                   tablefmt='github', floatfmt='.2f', missingval='–'))
+    print('\nmany / medium / few: >100 / 20-100 / <20 training images (RIDE); head/tail half: the first/second '
+          f'half of the classes.\nwrote {out}/per_class.csv, eval.json, confusion.png')
+    return 0
+
+
+# ================================================================================================
+# curves: metrics.jsonl of one or several runs over steps, one figure
+# ================================================================================================
+
+def read_records(run):
+    path = Path(run) / 'metrics.jsonl'
+    if not path.exists():
+        die(f'{path} not found: {run} is not a run directory, or has not evaluated yet')
+    try:
+        recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except ValueError:
+        die(f'{path} has a line that is not JSON; the file is damaged')
+    return [r for r in recs if isinstance(r, dict) and 'step' in r]
+
+
+def _mean(v):
+    return float(np.mean(v)) if isinstance(v, list) and v else (v if isinstance(v, (int, float)) else None)
+
+
+def _train_panel(key):
+    if key.startswith('mask'):
+        return 'mask rate'
+    if key.startswith('tau'):
+        return 'thresholds (ACR adaptive tau)'
+    return 'loss parts (train mean since the last evaluation)'
+
+
+def curve_series(recs):
+    """{panel: {series: (steps, values)}} from one run's records; panels a run lacks are left out."""
+    panels = {}
+
+    def put(panel, name, step, v):
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v):
+            s = panels.setdefault(panel, {}).setdefault(name, ([], []))
+            s[0].append(step), s[1].append(v)
+    for r in recs:
+        st = r['step']
+        for h, v in (r.get('acc') or {}).items():
+            put('test accuracy % (per head)', h, st, v)
+        for k, v in (r.get('train') or {}).items():
+            put(_train_panel(k), k, st, v)
+        put('learning rate', 'lr', st, r.get('lr'))
+        bem = r.get('bem') if isinstance(r.get('bem'), dict) else {}
+        for k in ('u_entropy', 'box_area', 'fallback_frac', 'e_u', 'd_u'):     # per-class lists: class mean
+            if k in bem and k != 'd_u':
+                put('BEM dynamics (class means)', k, st, _mean(bem[k]))
+        if isinstance(bem.get('w_c'), list) and bem['w_c']:
+            put('BEM dynamics (class means)', 'w_c tail/head', st, bem['w_c'][-1] / max(bem['w_c'][0], 1e-12))
+        if 'delta' in r:
+            put('sampler (jitter)', 'delta_t', st, r['delta'])
+        for k, v in (r.get('sampler') or {}).items() if isinstance(r.get('sampler'), dict) else ():
+            put('sampler (jitter)', k, st, _mean(v))
+        if isinstance(r.get('class_probs'), list) and r['class_probs']:
+            p = r['class_probs']
+            put('sampler (jitter)', 'p(tail)/p(head)', st, p[-1] / max(p[0], 1e-12))
+        if 'top1' in r:
+            put('test accuracy % (per head)', 'top-1 (all test images)', st, r['top1'])
+        for k, v in r.items():          # records other code adds later: numbers, or class means of lists
+            if k in _DRAWN:
+                continue
+            if isinstance(v, dict):
+                for kk, vv in v.items():
+                    put(f'other records: {k}', kk, st, _mean(vv))
+            else:
+                put('other records', k, st, _mean(v))
+    return panels
+
+
+# record keys drawn above, or not worth a curve (per-class lists are in eval's per_class.csv)
+_DRAWN = {'step', 'epoch', 'acc', 'per_class', 'top1', 'lr', 'train', 'bem', 'delta', 'sampler', 'class_probs',
+          'u_counts', 'u_entropy', 'box_area'}
+
+
+def run_labels(runs):
+    """Short unique labels: the run directory's name, with its parents where names repeat."""
+    for k in range(1, 6):
+        labels = ['/'.join(Path(r).resolve().parts[-k:]) for r in runs]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [str(r) for r in runs]
+
+
+def curves_figure(runs, path):
+    data = {lab: curve_series(read_records(r)) for lab, r in zip(run_labels(runs), runs)}
+    order = ['test accuracy % (per head)', 'loss parts (train mean since the last evaluation)', 'mask rate',
+             'learning rate', 'thresholds (ACR adaptive tau)', 'BEM dynamics (class means)', 'sampler (jitter)']
+    other = sorted({p for d in data.values() for p in d if p not in order})
+    panels = [p for p in order + other if any(p in d for d in data.values())]
+    if not panels:
+        die(f'no evaluation records in {", ".join(map(str, runs))}/metrics.jsonl')
+    plt = pyplot()
+    cols = 2 if len(panels) > 1 else 1
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(7 * cols, 3.4 * rows), squeeze=False)
+    styles = ['-', '--', ':', '-.']
+    colours = plt.rcParams['axes.prop_cycle'].by_key()['color']
+    for ax, panel in zip(axes.flat, panels):
+        for i, (lab, d) in enumerate(data.items()):
+            for j, (name, (st, v)) in enumerate(sorted(d.get(panel, {}).items())):
+                one = len(data) == 1          # one run: a colour per series; several: a colour per run
+                ax.plot(st, v, '-' if one else styles[j % len(styles)], color=colours[(j if one else i) % len(colours)],
+                        marker='.', ms=3, label=name if one else f'{lab}: {name}')
+        ax.set(title=panel, xlabel='step')
+        if panel == 'learning rate':
+            ax.ticklabel_format(axis='y', style='sci', scilimits=(-3, 3))
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis('off')
+    fig.suptitle(' | '.join(data) if len(data) > 1 else next(iter(data)), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return panels
+
+
+def curves_main(argv):
+    ap = argparse.ArgumentParser(prog='report.py curves', description='training curves of one or several runs')
+    ap.add_argument('runs', nargs='+', help='run directories (each holds metrics.jsonl)')
+    ap.add_argument('--out', default=None, help='PNG path (default: RUN_DIR/curves.png for one run, '
+                    'results/curves.png for several)')
+    a = ap.parse_args(argv)
+    out = Path(a.out) if a.out else (Path(a.runs[0]) / 'curves.png' if len(a.runs) == 1 else Path('results/curves.png'))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    panels = curves_figure(a.runs, out)
+    print(f'wrote {out}: {", ".join(panels)}')
+    return 0
+
+
+SUBCOMMANDS = {'eval': eval_main, 'curves': curves_main}
+
+
+# ================================================================================================
 # CLI
 # ================================================================================================
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        return SUBCOMMANDS[argv[0]](argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('table', help=f'one of {", ".join([*TABLES, "fig1", "fig_cammix", "sampler"])}')
     ap.add_argument('targets', nargs='*', help='sampler: jitter table names and/or run dirs (seed<k>)')

@@ -20,7 +20,7 @@ class UsageError(Exception):
 
 # Arguments that may differ between a run and its --resume (they do not change the result).
 RESUME_FREE = {'resume', 'out', 'device', 'compile', 'progress', 'runs_dir', 'data_dir', 'check_data',
-               'log_every', 'inject_nan', 'nan_policy'}
+               'log_every', 'inject_nan', 'nan_policy', 'tensorboard'}
 
 
 _UMASK = os.umask(0)
@@ -153,9 +153,64 @@ def load_checkpoint(run_dir, log=print):
 # Metrics and summary
 # ------------------------------------------------------------------------------------------------
 
-def append_metrics(run_dir, record):
+def append_metrics(run_dir, record, tb=None):
+    """One evaluation record -> a line of metrics.jsonl (and the same record to TensorBoard when `tb` is given)."""
     with open(os.path.join(run_dir, 'metrics.jsonl'), 'a') as f:
         f.write(json.dumps(record, default=_json_default) + '\n')
+    if tb is not None:
+        tb.write(record)
+
+
+class TensorBoard:
+    """--tensorboard: mirrors metrics.jsonl records into RUN_DIR/tb/ (only rank 0 creates one).
+
+    Numbers -> scalars under their record path ('acc/balanced', 'train/Lu', 'bem/box_area', 'lr'); per-class
+    accuracy -> a bar figure per head; other lists (class_probs, BEM's per-class statistics) -> histograms.
+    Resume appends a new event file; purge_step makes TensorBoard drop the killed run's events after the
+    checkpoint, which the resumed run recomputes (as read_metrics drops them from metrics.jsonl).
+    """
+
+    def __init__(self, run_dir, purge_step=None):
+        from torch.utils.tensorboard import SummaryWriter   # purge_step: the first step the resumed run writes
+        self.writer = SummaryWriter(os.path.join(run_dir, 'tb'), purge_step=purge_step)
+
+    def write(self, record):
+        step = int(record['step'])
+        for tag, v in flatten(record):
+            if tag == 'step':
+                continue
+            if isinstance(v, list) and tag.startswith('per_class/'):
+                self.writer.add_figure(tag, per_class_figure(v, tag), step)
+            elif isinstance(v, list) and v:
+                self.writer.add_histogram(tag, np.asarray(v, dtype=float), step)
+            elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                self.writer.add_scalar(tag, v, step)
+        self.writer.flush()
+
+    def close(self):
+        self.writer.close()
+
+
+def flatten(record, prefix=''):
+    """[(path, value)] of a nested record: {'acc': {'model': 1}} -> [('acc/model', 1)]."""
+    out = []
+    for k, v in record.items():
+        if isinstance(v, dict):
+            out += flatten(v, f'{prefix}{k}/')
+        else:
+            out.append((f'{prefix}{k}', v))
+    return out
+
+
+def per_class_figure(values, title):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 2.5))
+    ax.bar(np.arange(len(values)), values)
+    ax.set(xlabel='class (0 = head)', ylabel='test accuracy %', title=title, ylim=(0, 100))
+    fig.tight_layout()
+    return fig          # add_figure closes it
 
 
 def read_metrics(run_dir, step, truncate=True):

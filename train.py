@@ -33,8 +33,17 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """'(default: X)' only where X is the true default: a help that states its default itself (task- or
+    model-dependent ones, filled by resolve(); the --no-X switches) gets nothing appended."""
+
+    def _get_help_string(self, action):
+        h = action.help or ''
+        return h if 'default' in h else super()._get_help_string(action)
+
+
 def build_parser():
-    p = _Parser(description=__doc__.split('\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = _Parser(description=__doc__.split('\n')[0], formatter_class=_Help)
     def a(*flags, **kw):  # every flag shows its default, also those without a help text
         kw.setdefault('help', '(default: %(default)s)')
         return p.add_argument(*flags, **kw)
@@ -53,15 +62,15 @@ def build_parser():
     a('--check-data', action='store_true', help='only check that the dataset is present; exit 0 or 2')
     # -- optimisation (ltssl: ACR train.py; lt: spec jitter.md §4.2/§4.3)
     a('--iters', type=int, default=250000, help='ltssl total steps (ACR --total-steps)')
-    a('--eval-every', type=int, default=None, help='ltssl: steps between evaluations (500); lt: epochs (1)')
+    a('--eval-every', type=int, default=None, help='default: ltssl 500 steps; lt 1 epoch (imagenet_lt 10)')
     a('--epoch-steps', type=int, default=500, help="ltssl: ACR's epoch (eval_step): the clock of ACR's adaptive tau, "
       "ABC's schedule and BEM's d^u start; independent of --eval-every so evaluation never changes training")
-    a('--batch-size', type=int, default=None, help='ltssl 64 (ACR); lt: resnet32 256, ride 128')
+    a('--batch-size', type=int, default=None, help='default: ltssl 64 (ACR); lt: resnet32 256, ride 128, imagenet_lt 256')
     a('--mu', type=int, default=1, help='unlabeled/labeled batch ratio (ACR default 1)')
-    a('--lr', type=float, default=None, help='ltssl 0.03; lt: resnet32 0.5, ride 0.1')
-    a('--wd', type=float, default=None, help='5e-4; imagenet_lt 2e-4 (RIDE ImageNet-LT config)')
+    a('--lr', type=float, default=None, help='default: ltssl 0.03; lt: resnet32 0.5, ride 0.1')
+    a('--wd', type=float, default=None, help='default: 5e-4; imagenet_lt 2e-4 (RIDE ImageNet-LT config)')
     a('--momentum', type=float, default=0.9)
-    a('--no-nesterov', dest='nesterov', action='store_false')
+    a('--no-nesterov', dest='nesterov', action='store_false', help='plain momentum (default: Nesterov, as ACR)')
     a('--ema', type=float, default=0.999, help='EMA decay of the evaluated model (ltssl)')
     a('--threshold', type=float, default=0.95, help='pseudo-label confidence tau')
     # -- LTSSL data/splits (spec anchors.md §1.2, bem.md §4)
@@ -96,38 +105,40 @@ def build_parser():
     # -- BEM (bem.py; reconstructed choices in README)
     a('--bem', action='store_true', help='CamMix + class-balanced mix bank + ESS + ESM + ECB')
     a('--mix', default=None, choices=['none', 'mixup', 'cutmix', 'saliencymix', 'cammix'], help='(default: cammix with --bem, else none)')
-    a('--bank', dest='bank', action='store_true', default=None)
-    a('--no-bank', dest='bank', action='store_false')
-    a('--ess', default=None, help='mul|add|off (default mul with --bem)')
-    a('--esm', default=None, help='class|batch|off (default class with --bem)')
-    a('--ecb', default=None, help='on|cb|off (default on with --bem)')
+    a('--bank', dest='bank', action='store_true', default=None, help='class-balanced mix bank (default: on with --bem, else off)')
+    a('--no-bank', dest='bank', action='store_false', help='in-batch mixing partners instead of the bank (default: bank on with --bem)')
+    a('--ess', default=None, help='mul|add|off (default: mul with --bem, else off)')
+    a('--esm', default=None, help='class|batch|off (default: class with --bem, else off)')
+    a('--ecb', default=None, help='on|cb|off (default: on with --bem, else off)')
     a('--ecb-scope', default='mixed', choices=['mixed', 'target', 'all'],
       help='where the ECB weights act (reconstructed, README): mixed = both labels of mixed samples only '
       '(lam < 1; unmixed views, ACR L_u^b and ABC L_con keep their own loss); target = the target label of mixed '
       'samples only (ESS already drew the pasted class); all = every unlabeled term (the first implementation)')
     a('--tau-c', type=float, default=0.5, help='CAM threshold (reconstructed)')
-    a('--bank-size', type=int, default=None, help='per class per queue (64 CIFAR/STL, 32 ImageNet-127)')
+    a('--bank-size', type=int, default=None, help='per class per queue (default: 64 CIFAR/STL, 32 ImageNet-127)')
     a('--beta', type=float, default=0.999, help='effective-number beta (BEM Eq. 2)')
     a('--lambda-d', type=float, default=0.99, help='EMA of the unlabeled class distribution (BEM Eq. 3)')
     a('--cam-refresh', action='store_true', help='recompute bank CAM boxes at draw time')
     a('--mix-views', default='all', choices=['all', 'second'], help='ACR/ABC: mix both strong views or only the second')
     # -- LT task (jitter.py / ride.py)
-    a('--epochs', type=int, default=None, help='lt: resnet32 500, ride 200')
+    a('--epochs', type=int, default=None, help='lt (default: resnet32 500, ride 200, imagenet_lt 100)')
     a('--imb', type=float, default=None, help='lt imbalance factor (LDAM construction; default 100). ImageNet-LT: '
       'fixed by its lists (256)')
     a('--iters-per-epoch', type=int, default=None, help='lt: cap the steps of an epoch (smoke tests, benchmarks); '
       'default ceil(N/B)')
-    a('--sampler', default=None, help='instance|shuffle|balanced|reversed|jitter1|jitter2|jitter-noreplace')
+    a('--sampler', default=None, help='instance|shuffle|balanced|reversed|jitter1|jitter2|jitter-noreplace '
+      '(default: jitter2 for resnet32, jitter1 for ride)')
     a('--experts', type=int, default=4)
-    a('--reduce', dest='reduce', action='store_true', default=True)
-    a('--no-reduce', dest='reduce', action='store_false')
-    a('--loss', default=None, help='ce|ldam|ride (lt; default ce for resnet32, ride for ride)')
-    a('--group-l2norm', default=None, help='multi|single4|expand|off (resnet32 default multi)')
-    a('--jitter-alpha', type=float, default=None)
-    a('--jitter-beta', type=float, default=None)
+    a('--reduce', dest='reduce', action='store_true', default=True, help='RIDE reduced-width experts (default: on)')
+    a('--no-reduce', dest='reduce', action='store_false', help='full-width RIDE experts (default: reduced)')
+    a('--loss', default=None, help='ce|ldam|ride (lt; default: ce for resnet32, ride for ride)')
+    a('--group-l2norm', default=None, help='multi|single4|expand|off (default: multi for resnet32)')
+    a('--jitter-alpha', type=float, default=None, help='jitter schedule alpha (default: 1.0 for resnet32, 0.05 for ride)')
+    a('--jitter-beta', type=float, default=None, help='jitter schedule beta (default: 1.5 for resnet32, 2.0 for ride)')
     a('--jitter-gamma', type=float, default=0.01)
-    a('--delta-fixed', type=float, default=None, help='fixed delta_t from --delta-fixed-from on')
-    a('--delta-fixed-from', type=int, default=None)
+    a('--delta-fixed', type=float, default=None, help='fixed delta_t from --delta-fixed-from on (default: 0.5 for '
+      'resnet32, 0 for ride)')
+    a('--delta-fixed-from', type=int, default=None, help='epoch (default: the DRW epoch, see --lr-steps)')
     a('--lr-steps', default=None, help='lt: epochs of the two x0.01 lr decays, e.g. 160,180 (default: RIDE 160,180 '
       'for 200 epochs, 350,450 for 500, scaled in proportion otherwise)')
     a('--ride-stage1', default='ce', choices=['ce', 'ldam'], help='RIDE loss before DRW: ce (paper text) or ldam (RIDE code)')
@@ -138,8 +149,10 @@ def build_parser():
     a('--deterministic', action='store_true', help='torch/cudnn deterministic algorithms')
     a('--log-every', type=int, default=50, help='steps between host-side logs/NaN checks')
     a('--nan-policy', default='stop', choices=['stop', 'skip'], help='skip: skip non-finite steps (syncs each step)')
-    a('--progress', dest='progress', action='store_true', default=None)
-    a('--no-progress', dest='progress', action='store_false')
+    a('--progress', dest='progress', action='store_true', default=None, help='progress bar (default: on when stderr '
+      'is a terminal)')
+    a('--no-progress', dest='progress', action='store_false', help='no progress bar (default: bar on a terminal)')
+    a('--tensorboard', action='store_true', help='mirror every metrics.jsonl record into RUN_DIR/tb/ (TensorBoard)')
     a('--inject-nan', type=int, default=None, help=argparse.SUPPRESS)
     return p
 
@@ -150,8 +163,10 @@ LTSSL_DATA = ('cifar10', 'cifar100', 'stl10', 'svhn', 'fmnist', 'imagenet127', '
 LT_DATA = ('cifar10', 'cifar100', 'fmnist', 'imagenet_lt', 'synthetic')
 
 
-def resolve(args):
-    """Fill task- and model-dependent defaults, then validate. Raises UsageError."""
+def resolve(args, given=()):
+    """Fill task- and model-dependent defaults, then validate. Raises UsageError.
+
+    given: dests of the flags on the command line (given_flags); one that changes nothing in this run is refused."""
     lt = args.task == 'lt'
     args.dataset = args.dataset or ('cifar100' if lt else 'cifar10')
     acr = not lt and args.alg == 'acr'
@@ -190,7 +205,8 @@ def resolve(args):
     for k, v in d.items():
         if getattr(args, k, None) is None:
             setattr(args, k, v)
-    validate(args)
+    validate(args)                # first: its messages are the more specific ones (e.g. ImageNet-LT needs RIDE)
+    check_scope(args, given)
     if lt and args.delta_fixed is not None and args.delta_fixed_from is None:
         args.delta_fixed_from = drw_epoch(args)
     return args
@@ -199,6 +215,73 @@ def resolve(args):
 def _need(cond, msg):
     if not cond:
         raise UsageError(msg)
+
+
+# ------------------------------------------------------------------------------------------------
+# No silently ignored flag: a flag given on the command line whose option is not chosen would change
+# nothing, so it is refused. One line per flag: dest -> (what it belongs to, test on the resolved args).
+# A new task-, model- or algorithm-specific flag adds its line here.
+# ------------------------------------------------------------------------------------------------
+
+def _ltssl(a):
+    return a.task == 'ltssl'
+
+
+def _lt(a):
+    return a.task == 'lt'
+
+
+def _ssl(a):
+    return _ltssl(a) and a.alg != 'supervised'
+
+
+def _mixing(a):   # the condition of make_mixer: BEM or a mixing baseline is on (SSL only)
+    return _ssl(a) and (a.bem or a.mix != 'none' or a.bank or 'off' not in (a.ess, a.esm, a.ecb))
+
+
+_LTSSL, _LT = ('--task ltssl', _ltssl), ('--task lt', _lt)
+_BEM = ('BEM on an SSL --alg (fixmatch|la|abc|acr, --task ltssl)', _ssl)
+_WRN = ('--model wrn (--task ltssl)', lambda a: _ltssl(a) and a.model == 'wrn')
+_MIX = ('BEM or a mixing baseline (--task ltssl, an SSL --alg, with --bem or --mix)', _mixing)
+_ABC = ('--alg abc (--task ltssl)', lambda a: _ltssl(a) and a.alg == 'abc')
+_RIDE = ('--model ride (--task lt)', lambda a: _lt(a) and a.model == 'ride')
+_JITTER = ('a jitter sampler (--task lt, --sampler jitter1|jitter2|jitter-noreplace)',
+           lambda a: _lt(a) and a.sampler in ('jitter1', 'jitter2', 'jitter-noreplace'))
+_ACR = ('--alg acr (--task ltssl)', lambda a: _ltssl(a) and a.alg == 'acr')
+SCOPE = {
+    'iters': _LTSSL, 'epoch_steps': _LTSSL, 'mu': _LTSSL, 'ema': _LTSSL, 'threshold': _LTSSL, 'alg': _LTSSL,
+    'n1': _LTSSL, 'm1': _LTSSL, 'imb_l': _LTSSL, 'imb_u': _LTSSL, 'setting': _LTSSL, 'split': _LTSSL,
+    'bem': _BEM, 'mix': _BEM, 'bank': _BEM, 'ess': _BEM, 'esm': _BEM, 'ecb': _BEM,
+    'width': _WRN, 'bn_momentum': _WRN,
+    'acr_count': _ACR, 'ema_u': _ACR, 'tau1': _ACR, 'tau12': _ACR, 'tau2': _ACR, 'est_epoch': _ACR,
+    'labeled_pad': _LTSSL, 'ecb_scope': _BEM,
+    'abc_views': _ABC, 'abc_hard': _ABC,
+    'tau_c': _MIX, 'bank_size': _MIX, 'beta': _MIX, 'lambda_d': _MIX, 'cam_refresh': _MIX, 'mix_views': _MIX,
+    'epochs': _LT, 'imb': _LT, 'iters_per_epoch': _LT, 'sampler': _LT, 'loss': _LT, 'lr_steps': _LT,
+    'group_l2norm': ('--model resnet32 (--task lt)', lambda a: _lt(a) and a.model == 'resnet32'),
+    'experts': _RIDE, 'reduce': _RIDE,
+    'ride_stage1': ('--loss ride (--task lt)', lambda a: _lt(a) and a.loss == 'ride'),
+    'jitter_alpha': _JITTER, 'jitter_beta': _JITTER, 'jitter_gamma': _JITTER, 'delta_fixed': _JITTER,
+    'delta_fixed_from': _JITTER,
+    'workers': ('--dataset imagenet_lt (--task lt)', lambda a: a.dataset == 'imagenet_lt'),
+}
+
+
+def given_flags(argv=None):
+    """dests of the flags on the command line: a second parse in which no flag has a default."""
+    p = build_parser()
+    for act in p._actions:
+        act.default = argparse.SUPPRESS
+    return set(vars(p.parse_args(argv)))
+
+
+def check_scope(args, given):
+    for dest in sorted(set(given) & set(SCOPE)):
+        owner, applies = SCOPE[dest]
+        if not applies(args):
+            flag = '/'.join(o for act in build_parser()._actions if act.dest == dest for o in act.option_strings)
+            here = f'--task {args.task} --model {args.model}' + (f' --alg {args.alg}' if _ltssl(args) else '')
+            raise UsageError(f'{flag} belongs to {owner} and would change nothing in this run ({here}); drop it')
 
 
 def validate(args):
@@ -222,6 +305,10 @@ def validate(args):
     _need(args.log_every > 0, f'--log-every must be positive, got {args.log_every}')
     _need(args.momentum >= 0, f'--momentum must be >= 0, got {args.momentum}')
     _need(args.wd >= 0, f'--wd must be >= 0, got {args.wd}')
+    if args.tensorboard:
+        import importlib.util
+        _need(importlib.util.find_spec('tensorboard') is not None,
+              '--tensorboard needs the tensorboard package: pip install tensorboard (it is in requirements.txt)')
     if lt:
         _need(not args.bem, '--bem is a BEM (ltssl) option and does not apply to --task lt; drop --bem or use --task ltssl')
         _need(args.epochs > 0, f'--epochs must be positive, got {args.epochs}')
@@ -1106,7 +1193,12 @@ def train(args, log=print):
         task.load_state_dict(state)
         log(f'resumed {run_dir} at step {task.step}')
     history = runio.read_metrics(run_dir, task.step, truncate=write) if resuming else []
-    return loop(task, run_dir, history, args, log, write)
+    tb = runio.TensorBoard(run_dir, task.step + 1 if resuming else None) if write and args.tensorboard else None
+    try:
+        return loop(task, run_dir, history, args, log, write, tb)
+    finally:
+        if tb is not None:
+            tb.close()
 
 
 def _check_ddp(args, d):
@@ -1116,7 +1208,7 @@ def _check_ddp(args, d):
           f'--batch-size {args.batch_size} must be divisible by the {d.world} processes')
 
 
-def loop(task, run_dir, history, args, log, write=True):
+def loop(task, run_dir, history, args, log, write=True, tb=None):
     stop, t0, n0 = Stop(), time.time(), task.step
     bar = _progress(task, args) if write else _progress(task, argparse.Namespace(progress=False))
     elapsed = task.elapsed
@@ -1133,7 +1225,7 @@ def loop(task, run_dir, history, args, log, write=True):
             history.append(rec)
             task.elapsed = elapsed + time.time() - t0
             if write:
-                runio.append_metrics(run_dir, rec)
+                runio.append_metrics(run_dir, rec, tb)
                 runio.save_checkpoint(run_dir, task.state_dict())
         if _stop_requested(stop, boundary):
             task.check_finite()
@@ -1175,7 +1267,7 @@ def _error(e):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        args = resolve(args)
+        args = resolve(args, given_flags(argv))
         if args.check_data:
             import data
             ok, msg = data.dataset_present(args.dataset, args.data_dir, args.img_size)

@@ -8,14 +8,17 @@
 #   LT:    imbalance 100 (6000 -> 60), ResNet-32, batch 64, 10 epochs x 30 steps, the jitter recipe scaled to
 #          10 epochs (lr 0.5 in the single-expert recipe, here 0.1 for the short run); samplers instance /
 #          jitter1 / jitter2 / jitter-noreplace, and jitter2 with group L2norm.
-# Runtime on an idle 2-core CPU: about 50 min for both seeds. SEEDS (default "0 1"), ONLY=ltssl|lt.
+# Runtime on an idle 2-core CPU: about 50 min for both seeds. SEEDS (default "0 1"), ONLY=ltssl|lt,
+# DRY_RUN=1 (print the commands, run nothing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}; [ -x "$PYTHON" ] || PYTHON=python3
 SEEDS=${SEEDS:-"0 1"}
 ONLY=${ONLY:-}
 ROOT=${ROOT:-runs/fmnist_cpu}
-"$PYTHON" train.py --check-data --dataset fmnist
+DRY_RUN=${DRY_RUN:-0}
+say() { if [ "$DRY_RUN" = 1 ]; then echo "+ $*"; else "$@"; fi; }
+say "$PYTHON" train.py --check-data --dataset fmnist
 SSL=(--dataset fmnist --n1 1000 --m1 2000 --imb-l 100 --setting consistent --split acr --width 1 --batch-size 32
      --mu 1 --iters 250 --eval-every 125 --epoch-steps 25 --lr 0.1 --bn-momentum 0.1 --ema 0.99 --device cpu --no-progress)
 LT=(--task lt --dataset fmnist --imb 100 --model resnet32 --batch-size 64 --epochs 10 --iters-per-epoch 30 --lr 0.1
@@ -24,7 +27,7 @@ run() {  # run <dir> <flags...>
   local out=$1; shift
   [ -f "$out/summary.json" ] && return
   local resume=(); [ -f "$out/args.json" ] && resume=(--resume)
-  "$PYTHON" train.py "$@" --out "$out" "${resume[@]}"
+  say "$PYTHON" train.py "$@" --out "$out" "${resume[@]}"
 }
 for seed in $SEEDS; do
   if [ "$ONLY" != lt ]; then
@@ -38,6 +41,7 @@ for seed in $SEEDS; do
     run "$ROOT/lt/jitter2+gl2norm/seed$seed" "${LT[@]}" --sampler jitter2 --group-l2norm multi --seed $seed
   fi
 done
+[ "$DRY_RUN" = 1 ] && { echo "+ $PYTHON - $ROOT  (the summary table)"; exit 0; }
 "$PYTHON" - "$ROOT" <<'PY'
 import json, sys, glob, os, numpy as np
 from tabulate import tabulate

@@ -36,7 +36,7 @@ torch.set_num_threads(1)
 TINY_SYNTHETIC = dict(n_per_class=120, n_test=4)     # end-to-end runs: n1 40 + m1 80 = 120 per class
 SMALL_SYNTHETIC = dict(n_per_class=150, n_test=20)   # learning test: 200 test images for a real accuracy
 FMNIST_TRAIN, FMNIST_TEST = 150, 5
-FMNIST_DIR = '/usr/share/datasets/fashion-mnist'    # = data.FMNIST_SYSTEM_DIR (Debian dataset-fashion-mnist)
+FMNIST_DIR = os.environ.get('FMNIST_DIR', '/usr/share/datasets/fashion-mnist')  # = data.FMNIST_SYSTEM_DIR (Debian dataset-fashion-mnist)
 FMNIST_INSTALLED = all(os.path.exists(os.path.join(FMNIST_DIR, f)) for f in (
     'train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz', 't10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz'))
 needs_fmnist = pytest.mark.skipif(not FMNIST_INSTALLED, reason=f'Fashion-MNIST not installed at {FMNIST_DIR}')

@@ -33,6 +33,8 @@ LTSSL = ['--dataset', 'synthetic', '--width', '1', '--batch-size', '8', '--n1', 
 # LT: ResNet-32, one epoch of ~5 batches of 64 (294 images at --imb 100).
 LT = ['--task', 'lt', '--dataset', 'synthetic', '--imb', '100', '--batch-size', '64', '--epochs', '1',
       '--no-progress', '--device', 'cpu']
+LTSSL_NO_WIDTH = LTSSL[:2] + LTSSL[4:]     # for --model resnet50 (--width is a WRN flag, refused there)
+assert '--width' not in LTSSL_NO_WIDTH
 SYNTH = dict(n_per_class=120, n_test=4)     # conftest's end-to-end size: 120 train / 4 test images per class
 
 
@@ -158,7 +160,7 @@ CASES = [
     ('mix+supervised', LTSSL + ['--mix', 'cutmix', '--alg', 'supervised'], 'mix', None),
     ('ride-loss+resnet32', LT + ['--loss', 'ride', '--model', 'resnet32'], 'ride', None),
     ('ldam-loss+ride', LT + ['--loss', 'ldam', '--model', 'ride'], 'ldam', None),
-    ('cam-refresh+resnet50', LTSSL + ['--bem', '--cam-refresh', '--model', 'resnet50'], 'cam-refresh', None),
+    ('cam-refresh+resnet50', LTSSL_NO_WIDTH + ['--bem', '--cam-refresh', '--model', 'resnet50'], 'cam-refresh', None),
     # ACR's options do nothing for another framework or --task lt: refused, not ignored
     ('tau1+fixmatch', LTSSL + ['--tau1', '1.0'], 'tau1', None),
     ('ema-u+abc', LTSSL + ['--alg', 'abc', '--ema-u', '0.9'], 'ema-u', None),
@@ -183,6 +185,47 @@ CASES = [
 ]
 
 
+# A flag of the other task, or of a model / algorithm / sampler not chosen, would change nothing: refused,
+# naming the flag and what it belongs to (train.SCOPE). Also when the value given equals the default.
+# (id, argv, flag, what it belongs to)
+SCOPE_CASES = [
+    ('lt+iters', LT + ['--iters', '40'], '--iters', '--task ltssl'),
+    ('ltssl+sampler', LTSSL + ['--sampler', 'jitter2'], '--sampler', '--task lt'),
+    ('ltssl+epochs', LTSSL + ['--epochs', '3'], '--epochs', '--task lt'),
+    ('lt+alg', LT + ['--alg', 'acr'], '--alg', '--task ltssl'),
+    ('lt+mu-default-value', LT + ['--mu', '1'], '--mu', '--task ltssl'),
+    ('lt+n1', LT + ['--n1', '100'], '--n1', '--task ltssl'),
+    ('lt+setting', LT + ['--setting', 'reversed'], '--setting', '--task ltssl'),
+    ('lt+ema', LT + ['--ema', '0.99'], '--ema', '--task ltssl'),
+    ('lt+threshold', LT + ['--threshold', '0.9'], '--threshold', '--task ltssl'),
+    ('lt+epoch-steps', LT + ['--epoch-steps', '10'], '--epoch-steps', '--task ltssl'),
+    ('lt+mix', LT + ['--mix', 'cutmix'], '--mix', '--task ltssl'),
+    ('lt+no-bank', LT + ['--no-bank'], '--no-bank', '--task ltssl'),
+    ('ltssl+imb', LTSSL + ['--imb', '10'], '--imb', '--task lt'),
+    ('ltssl+loss', LTSSL + ['--loss', 'ldam'], '--loss', '--task lt'),
+    ('ltssl+lr-steps', LTSSL + ['--lr-steps', '1,2'], '--lr-steps', '--task lt'),
+    ('ltssl+iters-per-epoch', LTSSL + ['--iters-per-epoch', '2'], '--iters-per-epoch', '--task lt'),
+    ('ltssl+experts', LTSSL + ['--experts', '2'], '--experts', '--model ride'),
+    ('resnet32+experts', LT + ['--experts', '2'], '--experts', '--model ride'),
+    ('resnet32+no-reduce', LT + ['--no-reduce'], '--no-reduce', '--model ride'),
+    ('ride+group-l2norm', LT + ['--model', 'ride', '--group-l2norm', 'multi'], '--group-l2norm', '--model resnet32'),
+    ('instance+jitter-alpha', LT + ['--sampler', 'instance', '--jitter-alpha', '1'], '--jitter-alpha', 'jitter'),
+    ('shuffle+delta-fixed', LT + ['--sampler', 'shuffle', '--delta-fixed', '0.5'], '--delta-fixed', 'jitter'),
+    ('ce+ride-stage1', LT + ['--ride-stage1', 'ldam'], '--ride-stage1', '--loss ride'),
+    ('fixmatch+acr-count', LTSSL + ['--acr-count', 'presence'], '--acr-count', '--alg acr'),
+    ('fixmatch+abc-views', LTSSL + ['--abc-views', '1'], '--abc-views', '--alg abc'),
+    ('la+abc-hard', LTSSL + ['--alg', 'la', '--abc-hard'], '--abc-hard', '--alg abc'),
+    ('resnet50+width', LTSSL + ['--model', 'resnet50', '--width', '2'], '--width', '--model wrn'),
+    ('resnet50+bn-momentum', LTSSL + ['--model', 'resnet50', '--bn-momentum', '0.01'], '--bn-momentum', '--model wrn'),
+    ('no-mixing+tau-c', LTSSL + ['--tau-c', '0.3'], '--tau-c', '--bem'),
+    ('no-mixing+bank-size', LTSSL + ['--bank-size', '32'], '--bank-size', '--bem'),
+    ('no-mixing+mix-views', LTSSL + ['--mix-views', 'second'], '--mix-views', '--bem'),
+    ('synthetic+workers', LT + ['--workers', '2'], '--workers', 'imagenet_lt'),
+    ('supervised+ess', LTSSL + ['--alg', 'supervised', '--ess', 'mul'], '--ess', 'SSL --alg'),
+    ('supervised+no-bank', LTSSL + ['--alg', 'supervised', '--no-bank'], '--no-bank', 'SSL --alg'),
+]
+
+
 def _marks(reason):
     if reason == 'skip-if-cuda':
         import torch
@@ -196,6 +239,28 @@ def test_rejected(argv, key, tmp_path, capsys):
     rc, err = run_inproc(argv + ['--out', out], capsys)
     assert_rejected(rc, err, key)
     assert not out.exists(), f'a rejected run left {sorted(os.listdir(out))} in its run directory'
+
+
+@pytest.mark.parametrize('argv,flag,owner', [pytest.param(a, f, o, id=i) for i, a, f, o in SCOPE_CASES])
+def test_rejected_foreign_flag(argv, flag, owner, tmp_path, capsys):
+    out = tmp_path / 'run'
+    rc, err = run_inproc(argv + ['--out', out], capsys)
+    assert_rejected(rc, err, flag)
+    assert owner in err, f'the message does not say what {flag} belongs to ({owner}): {err}'
+    assert not out.exists()
+
+
+def test_flags_that_apply_are_accepted():
+    """The scope check refuses nothing that changes the run: each SCOPE flag passes where it belongs."""
+    ok = [['--task', 'lt', '--epochs', '3', '--sampler', 'jitter2', '--jitter-alpha', '1', '--delta-fixed', '0.5',
+           '--group-l2norm', 'off', '--lr-steps', '1,2', '--iters-per-epoch', '2', '--imb', '10', '--loss', 'ce'],
+          ['--task', 'lt', '--model', 'ride', '--experts', '2', '--no-reduce', '--loss', 'ride', '--ride-stage1', 'ldam'],
+          ['--alg', 'acr', '--acr-count', 'presence', '--bem', '--tau-c', '0.3', '--bank-size', '8', '--mix-views',
+           'second', '--width', '1', '--bn-momentum', '0.01', '--iters', '5', '--mu', '2', '--ema', '0.9'],
+          ['--alg', 'abc', '--abc-views', '1', '--abc-hard', '--mix', 'cutmix', '--no-bank', '--beta', '0.99'],
+          ['--task', 'lt', '--dataset', 'imagenet_lt', '--workers', '2']]
+    for argv in ok:
+        train.resolve(train.build_parser().parse_args(argv), train.given_flags(argv))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -236,6 +301,70 @@ def test_rejected_data(make, key, tmp_path, capsys):
             '--iters', '2', '--no-progress', '--device', 'cpu', '--out', out]
     rc, err = run_inproc(argv, capsys)
     assert_rejected(rc, err, key)
+    assert not out.exists()
+
+
+def _write_idx_gz(path, arr):
+    import gzip
+    head = bytes([0, 0, 8, arr.ndim]) + b''.join(int(d).to_bytes(4, 'big') for d in arr.shape)
+    with gzip.open(path, 'wb') as f:
+        f.write(head + arr.astype(np.uint8).tobytes())
+
+
+def _fmnist(tmp, damage):
+    """Fashion-MNIST IDX files under <data-dir>/FashionMNIST/raw, one of them damaged."""
+    raw = tmp / 'FashionMNIST' / 'raw'
+    raw.mkdir(parents=True)
+    for split, n in (('train', 20), ('t10k', 10)):
+        _write_idx_gz(raw / f'{split}-images-idx3-ubyte.gz', np.zeros((n, 28, 28)))
+        _write_idx_gz(raw / f'{split}-labels-idx1-ubyte.gz', np.arange(n) % 10)
+    bad = raw / 'train-images-idx3-ubyte.gz'
+    if damage == 'short':          # a copy cut short: the header promises 20 images
+        _write_idx_gz(bad, np.zeros((20, 28, 28))[:, :10])
+        import gzip
+        body = gzip.decompress(bad.read_bytes())
+        with gzip.open(bad, 'wb') as f:
+            f.write(bytes([0, 0, 8, 3]) + b''.join(int(d).to_bytes(4, 'big') for d in (20, 28, 28)) + body[16:])
+    else:                          # not gzip at all
+        bad.write_bytes(b'<html>404 not found</html>')
+    return str(tmp)
+
+
+def _cifar10_md5(tmp):
+    """Every CIFAR-10 file present (right names) but not the official bytes: torchvision's MD5 check fails."""
+    d = tmp / 'cifar-10-batches-py'
+    d.mkdir(parents=True)
+    for f in [f'data_batch_{i}' for i in range(1, 6)] + ['test_batch', 'batches.meta']:
+        with open(d / f, 'wb') as fh:
+            pickle.dump({'data': np.zeros((1, 3072), np.uint8), 'labels': [0]}, fh)
+    return str(tmp)
+
+
+CORRUPT_CASES = [      # (id, maker, dataset, key: the corrupt file's name)
+    ('fmnist-short-idx', lambda t: _fmnist(t, 'short'), 'fmnist', 'train-images-idx3-ubyte.gz'),
+    ('fmnist-not-gzip', lambda t: _fmnist(t, 'html'), 'fmnist', 'train-images-idx3-ubyte.gz'),
+    ('cifar10-md5', _cifar10_md5, 'cifar10', 'data_batch_1'),
+]
+
+
+@pytest.mark.parametrize('make,dataset,key', [pytest.param(m, d, k, id=i) for i, m, d, k in CORRUPT_CASES])
+def test_rejected_corrupt_data(make, dataset, key, tmp_path, capsys, monkeypatch):
+    """Files present but damaged: named as corrupt (not 'not found, download it'), with the way to replace them."""
+    import data
+    import socket
+    import urllib.request
+
+    def refuse(*a, **k):
+        raise OSError('network disabled in tests')
+    monkeypatch.setattr(urllib.request, 'urlopen', refuse)
+    monkeypatch.setattr(socket, 'create_connection', refuse)
+    monkeypatch.setattr(data, 'FMNIST_SYSTEM_DIR', str(tmp_path / 'not-installed'))
+    data_dir = make(tmp_path / 'data')
+    out = tmp_path / 'run'
+    rc, err = run_inproc(LTSSL + ['--dataset', dataset, '--data-dir', data_dir, '--out', out], capsys)
+    assert_rejected(rc, err, key)
+    assert 'corrupt' in err and ('delete it' in err or 'replace it' in err), err
+    assert 'not found' not in err
     assert not out.exists()
 
 
@@ -366,18 +495,19 @@ def e2e(request, tmp_path_factory):
     empty = tmp / 'empty_datasets'
     empty.mkdir()
     cases = {
+        'fmnist-env': ['--check-data', '--dataset', 'fmnist', '--data-dir', empty, '--out', tmp / 'f'],
         'imb-l': LTSSL + ['--imb-l', '0.5', '--out', tmp / 'a'],
         'cifar10-empty': LTSSL + ['--dataset', 'cifar10', '--data-dir', empty, '--out', tmp / 'd'],
         'exists': LTSSL + ['--out', existing_run],
     }
     env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
-    env.update(OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
+    env.update(OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', FMNIST_DIR=str(empty))  # the system copy, pointed away
     launched = _Launched(cases, env)
     yield launched
     launched.close()
 
 
-E2E_KEYS = {'imb-l': 'imb-l', 'cifar10-empty': 'CIFAR-10'}
+E2E_KEYS = {'imb-l': 'imb-l', 'cifar10-empty': 'CIFAR-10', 'fmnist-env': 'Fashion-MNIST'}
 
 
 @pytest.mark.parametrize('case', sorted(E2E_KEYS))
@@ -450,3 +580,17 @@ def test_help_shows_every_default(help_text):
     blocks = help_blocks(help_text)
     no_default = [f for f in _public_flags() if 'default' not in blocks.get(f, '')]
     assert not no_default, f'--help shows no default for {no_default}'
+
+
+def test_help_shows_true_defaults(help_text):
+    """No '(default: None)' where resolve() fills a task- or model-dependent value, and no '--no-X
+    (default: True)' that reads as if the switch were on."""
+    blocks = help_blocks(help_text)
+    assert not [f for f, b in blocks.items() if 'default: None' in b], 'a flag shows (default: None)'
+    for f in ('--no-bank', '--no-reduce', '--no-progress', '--no-nesterov'):
+        assert 'default: True' not in blocks[f], blocks[f]
+    parse = train.build_parser().parse_args
+    single, ride = train.resolve(parse(['--task', 'lt'])), train.resolve(parse(['--task', 'lt', '--model', 'ride']))
+    for flag, dest in (('--jitter-alpha', 'jitter_alpha'), ('--jitter-beta', 'jitter_beta')):   # resolve()'s values
+        assert f'default: {getattr(single, dest)} for resnet32, {getattr(ride, dest)} for ride' in blocks[flag]
+    assert 'on with --bem' in blocks['--no-bank'] and 'on with --bem' in blocks['--bank']

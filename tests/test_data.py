@@ -345,6 +345,115 @@ def test_missing_files_raise_data_error(tmp_path, monkeypatch, no_network, name)
 
 
 # ================================================================================================
+# Corrupt files are named as corrupt; --data-dir comes before the system copy; FMNIST_DIR
+# ================================================================================================
+
+def _cifar10_files(folder, rng):
+    """A CIFAR-10 folder of valid pickles (3 images per batch)."""
+    for f in [f'data_batch_{i}' for i in range(1, 6)] + ['test_batch']:
+        _pickle(folder / f, {'data': _planar(_images(rng, 3)), 'labels': [0, 1, 2]})
+    _pickle(folder / 'batches.meta', {'label_names': [f'c{i}' for i in range(10)]})
+
+
+def test_cifar_md5_mismatch_is_corrupt_not_missing(tmp_path, no_network):
+    _cifar10_files(tmp_path / 'cifar-10-batches-py', np.random.RandomState(0))   # not the official bytes
+    with pytest.raises(data.DataError) as e:
+        data.load_dataset('cifar10', str(tmp_path))
+    msg = str(e.value)
+    assert str(tmp_path / 'cifar-10-batches-py' / 'data_batch_1') in msg and 'corrupt' in msg and 'MD5' in msg
+    assert 'not found' not in msg and 'delete it' in msg
+
+
+def test_cifar_bad_pickle_names_the_file(tmp_path, no_network, trust_files):
+    folder = tmp_path / 'cifar-10-batches-py'
+    _cifar10_files(folder, np.random.RandomState(0))
+    (folder / 'data_batch_3').write_bytes(b'\x80\x04 cut short')                  # passes the (patched) MD5 check
+    with pytest.raises(data.DataError) as e:
+        data.load_dataset('cifar10', str(tmp_path))
+    assert str(folder / 'data_batch_3') in str(e.value) and 'corrupt' in str(e.value)
+
+
+@pytest.mark.parametrize('damage', ['short', 'not-gzip', 'label-count'])
+def test_fmnist_damaged_idx(tmp_path, monkeypatch, no_network, damage):
+    monkeypatch.setattr(data, 'FMNIST_SYSTEM_DIR', str(tmp_path / 'not-installed'))
+    raw = tmp_path / 'FashionMNIST' / 'raw'
+    raw.mkdir(parents=True)
+    for split, n in (('train', 6), ('t10k', 4)):
+        _write_idx(raw / f'{split}-images-idx3-ubyte.gz', np.zeros((n, 28, 28)))
+        _write_idx(raw / f'{split}-labels-idx1-ubyte.gz', np.zeros(n))
+    bad = raw / ('t10k-labels-idx1-ubyte.gz' if damage == 'label-count' else 'train-images-idx3-ubyte.gz')
+    if damage == 'short':         # the header says 6 x 28 x 28; 5 images follow (a cut download)
+        with gzip.open(bad, 'wb') as f:
+            f.write(bytes([0, 0, 8, 3]) + b''.join(d.to_bytes(4, 'big') for d in (6, 28, 28)) + bytes(5 * 784))
+    elif damage == 'not-gzip':
+        bad.write_bytes(b'<html>proxy error</html>')
+    else:                         # a valid IDX file of 3 labels beside 4 test images
+        _write_idx(bad, np.zeros(3))
+    with pytest.raises(data.DataError) as e:
+        data.load_dataset('fmnist', str(tmp_path))
+    assert str(bad) in str(e.value) and 'corrupt' in str(e.value) and 'dataset-fashion-mnist' in str(e.value)
+
+
+def _fmnist_dir(d, n_train):
+    d.mkdir(parents=True)
+    for split, n in (('train', n_train), ('t10k', 2)):
+        _write_idx(d / f'{split}-images-idx3-ubyte.gz', np.zeros((n, 28, 28)))
+        _write_idx(d / f'{split}-labels-idx1-ubyte.gz', np.arange(n) % 10)
+
+
+def test_data_dir_before_system_copy(tmp_path, monkeypatch):
+    """Both present: the explicit --data-dir wins (3 training images there, 5 in the 'system' copy)."""
+    _fmnist_dir(tmp_path / 'system', 5)
+    _fmnist_dir(tmp_path / 'mine' / 'FashionMNIST' / 'raw', 3)
+    monkeypatch.setattr(data, 'FMNIST_SYSTEM_DIR', str(tmp_path / 'system'))
+    assert len(data.load_dataset('fmnist', str(tmp_path / 'mine')).train_y) == 3
+    assert len(data.load_dataset('fmnist', str(tmp_path / 'elsewhere')).train_y) == 5   # then the system copy
+    _fmnist_dir(tmp_path / 'flat', 4)                                                 # the IDX files right there
+    assert len(data.load_dataset('fmnist', str(tmp_path / 'flat')).train_y) == 4
+
+
+def test_fmnist_dir_env_moves_the_system_lookup(tmp_path):
+    import subprocess
+    import sys
+    _fmnist_dir(tmp_path / 'fm', 7)
+    code = 'import data; print(data.FMNIST_SYSTEM_DIR, len(data.load_dataset("fmnist", "/nonexistent").train_y))'
+    r = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, FMNIST_DIR=str(tmp_path / 'fm')))
+    assert r.stdout.split() == [str(tmp_path / 'fm'), '7'], r.stderr
+
+
+def _lt_tree(root, payload):
+    d = root / data.IMAGENET_LT_DIR
+    (d / 'train' / 'n0').mkdir(parents=True)
+    Image.new('RGB', (8, 8), (255, 0, 0)).save(d / 'train' / 'n0' / 'good.JPEG')
+    (d / 'train' / 'n0' / 'bad.JPEG').write_bytes(payload)
+    for name in data.IMAGENET_LT_LISTS.values():
+        (d / name).write_text('train/n0/good.JPEG 0\ntrain/n0/bad.JPEG 0\n')
+    return d
+
+
+def test_imagenet_lt_empty_jpeg_is_corrupt(tmp_path):
+    d = _lt_tree(tmp_path, b'')
+    with pytest.raises(data.DataError) as e:
+        data.load_dataset('imagenet_lt', str(tmp_path))
+    assert str(d / 'train' / 'n0' / 'bad.JPEG') in str(e.value) and 'corrupt' in str(e.value)
+
+
+def test_imagenet_lt_undecodable_jpeg_one_line_from_a_worker(tmp_path):
+    d = _lt_tree(tmp_path, b'\xff\xd8\xff garbage, not a JPEG body')
+    ds = data.load_dataset('imagenet_lt', str(tmp_path))
+    images = data.JpegImages(ds.root, ds.train_files, ds.train_y, size=8, train=False)
+    assert images[0][0].shape == (3, 8, 8)
+    with pytest.raises(data.DataError) as e:
+        images[1]
+    assert str(d / 'train' / 'n0' / 'bad.JPEG') in str(e.value) and 'corrupt' in str(e.value)
+    # decoded in a DataLoader worker, the error comes back wrapped in a traceback text: still one line
+    with pytest.raises(data.DataError) as e:
+        list(data.jpeg_loader(images, [[0, 1]], workers=1))
+    assert len(str(e.value).splitlines()) == 1 and 'bad.JPEG is corrupt' in str(e.value)
+
+
+# ================================================================================================
 # The synthetic set
 # ================================================================================================
 

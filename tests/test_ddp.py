@@ -111,7 +111,8 @@ def test_resnet50_gradcam_bem_two_processes_match_one_process(tmp_path):
     launch.write_text(f'import sys; sys.path[:0] = [{str(tests)!r}, {str(ROOT)!r}]; import conftest; '
                       'sys.exit(conftest.cli_main(sys.argv[1:]))\n')
     env = dict(_env(), TEST_SYNTHETIC=json.dumps(dict(n_per_class=150, n_test=2)))
-    args = [*ARGS, '--model', 'resnet50', '--lr', '0.001']
+    w = ARGS.index('--width')
+    args = ARGS[:w] + ARGS[w + 2:] + ['--model', 'resnet50', '--lr', '0.001']   # --width is a WRN flag
     one, two = tmp_path / 'one', tmp_path / 'two'
     r = subprocess.run([sys.executable, str(launch), *args, '--out', str(one)], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=600)

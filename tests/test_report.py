@@ -319,4 +319,4 @@ def test_script_commands_parse_with_train_py(dry_runs):
         args = train.build_parser().parse_args(shlex.split(cmd))
         if args.task == 'lt' and args.dataset not in train.LT_DATA:
             continue  # e.g. imagenet_lt (jitter_table4) before train.py has its loader
-        train.resolve(args)
+        train.resolve(args, train.given_flags(shlex.split(cmd)))   # also: no flag the run ignores
