@@ -46,7 +46,9 @@ def init():
 
 
 class GlobalBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d with training statistics over all ranks (one all_reduce of [sum, sum of squares, count])."""
+    """BatchNorm2d with training statistics over all ranks. Two passes (the mean, then the squared deviations
+    from it), two all_reduces: the one-pass E[x^2] - E[x]^2 cancels catastrophically in fp32 on small feature
+    maps (RIDE ResNeXt-50's 1x1 maps drifted by ~1 % a step), as torch's own SyncBatchNorm avoids too."""
 
     def forward(self, x):
         if not self.training:
@@ -54,16 +56,17 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         import torch.distributed.nn.functional as dnf
         C = x.shape[1]
         xf = x.float()
-        local = torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3)), xf.new_full((1,), x.numel() / C)])
-        tot = dnf.all_reduce(local)                       # autograd-aware: gradients flow across ranks
+        tot = dnf.all_reduce(torch.cat([xf.sum((0, 2, 3)), xf.new_full((1,), x.numel() / C)]))  # autograd-aware
         n = tot[-1]
-        mean, var = tot[:C] / n, tot[C:2 * C] / n - (tot[:C] / n) ** 2
+        mean = tot[:C] / n
+        d = xf - mean[None, :, None, None]
+        var = dnf.all_reduce((d * d).sum((0, 2, 3))) / n
         with torch.no_grad():
             m = self.momentum
             self.running_mean.mul_(1 - m).add_(m * mean)
             self.running_var.mul_(1 - m).add_(m * var * n / (n - 1))
             self.num_batches_tracked += 1
-        y = (xf - mean[None, :, None, None]) * torch.rsqrt(var + self.eps)[None, :, None, None]
+        y = d * torch.rsqrt(var + self.eps)[None, :, None, None]
         return (y * self.weight[None, :, None, None] + self.bias[None, :, None, None]).to(x.dtype)
 
 
