@@ -424,7 +424,7 @@ class HostBoxBEM(bem_mod.BEM):
 
 def host_bem(fresh):
     """A HostBoxBEM with the same flags and state as the task's (fresh) bem.BEM."""
-    b = copy.deepcopy(fresh)
+    b = copy.deepcopy(fresh, {id(fresh.d_u_fn): fresh.d_u_fn})   # an external d^u (ACR's u_py) stays shared
     b.__class__ = HostBoxBEM
     b.bank_img = torch.zeros(b.bank_img.shape, dtype=torch.float32, device=b.device)
     return b

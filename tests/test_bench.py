@@ -73,7 +73,7 @@ class Feed:
         monkeypatch.setattr(augment, 'strong', self._pop)
         monkeypatch.setattr(data, 'lt_view', lambda x, gen, degrees=15.0: self._pop(x, gen))
 
-    def _pop(self, x, gen):
+    def _pop(self, x, gen, *_, **__):   # weak(x, gen, padding) for the labeled view
         src, view = self.queue.pop(0)
         assert torch.equal(x, src), 'train_step asked for other images than the ones fed'
         return view
