@@ -921,6 +921,12 @@ SUBCOMMANDS = {'eval': eval_main, 'curves': curves_main}
 # CLI
 # ================================================================================================
 
+def _emit(path, md):
+    """Write a figure command's markdown beside its figure and print it."""
+    path.write_text(md)
+    print(md)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in SUBCOMMANDS:
@@ -941,25 +947,16 @@ def main(argv=None):
         if not a.targets:
             die('sampler needs jitter table names or run dirs, e.g. python report.py sampler jitter_table1')
         tag = a.targets[0] if len(a.targets) == 1 and a.targets[0] in TABLES else 'runs'
-        md = sampler_fig(Path(a.runs), a.targets, out, tag)
-        (out / f'{tag}_sampler.md').write_text(md)
-        print(md)
-        return
+        return _emit(out / f'{tag}_sampler.md', sampler_fig(Path(a.runs), a.targets, out, tag))
     if name == 'demo':
         out = Path(a.out)
         out.mkdir(parents=True, exist_ok=True)
-        md = demo(Path(a.runs), out)
-        (out / 'demo.md').write_text(md)
-        print(md)
-        return
+        return _emit(out / 'demo.md', demo(Path(a.runs), out))
     if name == 'dynamics':
         a.run or die('dynamics needs --run RUN_DIR (a run with --bem or a --mix)')
         out = Path(a.out)
         out.mkdir(parents=True, exist_ok=True)
-        md = dynamics(Path(a.run), out)
-        (out / 'bem_dynamics.md').write_text(md)
-        print(md)
-        return
+        return _emit(out / 'bem_dynamics.md', dynamics(Path(a.run), out))
     if name not in TABLES and name not in FIGURES.values():
         die(f'unknown table {a.table!r}; choose one of: {", ".join([*TABLES, "fig1", "fig_cammix"])}')
     runs, out = Path(a.runs), Path(a.out)
