@@ -8,6 +8,7 @@ batched weak/strong augmentation -> [BEM: bank draw + CamMix] -> one joint forwa
 losses (ltssl.py) -> SGD -> EMA -> [BEM: bank/statistics update]. No host sync inside the step.
 """
 import argparse
+import contextlib
 import math
 import os
 import signal
@@ -468,6 +469,11 @@ class NonFinite(Exception):
     """A loss became NaN/inf: the run stops, names the step and the loss term, keeps the last checkpoint."""
 
 
+def _untimed(piece):
+    """The default clock of a task: no timing (bench.py swaps in one that times each piece of the step)."""
+    return contextlib.nullcontext()
+
+
 class _Task:
     """What both tasks share: step counter, NaN guard, loss-log accumulators, optimiser state."""
 
@@ -477,6 +483,7 @@ class _Task:
         self.gen = torch.Generator(device).manual_seed(args.seed)
         self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
         self.bad_terms, self.log_sums, self.log_n = {}, {}, 0
+        self.clock = _untimed
 
     def _guard(self, loss, logs):
         """Record (on the device, no sync) the first step whose loss or a loss term is non-finite."""
@@ -502,12 +509,12 @@ class _Task:
             raise NonFinite(f'non-finite loss at step {s} (term {", ".join(terms)}); the last good checkpoint '
                             f'is kept -- lower --lr, or pass --nan-policy skip to skip such steps')
 
-    def _update(self, loss, logs):
+    def _backward(self, loss, logs):
+        """NaN guard, then backward unless --nan-policy skip skips this step. Returns skip."""
         skip = self._guard(loss, logs)
         self.opt.zero_grad(set_to_none=True)
         if not skip:
             loss.backward()
-            self.opt.step()
         return skip
 
     def pop_logs(self):
@@ -634,36 +641,42 @@ class LTSSLTask(_Task):
     # -- one training step: augment -> [mix] -> joint forward -> losses -> SGD -> EMA -> [bank update]
     def train_step(self):
         from augment import strong, weak
-        g = self.gen
-        il = self.lab_sampler.next()
-        xl, yl = weak(self.lab_x[il], g, self.labeled_pad), self.lab_y[il]
-        parts, u_real, mix = [xl], None, None
-        if self.ssl:
-            iu = self.unl_sampler.next()
-            u, u_real = self.unl_x[iu], self.u_real[iu]
-            uw = weak(u, g)
-            us = strong(u.repeat(self.V, 1, 1, 1), g)      # V strong views, each with its own draws
-            if self.mixer is not None:
+        g, clock = self.gen, self.clock          # clock: bench.py times these pieces; a no-op in training
+        with clock('augmentation'):
+            il = self.lab_sampler.next()
+            xl, yl = weak(self.lab_x[il], g, self.labeled_pad), self.lab_y[il]
+            parts, u_real, mix = [xl], None, None
+            if self.ssl:
+                iu = self.unl_sampler.next()
+                u, u_real = self.unl_x[iu], self.u_real[iu]
+                uw = weak(u, g)
+                us = strong(u.repeat(self.V, 1, 1, 1), g)      # V strong views, each with its own draws
+        if self.ssl and self.mixer is not None:
+            with clock('bem_draw_mix'):
                 us, mix = self.mixer.mix(us, uw, self.V)
-            parts += [uw, us]
-        Bl, Bu = len(il), (len(uw) if self.ssl else 0)
-        logits, fmap = self._forward(parts, Bl, Bu)
-        logits = logits.float()                             # losses, softmax, thresholds in fp32
-        lw = logits[:, Bl:Bl + Bu] if self.ssl else None
-        ls = logits[:, Bl + Bu:].reshape(len(logits), self.V, Bu, -1).transpose(0, 1) if self.ssl else None
-        loss, logs, pl = self.fw.loss(logits[:, :Bl], yl, lw, ls, u_real, self.step, g, mix)
-        logs = dict(logs, loss=loss.detach())
+        with clock('fwd_bwd'):
+            parts += [uw, us] if self.ssl else []
+            Bl, Bu = len(il), (len(uw) if self.ssl else 0)
+            logits, fmap = self._forward(parts, Bl, Bu)
+            logits = logits.float()                             # losses, softmax, thresholds in fp32
+            lw = logits[:, Bl:Bl + Bu] if self.ssl else None
+            ls = logits[:, Bl + Bu:].reshape(len(logits), self.V, Bu, -1).transpose(0, 1) if self.ssl else None
+            loss, logs, pl = self.fw.loss(logits[:, :Bl], yl, lw, ls, u_real, self.step, g, mix)
+            logs = dict(logs, loss=loss.detach())
+            if self.mixer is not None:
+                self.mixer.account(ls, pl, mix)
+            cam_w = None
+            if self.mixer is not None and not self.mixer.plain_cam:
+                cam_w = self.mixer.grad_cam(logits, fmap, yl, pl['q'], Bl, Bu)
+            skip = self._backward(loss, logs)
+        with clock('opt_ema'):
+            if not skip:
+                self.opt.step()
+                self.sched.step()
+                self.ema.update()
         if self.mixer is not None:
-            self.mixer.account(ls, pl, mix)
-        cam_w = None
-        if self.mixer is not None and not self.mixer.plain_cam:
-            cam_w = self.mixer.grad_cam(logits, fmap, yl, pl['q'], Bl, Bu)
-        skip = self._update(loss, logs)
-        if not skip:
-            self.sched.step()
-            self.ema.update()
-        if self.mixer is not None:
-            self.mixer.update(self, xl, yl, uw, u_real, logits, fmap.detach().float(), Bl, Bu, pl, cam_w)
+            with clock('bem_update'):
+                self.mixer.update(self, xl, yl, uw, u_real, logits, fmap.detach().float(), Bl, Bu, pl, cam_w)
         self.step += 1
 
     def _forward(self, parts, Bl, Bu):
@@ -991,13 +1004,20 @@ class LTTask(_Task):
 
     def train_step(self):
         from augment import normalize
+        clock = self.clock                          # bench.py times these pieces; a no-op in training
         if self.step % self.ipe == 0:
             self._epoch_start(self.step // self.ipe)
-        x, y = self._batch()
-        out = self._forward(normalize(x, self.mean, self.std), len(y))
-        out = tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
-        loss = self._loss(out, y)
-        self._update(loss, {'loss': loss.detach()})
+        with clock('augmentation'):
+            x, y = self._batch()
+            x = normalize(x, self.mean, self.std)
+        with clock('fwd_bwd'):
+            out = self._forward(x, len(y))
+            out = tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
+            loss = self._loss(out, y)
+            skip = self._backward(loss, {'loss': loss.detach()})
+        with clock('opt_ema'):
+            if not skip:
+                self.opt.step()
         self.step += 1
         if self.step % self.ipe == 0:
             self.sched.step()                       # epoch-wise LambdaLR (RIDE CustomLR)
