@@ -5,9 +5,10 @@ The hot path (cam_boxes, BEM.draw / mix / update) runs in batches with fixed sha
 the host. All randomness comes from the `gen` argument (a torch.Generator on the tensors' device).
 
 Public API, in the paper's order:
-  §4.1 CamMix  cam, grad_cam_weights, cam_boxes, largest_component_box, fallback_box, paste, mixed_ce
+  §4.1 CamMix  cam, grad_cam_weights, grad_cam_split, cam_boxes, largest_component_box, fallback_box, paste, mixed_ce
   §4.2 CBMB    effective_number (Eq. 2); class BEM (per-class device ring buffers, Eq. 3, Eq. 4)
   §4.3 EL      entropy (E1); BEM.sampling_probs (ESS), BEM.labeled_ratio (ESM), BEM.class_weights (ECB)
+  in a step    BEM.draw_mix (bank draw + mix), view_mixes (the losses' mix records), BEM.update, BEM.add_loss_mass
   baselines    mixup, cutmix_box, saliency_box, in_batch_sources, mix_batch (MixUp/CutMix/SaliencyMix/CamMix)
 
 Reconstruction choices. The paper's text stops before §4.3; the defaults follow spec/bem.md §1.1-1.4 and §5:
@@ -64,6 +65,16 @@ def grad_cam_weights(score, fmap):
     training backward. In train-mode BN, samples interact only through batch statistics (a small cross term)."""
     g, = torch.autograd.grad(score.sum(), fmap, retain_graph=True)
     return g.mean((2, 3))
+
+
+def grad_cam_split(z_l, y_l, z_w, q_u, fmap):
+    """Grad-CAM weights of a joint forward's labeled and weak views: each view's score for its (pseudo-)label,
+    differentiated w.r.t. the CAM layer's feature map, whose rows start with the labeled then the weak views.
+    -> (w_l [Bl,K], w_u [Bu,K]) float."""
+    Bl, Bu = len(y_l), len(q_u)
+    score = torch.cat([z_l.gather(1, y_l[:, None]), z_w.gather(1, q_u[:, None])])[:, 0]
+    w = grad_cam_weights(score, fmap)[:Bl + Bu].float()
+    return w[:Bl], w[Bl:]
 
 
 def _box_of(mask, W):
@@ -284,6 +295,7 @@ class BEM:
     device, **flags). All flags are keyword-only; see __init__. Everything lives on `device`.
 
     Call protocol per training step t (a 0-based Python int); n = strong views to mix (ACR: both, n = 2*B_u):
+      (1+2 in one call: u_s_mix, lam, y_src = bem.draw_mix(u_s, gen), an invalid draw left unmixed)
       1. src, y_src, box, from_l = bem.draw(n, gen)      # BEFORE the forward; bank as of step t-1
             src uint8 [n,3,H,W], y_src long [n], box long [n,4] (fallback already applied), from_l bool [n].
             With cam_refresh=True pass cam_fn=f(src uint8, y_src) -> (fmap [n,K,h,w], weights [n,K]).
@@ -297,7 +309,7 @@ class BEM:
             fmap_*: [B,K,h,w] (detached inside); head_weights: [C,K] of the head that made q_u.
             Grad-CAM (ResNet-50): pass cam_w_l / cam_w_u [B,K] from grad_cam_weights instead of head_weights.
       5. w = bem.class_weights()   # ECB [C] or None;  q_u repeated to n if needed:
-         mix = dict(lam=lam, y_src=y_src, w=w, ecb_scope='mixed')
+         mix = dict(lam=lam, y_src=y_src, w=w, ecb_scope='mixed')   # per strong view: view_mixes(...)
          loss_u = mixed_ce(logits_s, q_u, mask_u, mix).mean();  bem.add_loss_mass(logits_s, q_u, mask_u, mix)
     At step 0 the bank is empty: draw returns zero boxes, so mix leaves the targets unchanged (lam = 1).
     draw / mix / update never call .item(), .cpu() or nonzero. stats() and state_dict() are for log/ckpt time.
@@ -428,6 +440,15 @@ class BEM:
         """Mix targets with drawn sources using self.mix_method (default CamMix paste). -> (mixed, lam [n])."""
         return mix_batch(self.mix_method, targets, src, gen, box=box)
 
+    def draw_mix(self, u_s, gen, cam_fn=None):
+        """Steps 1-2 in one call: draw a partner per view of u_s and mix it in -> (mixed, lam [n], y_src [n]).
+        An invalid draw (empty bank: an all-zero box) leaves its view unmixed, lam = 1: MixUp / CutMix would
+        otherwise paste a blank bank row."""
+        src, y_src, box, _ = self.draw(len(u_s), gen, cam_fn)
+        mixed, lam = self.mix(u_s, src, box, gen)
+        valid = (box[:, 2:] > box[:, :2]).all(1)
+        return torch.where(valid[:, None, None, None], mixed, u_s), torch.where(valid, lam, 1.0), y_src
+
     # ---- per-step statistics (Eq. 3, E2) and bank push ----
     @torch.no_grad()
     def update(self, step, *, x_l, y_l, logits_l, fmap_l, u_w, logits_w, q_u, mask_u, u_real, fmap_w,
@@ -550,6 +571,14 @@ def in_batch_sources(images, labels, gen, boxes=None):
     perm = torch.randperm(B, generator=gen, device=images.device)
     box = None if boxes is None else fallback_box(boxes[perm], H, W, gen)
     return images[perm], labels[perm], box
+
+
+def view_mixes(lam, y_src, w, views, ecb_scope='mixed'):
+    """Step 5's mix records, one per strong view (views stacked view-major): lam and pasted label of the view's
+    samples, the ECB weights w [C] (or None) and where they act (mixed_ce_terms)."""
+    b = len(lam) // views
+    return [dict(lam=lam[v * b:(v + 1) * b], y_src=y_src[v * b:(v + 1) * b], w=w, ecb_scope=ecb_scope)
+            for v in range(views)]
 
 
 def mix_batch(method, target, source, gen, box=None):

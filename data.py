@@ -134,6 +134,26 @@ def check_split(labels, n_counts, m_counts, split):
                             f'(labeled {n_counts[c]} + unlabeled {m_counts[c]}); lower --n1/--m1')
 
 
+def ltssl_indices(ds, n1, m1, imb_l, imb_u, setting, split='acr', seed=0, supervised=False):
+    """The LTSSL split of a loaded dataset -> (labeled idx, unlabeled idx, u_real, train labels, the array the
+    unlabeled idx index into). ImageNet-127: ACR's 10 % per class (remaps ds.test_y to the 127 classes);
+    STL-10: first-k of the 5k labeled split + the whole 100k unlabeled split; else setting_counts + ltssl_split."""
+    if ds.name == 'imagenet127':
+        lab, unl, real, remap = imagenet127_split(ds.train_y)
+        ds.test_y = remap[ds.test_y]
+        return lab, unl, real, remap[ds.train_y], ds.train_x
+    n, m = setting_counts(n1, m1, imb_l, imb_u, setting, ds.num_classes)
+    if ds.name == 'stl10' and ds.extra_x is not None:
+        # ACR get_stl10: labeled = first-k of the 5k train split; unlabeled = the 100k split (gamma_u unknown)
+        check_split(ds.train_y, n, [0] * len(n), 'acr')
+        lab, _, _ = ltssl_split(ds.train_y, n, [0] * len(n), 'acr')
+        return lab, np.arange(len(ds.extra_x)), np.ones(len(ds.extra_x), bool), ds.train_y, ds.extra_x
+    m = [0] * len(m) if supervised else m
+    check_split(ds.train_y, n, m, split)
+    lab, unl, real = ltssl_split(ds.train_y, n, m, split, seed)
+    return lab, unl, real, ds.train_y, ds.train_x
+
+
 def lt_subset(labels, counts, seed=0):
     """LDAM-DRW IMBALANCECIFAR: np.random.seed(0), shuffle each class, keep the first n_k."""
     labels = np.asarray(labels)
@@ -144,6 +164,16 @@ def lt_subset(labels, counts, seed=0):
         rng.shuffle(idx)
         out.append(idx[:n])
     return np.concatenate(out)
+
+
+def lt_train_set(ds, imb, device):
+    """LDAM-DRW's long-tailed training subset of a loaded dataset (rand_number = 0: the split is fixed) and the
+    test set, as device tensors -> (counts, train_x, train_y, test_x, test_y)."""
+    counts = lt_counts(int(np.bincount(ds.train_y).max()), ds.num_classes, imb)   # IMBALANCECIFAR (anchors.md §7)
+    idx = lt_subset(ds.train_y, counts, seed=0)
+    to = lambda x, dt=None: torch.as_tensor(x, dtype=dt).to(device)  # noqa: E731
+    return (np.array(counts), to(ds.train_x[idx]), to(ds.train_y[idx], torch.long), to(ds.test_x),
+            to(ds.test_y, torch.long))
 
 
 def imagenet127_split(labels, labeled_percent=0.1):
@@ -529,6 +559,45 @@ def sample_seeds(seed, step, n):
     """Per-sample augmentation seeds of one training step (a pure function of run seed and step)."""
     base = (int(seed) * 1_000_003 + int(step)) * 65_537
     return [(base + k) % (2 ** 63) for k in range(n)]
+
+
+def decode_workers(given=None):
+    """JPEG-decoding workers: decoding is the bottleneck (~5.5 ms per ImageNet JPEG per core, measured), so every
+    core but the main one, shared among the processes of this node under torchrun; at most 16."""
+    per_node = int(os.environ.get('LOCAL_WORLD_SIZE', '1'))
+    return given if given is not None else max(1, min(16, (os.cpu_count() or 2) // per_node - 1))
+
+
+class JpegEpochs:
+    """ImageNet-LT's passes over full-size JPEGs, decoded (and augmented) by PIL in DataLoader workers.
+
+    rows(keys) -> this process's rows of a global batch (torchrun: each rank decodes only its share).
+    Augmentation seeds are per sample and per global step (sample_seeds), so a resumed epoch decodes the
+    same views as an uninterrupted one."""
+
+    def __init__(self, ds, img_size, seed, workers, device, rows=lambda keys: keys):
+        self.ds, self.img_size, self.seed, self.rows = ds, img_size, seed, rows
+        self.workers, self.device = decode_workers(workers), device
+
+    def _loader(self, files, labels, keys, train):
+        images = JpegImages(self.ds.root, files, labels, self.img_size, train=train)
+        return jpeg_loader(images, keys, self.workers, self.device.type == 'cuda')
+
+    def train(self, batches, first_step, skip=0):
+        """Decoded views of an epoch's index batches (the epoch's first global step: first_step), from batch
+        `skip` on -> an iterator of device tensors."""
+        keys = [list(zip(b, sample_seeds(self.seed, first_step + k, len(b))))
+                for k, b in enumerate(b.cpu().tolist() for b in batches)]
+        loader = self._loader(self.ds.train_files, self.ds.train_y, [self.rows(k) for k in keys[skip:]], True)
+        return (x.to(self.device, non_blocking=True) for x, _ in loader)
+
+    def test(self, batch=256):
+        """(images, labels) device batches of this process's rows of the test set."""
+        n = len(self.ds.test_y)
+        keys = [self.rows(list(range(i, min(i + batch, n)))) for i in range(0, n, batch)]
+        dev = self.device
+        return ((x.to(dev, non_blocking=True), y.to(dev, non_blocking=True))
+                for x, y in self._loader(self.ds.test_files, self.ds.test_y, keys, False))
 
 
 # ------------------------------------------------------------------------------------------------

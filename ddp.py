@@ -11,7 +11,7 @@ step, not more data per step.
     identical on every rank and equal to a single-process run. DDP averages the gradients; through the
     gather's backward (a sum over ranks) this yields exactly the global-batch gradient.
   * Grad-CAM (ResNet-50 + BEM/CamMix): the gathered feature map is detached, so each rank differentiates its
-    own slice's scores w.r.t. its own feature map, then the channel weights are gathered (train.py Mixer).
+    own slice's scores w.r.t. its own feature map, then the channel weights are gathered (grad_cam_local).
     The global BatchNorm's all-reduce is autograd-aware, so this is the gradient of the global score sum.
   * Only rank 0 writes files.
 """
@@ -162,3 +162,16 @@ def all_sum(t):
     t = t.clone()
     dist.all_reduce(t)
     return t
+
+
+def grad_cam_local(z, fmap, y_l, q_u, d, weights_fn):
+    """Grad-CAM under torchrun (ResNet-50 + CamMix). The gathered feature map is detached, so each rank
+    differentiates its own rows' scores (z: this rank's head logits, rows = its labeled then weak shards, as
+    shard() cut them) w.r.t. its own feature map, then the weights are gathered. Through the global BatchNorm's
+    autograd all-reduce this is the gradient of the global score sum, as in one process.
+    weights_fn(z_l, y_l, z_w, q_u, fmap) -> (w_l, w_u): bem.grad_cam_split."""
+    Bl, Bu = len(y_l), len(q_u)
+    bl, bu = Bl // d.world, Bu // d.world
+    w_l, w_u = weights_fn(z[:bl], y_l.chunk(d.world)[d.rank], z[bl:bl + bu], q_u.chunk(d.world)[d.rank], fmap)
+    w = gather(torch.cat([w_l, w_u]).detach(), [Bl, Bu], d, dim=0, autograd=False)
+    return w[:Bl], w[Bl:]

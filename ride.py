@@ -215,6 +215,15 @@ class RIDELoss(nn.Module):
         return loss
 
 
+def make_loss(name, counts, drw_epoch, stage1='ce', imagenet_lt=False):
+    """The LT criterion by name: 'ride' (RIDELoss; RIDE's ImageNet-LT config sets reweight_factor 0.02 and
+    diversity lambda -0.2), 'ldam' (LDAM-DRW), 'ce' -> None (plain cross-entropy, the caller's)."""
+    if name == 'ride':
+        kw = dict(diversity=-0.2, reweight_factor=0.02) if imagenet_lt else {}
+        return RIDELoss(counts, stage1=stage1, drw_epoch=drw_epoch, **kw)
+    return LDAMLoss(counts, drw_epoch=drw_epoch) if name == 'ldam' else None
+
+
 def class_temperature(counts, reweight_factor=0.05):
     """RIDE's class-wise diversity temperature T_k = (C π_k η + 1 - η) / max_k(...), π_k = n_k / N."""
     pi = np.asarray(counts, np.float64) / np.sum(counts)

@@ -6,6 +6,7 @@ A run directory is always either complete (summary.json with "finished": true) o
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -241,3 +242,67 @@ def head_stats(history, per_class, counts):
     half = len(pc) // 2
     out['head_half'], out['tail_half'] = float(pc[:half].mean()), float(pc[half:].mean())
     return {k: (round(float(v), 4) if isinstance(v, (float, np.floating)) else v) for k, v in out.items()}
+
+
+# ------------------------------------------------------------------------------------------------
+# A task's run state: loss logs, summary, checkpoint entries, clean stop (train.py's tasks hold the fields)
+# ------------------------------------------------------------------------------------------------
+
+def pop_logs(task):
+    """Mean of each loss term since the last evaluation (one host copy per evaluation)."""
+    out = {k: round(float(v) / max(task.log_n, 1), 5) for k, v in task.log_sums.items()}
+    task.log_sums, task.log_n = {}, 0
+    return out
+
+
+def postfix(task, secs, steps):
+    """The progress bar's text: running loss, last accuracy, images/s."""
+    ips = task.images_per_step * steps / max(secs, 1e-9)
+    loss = task.log_sums.get('loss')
+    loss = float(loss) / max(task.log_n, 1) if loss is not None else float('nan')
+    return f'loss {loss:.3f} acc {getattr(task, "last_acc", float("nan")):.2f} {ips:.0f} img/s'
+
+
+def summary(task, history, statistic, eval_head, extra):
+    """summary.json: every head's statistics (head_stats), the table's head on top, wall time and images/s."""
+    heads = {}
+    for name in history[-1]['acc']:
+        accs = [r['acc'][name] for r in history]
+        heads[name] = head_stats(accs, history[-1]['per_class'][name], task.counts)
+    ips = task.images_per_step * task.step / max(task.elapsed, 1e-9)
+    return {'task': task.args.task, 'statistic': statistic, 'eval_head': eval_head, **dict(heads[eval_head]),
+            'heads': heads, 'steps': task.step, 'evaluations': len(history),
+            'class_counts': list(map(int, task.counts)), **extra,
+            'timing': {'wall_time_s': round(task.elapsed, 1), 'images_per_s': round(ips, 1)}, 'finished': True}
+
+
+def task_state(task):
+    """The checkpoint entries every task has (a task adds its own: EMA, samplers, bank ...)."""
+    return {'step': task.step, 'elapsed': task.elapsed, 'gen': task.gen.get_state(), 'opt': task.opt.state_dict(),
+            'sched': task.sched.state_dict(), 'model': task.model.state_dict(), 'first_bad': task.first_bad,
+            'bad_terms': task.bad_terms, 'log_sums': task.log_sums, 'log_n': task.log_n}
+
+
+def load_task_state(task, s):
+    task.step, task.elapsed = s['step'], s['elapsed']
+    task.gen.set_state(s['gen'])
+    task.model.load_state_dict(s['model'])
+    task.opt.load_state_dict(s['opt'])
+    task.sched.load_state_dict(s['sched'])
+    dev = task.device
+    task.first_bad = s['first_bad'].to(dev)
+    task.bad_terms = {k: v.to(dev) for k, v in s['bad_terms'].items()}
+    task.log_sums = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in s['log_sums'].items()}
+    task.log_n = s['log_n']
+
+
+class Stop:
+    """SIGTERM/SIGINT ask for a checkpoint at the next step boundary, then a clean exit."""
+
+    def __init__(self):
+        self.signal = None
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, self._set)
+
+    def _set(self, signum, frame):
+        self.signal = signum

@@ -1,15 +1,22 @@
-"""One CLI for both papers' training: `--task ltssl` (BEM on FixMatch/+LA/+ABC/+ACR) and `--task lt`
-(jitter sampling, ResNet-32 / RIDE). Flags are the only config; `python train.py --help` shows every
-default with its source. A run writes runs/<name>/{args,env}.json, metrics.jsonl, summary.json and
-checkpoint.pt (atomic; --resume continues a killed run and ends where the uninterrupted one ends).
+"""train.py: one CLI for both papers' training runs; flags are the only config (`python train.py --help`).
 
-Step of the LTSSL task (spec DESIGN "data flow"): device-resident uint8 data -> index batch ->
-batched weak/strong augmentation -> [BEM: bank draw + CamMix] -> one joint forward -> framework
-losses (ltssl.py) -> SGD -> EMA -> [BEM: bank/statistics update]. No host sync inside the step.
+    python train.py --task ltssl --alg acr --bem      # BEM on FixMatch+ACR, CIFAR-10-LT, gamma 100 (ACR's split)
+    python train.py --task lt --model ride            # jitter sampling (Method 1) on RIDE, CIFAR-100-LT, imb 100
+
+What a run costs and gives, measured here (docs/results.md; paper-scale GPU figures: docs/speed.md, not yet run):
+    `make demo` QUICK, Fashion-MNIST-LT on a 2-core CPU: 149 s for supervised / FixMatch / FixMatch+BEM.
+    Fashion-MNIST-LT gamma 100, WRN-28-1, 250 steps, 2-core CPU, 2 seeds: FixMatch 40.7 +- 1.9 %, FixMatch+LA
+    51.7 +- 0.1 % top-1 (~450-600 s a run); ResNet-32, 10 epochs: instance 54.1 +- 1.0 %, jitter2 71.0 +- 0.5 %
+    mean per-class accuracy (~330 s a run).
+
+A run writes runs/<name>/{args,env}.json, metrics.jsonl, summary.json and checkpoint.pt (atomic; --resume
+continues a killed run and ends where the uninterrupted one ends). The file reads top to bottom: the LTSSL step
+(augment -> [BEM draw + mix] -> one forward -> framework loss -> SGD + EMA -> [BEM update]), the LT step in its
+epoch loop, the pieces both share, the loop, and the CLI. No host sync inside a step.
 """
 import argparse
 import contextlib
-import math
+import copy
 import os
 import signal
 import sys
@@ -18,10 +25,18 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
+import augment
+import bem
+import data
+import ddp
+import jitter
+import ltssl
+import models
+import ride
 import runio
 from runio import UsageError
-
 
 
 # ================================================================================================
@@ -389,328 +404,224 @@ def run_name(args):
 
 
 # ================================================================================================
-# Shared pieces: device, EMA, evaluation
+# The LTSSL step: FixMatch / +LA / +ABC / +ACR (ltssl.py), with BEM (bem.py) or a mixing baseline
 # ================================================================================================
 
-def pick_device(name):
-    if name == 'cuda' and not torch.cuda.is_available():
-        raise UsageError('--device cuda but no CUDA device is visible; use --device cpu or check CUDA_VISIBLE_DEVICES')
-    return torch.device('cuda' if name in ('auto', 'cuda') and torch.cuda.is_available() else 'cpu')
+def split_joint(z, Bl, Bu, dim=1):
+    """The joint batch's labeled | weak | strong parts along dim (logits [H, N, C]: dim 1; feature maps: dim 0)."""
+    return z.split([Bl, Bu, z.shape[dim] - Bl - Bu], dim)
 
 
-class EMA:
-    """kekmodel/ACR ModelEMA: ema = d*ema + (1-d)*param for parameters; buffers (BN stats) copied."""
-
-    def __init__(self, model, decay):
-        import copy
-        self.model, self.decay = copy.deepcopy(model).eval(), decay
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        self.src_p, self.dst_p = list(model.parameters()), list(self.model.parameters())
-        self.src_b, self.dst_b = list(model.buffers()), list(self.model.buffers())
-
-    @torch.no_grad()
-    def update(self):
-        torch._foreach_mul_(self.dst_p, self.decay)
-        torch._foreach_add_(self.dst_p, self.src_p, alpha=1 - self.decay)
-        for d, s in zip(self.dst_b, self.src_b):
-            d.copy_(s)
+def mixing_on(args):
+    """BEM, or a mixing baseline, or one of ESS/ESM/ECB alone: the step draws, mixes and updates a bem.BEM."""
+    return args.alg != 'supervised' and (args.bem or args.mix != 'none' or args.bank
+                                         or 'off' not in (args.ess, args.esm, args.ecb))
 
 
-@torch.no_grad()
-def evaluate(model, x_u8, y, mean, std, num_classes, head_fn, batch=1024, bf16=False, reduce=None):
-    """Per-head top-1 and per-class accuracy (%) of `model` on uint8 test images, on the device.
+class LTSSLTask:
+    """FixMatch-style LTSSL on device-resident uint8 data. One step (DESIGN.md, data flow):
 
-    x_u8, y: device tensors; or x_u8 = an iterable of (uint8 images, labels) device batches and y = None.
-    fp32 unless bf16 (--eval-bf16): training runs under bf16 autocast, evaluation does not by default.
-    reduce: sums the per-class counts over ranks when each rank evaluated only its share of the test set.
+        augment -> [BEM: bank draw + mix] -> one forward -> framework loss -> SGD + EMA -> [BEM: update]
     """
-    from augment import normalize
-    model.eval()
-    if y is None and isinstance(x_u8, tuple):
-        x_u8, y = x_u8
-    batches = ((x_u8[i:i + batch], y[i:i + batch]) for i in range(0, len(x_u8), batch)) if y is not None else x_u8
-    correct, total = None, 0
-    for xb, yb in batches:
-        with autocast(xb.device, bf16=None if bf16 else False):  # fp32 by default; --eval-bf16: as training
-            logits = head_fn(model(prep_input(normalize(xb, mean, std)))).float()       # [H,B,C]
-        ok = (logits.argmax(-1) == yb).float()                                           # [H,B]
-        cls = F.one_hot(yb, num_classes).float()
-        c, n = ok @ cls, cls.sum(0)                                                      # [H,C], [C]
-        correct, total = (c, n) if correct is None else (correct + c, total + n)
-    if reduce is not None:
-        correct, total = reduce(correct), reduce(total)
-    per_class = (100 * correct / total.clamp(min=1)).cpu().numpy()
-    top1 = (100 * correct.sum(1) / total.sum()).cpu().numpy()
-    return top1, per_class
 
+    def __init__(self, args, ds, device, log, dist=None):
+        init_common(self, args, device, dist, log)
+        self.C, self.mean, self.std = ds.num_classes, ds.mean, ds.std
+        self.ssl = args.alg != 'supervised'
+        n_unl = self._data(ds)
+        self.fw = ltssl.make_framework(
+            args.alg, num_classes=self.C, labeled_counts=self.counts.tolist(), total_steps=args.iters,
+            steps_per_epoch=args.epoch_steps, threshold=args.threshold, device=device, **self._fw_options())
+        self.V = self.fw.strong_views
+        self._model()
+        self.total_steps = args.iters
+        self.lab_sampler = data.EpochSampler(len(self.lab_x), args.batch_size, device, self.gen)
+        self.unl_sampler = data.EpochSampler(n_unl, args.mu * args.batch_size, device, self.gen) if self.ssl else None
+        self.bem = self._bem(n_unl) if mixing_on(args) else None
+        self.images_per_step = args.batch_size + (args.mu * args.batch_size * (1 + self.V) if self.ssl else 0)
+        c = self.counts.tolist()
+        log(f'{ds.name}: labeled {len(self.lab_x)} {c[:10]}{"..." if self.C > 10 else ""}, unlabeled {n_unl}, '
+            f'test {len(ds.test_y)}; {args.alg}{" + BEM" if args.bem else ""} on {device}')
 
-_CHANNELS_LAST = False
-DIST = None  # ddp.Dist under torchrun, else None
-
-
-def prep_input(x):
-    """bf16 autocast handles the dtype; on CUDA feed channels_last activations (perf.md §7)."""
-    return x.contiguous(memory_format=torch.channels_last) if _CHANNELS_LAST else x
-
-
-def autocast(device, bf16=None):
-    """bf16 autocast on CUDA, off elsewhere. bf16=False keeps fp32 (evaluation's default); bf16=True forces
-    it on CPU too (tests/test_cuda_paths_cpu.py)."""
-    bf16 = device.type == 'cuda' if bf16 is None else bf16
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-
-
-# ================================================================================================
-# Tasks
-# ================================================================================================
-
-class NonFinite(Exception):
-    """A loss became NaN/inf: the run stops, names the step and the loss term, keeps the last checkpoint."""
-
-
-def _untimed(piece):
-    """The default clock of a task: no timing (bench.py swaps in one that times each piece of the step)."""
-    return contextlib.nullcontext()
-
-
-class _Task:
-    """What both tasks share: step counter, NaN guard, loss-log accumulators, optimiser state."""
-
-    def _init_common(self, args, device, log):
-        self.args, self.device, self.log = args, device, log
-        self.step, self.elapsed, self.images = 0, 0.0, 0
-        self.gen = torch.Generator(device).manual_seed(args.seed)
-        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
-        self.bad_terms, self.log_sums, self.log_n = {}, {}, 0
-        self.clock = _untimed
-
-    def _guard(self, loss, logs):
-        """Record (on the device, no sync) the first step whose loss or a loss term is non-finite."""
-        if self.args.inject_nan is not None and self.step == self.args.inject_nan:
-            k = next(iter(logs))
-            logs[k], loss = logs[k] * float('nan'), loss * float('nan')
-        bad = ~torch.isfinite(loss)
-        self.first_bad = torch.where(bad & (self.first_bad < 0), self.step, self.first_bad)
-        for k, v in logs.items():
-            t = ~torch.isfinite(v)
-            self.bad_terms[k] = t if k not in self.bad_terms else self.bad_terms[k] | t
-        for k, v in logs.items():
-            self.log_sums[k] = v.detach().float() + self.log_sums.get(k, 0.0)
-        self.log_n += 1
-        if self.args.nan_policy == 'skip':          # opt-in: one host sync per step
-            return bool(bad.item())
-        return False
-
-    def check_finite(self):
-        s = int(self.first_bad.item())
-        if s >= 0 and self.args.nan_policy == 'stop':
-            terms = [k for k, v in self.bad_terms.items() if bool(v.item())] or ['total']
-            raise NonFinite(f'non-finite loss at step {s} (term {", ".join(terms)}); the last good checkpoint '
-                            f'is kept -- lower --lr, or pass --nan-policy skip to skip such steps')
-
-    def _backward(self, loss, logs):
-        """NaN guard, then backward unless --nan-policy skip skips this step. Returns skip."""
-        skip = self._guard(loss, logs)
-        self.opt.zero_grad(set_to_none=True)
-        if not skip:
-            loss.backward()
-        return skip
-
-    def pop_logs(self):
-        out = {k: round(float(v) / max(self.log_n, 1), 5) for k, v in self.log_sums.items()}
-        self.log_sums, self.log_n = {}, 0
-        return out
-
-    def postfix(self, secs, steps):
-        ips = self.images_per_step * steps / max(secs, 1e-9)
-        last = self.last_acc if hasattr(self, 'last_acc') else float('nan')
-        loss = self.log_sums.get('loss')
-        loss = float(loss) / max(self.log_n, 1) if loss is not None else float('nan')
-        return f'loss {loss:.3f} acc {last:.2f} {ips:.0f} img/s'
-
-    def _common_state(self):
-        return {'step': self.step, 'elapsed': self.elapsed, 'gen': self.gen.get_state(), 'opt': self.opt.state_dict(),
-                'sched': self.sched.state_dict(), 'model': self.model.state_dict(), 'first_bad': self.first_bad,
-                'bad_terms': self.bad_terms, 'log_sums': self.log_sums, 'log_n': self.log_n}
-
-    def _load_common(self, s):
-        self.step, self.elapsed = s['step'], s['elapsed']
-        self.gen.set_state(s['gen'])
-        self.model.load_state_dict(s['model'])
-        self.opt.load_state_dict(s['opt'])
-        self.sched.load_state_dict(s['sched'])
-        dev = self.device
-        self.first_bad = s['first_bad'].to(dev)
-        self.bad_terms = {k: v.to(dev) for k, v in s['bad_terms'].items()}
-        self.log_sums = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in s['log_sums'].items()}
-        self.log_n = s['log_n']
-
-    def _summary(self, history, statistic, eval_head, counts, extra):
-        heads = {}
-        for name in history[-1]['acc']:
-            accs = [r['acc'][name] for r in history]
-            heads[name] = runio.head_stats(accs, history[-1]['per_class'][name], counts)
-        top = dict(heads[eval_head])
-        ips = self.images_per_step * self.step / max(self.elapsed, 1e-9)
-        return {'task': self.args.task, 'statistic': statistic, 'eval_head': eval_head, **top, 'heads': heads,
-                'steps': self.step, 'evaluations': len(history), 'class_counts': list(map(int, counts)), **extra,
-                'timing': {'wall_time_s': round(self.elapsed, 1), 'images_per_s': round(ips, 1)}, 'finished': True}
-
-
-# ------------------------------------------------------------------------------------------------
-# LTSSL: FixMatch / +LA / +ABC / +ACR, optionally with BEM (bem.py) or a mixing baseline
-# ------------------------------------------------------------------------------------------------
-
-class LTSSLTask(_Task):
-
-    def __init__(self, args, ds, device, log):
-        import data
-        import ltssl
-        import models
-        self._init_common(args, device, log)
-        C, self.C = ds.num_classes, ds.num_classes
-        lab, unl, real, train_y, unl_x = self._split(ds)
-        self.counts = np.bincount(train_y[lab], minlength=C)
-        if len(lab) < args.batch_size:
-            raise UsageError(f'--batch-size {args.batch_size} is larger than the labeled set ({len(lab)} images); '
-                             f'lower --batch-size or raise --n1')
-        if args.alg != 'supervised' and len(unl) < args.mu * args.batch_size:
-            raise UsageError(f'unlabeled batch {args.mu * args.batch_size} is larger than the unlabeled set ({len(unl)}); '
-                             f'lower --mu/--batch-size or raise --m1')
-        to = lambda a, dt=None: torch.as_tensor(a, dtype=dt).to(device)  # noqa: E731
+    def _data(self, ds):
+        """The LTSSL split (data.ltssl_indices) as uint8 device tensors. Returns the unlabeled set's size."""
+        a, dev = self.args, self.device
+        lab, unl, real, train_y, unl_x = data.ltssl_indices(ds, a.n1, a.m1, a.imb_l, a.imb_u, a.setting, a.split,
+                                                            a.seed, supervised=not self.ssl)
+        self.counts = np.bincount(train_y[lab], minlength=self.C)
+        _need(len(lab) >= a.batch_size, f'--batch-size {a.batch_size} is larger than the labeled set ({len(lab)} '
+              f'images); lower --batch-size or raise --n1')
+        _need(not self.ssl or len(unl) >= a.mu * a.batch_size, f'unlabeled batch {a.mu * a.batch_size} is larger '
+              f'than the unlabeled set ({len(unl)}); lower --mu/--batch-size or raise --m1')
+        to = lambda x, dt=None: torch.as_tensor(x, dtype=dt).to(dev)  # noqa: E731
         self.lab_x, self.lab_y = to(ds.train_x[lab]), to(train_y[lab], torch.long)
         self.unl_x, self.u_real = to(unl_x[unl]), to(real, torch.bool)
         self.test_x, self.test_y = to(ds.test_x), to(ds.test_y, torch.long)
-        self.mean, self.std = ds.mean, ds.std
-        self.labeled_pad = args.labeled_pad
-        opts = {'abc': dict(abc_views=args.abc_views, abc_soft=not args.abc_hard),
-                'acr': dict(acr_count=args.acr_count, **{k: getattr(args, k) for k in ACR_DEFAULTS}),
-                }.get(args.alg, {})
-        self.fw = ltssl.make_framework(
-            args.alg, num_classes=C, labeled_counts=self.counts.tolist(), total_steps=args.iters,
-            steps_per_epoch=args.epoch_steps, threshold=args.threshold, device=device, **opts)
-        two = self.fw.num_heads == 2
-        net = (models.wrn28(C, args.width, two, args.bn_momentum) if args.model == 'wrn'
-               else models.resnet50(C, two)).to(device)
-        self.model = net.to(memory_format=torch.channels_last) if _CHANNELS_LAST else net
-        if DIST is not None:
-            import ddp
-            self.model = ddp.convert_bn(self.model, device)   # global-batch BN statistics
-        self.ema = EMA(self.model, args.ema)
-        self.fwd = self.model
-        if DIST is not None:
-            self.fwd = ddp.wrap(self.model, DIST, find_unused=args.model == 'wrn')
-        self.fwd = torch.compile(self.fwd) if args.compile else self.fwd
-        self.opt = torch.optim.SGD(models.no_decay_groups(self.model, args.wd), lr=args.lr, momentum=args.momentum,
-                                   nesterov=args.nesterov, **_foreach(device))
-        total = args.iters  # ACR cosine: lr * max(0, cos(pi * 7/16 * k/K)), no warm-up
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda k: max(0.0, math.cos(math.pi * 7 / 16 * k / total)))
-        self.lab_sampler = data.EpochSampler(len(lab), args.batch_size, device, self.gen)
-        self.ssl = args.alg != 'supervised'
-        self.V = self.fw.strong_views
-        self.unl_sampler = data.EpochSampler(len(unl), args.mu * args.batch_size, device, self.gen) if self.ssl else None
-        self.mixer = make_mixer(args, self, len(unl)) if self.ssl else None
-        self.total_steps = args.iters
-        bu = args.mu * args.batch_size if self.ssl else 0
-        self.images_per_step = args.batch_size + bu * (1 + self.V)
-        log(f'{ds.name}: labeled {len(lab)} {self.counts.tolist()[:10]}{"..." if C > 10 else ""}, '
-            f'unlabeled {len(unl) if self.ssl else 0}, test {len(ds.test_y)}; {args.alg}'
-            f'{" + BEM" if args.bem else ""} on {device}')
+        return len(unl) if self.ssl else 0
 
-    def _split(self, ds):
-        """(labeled idx, unlabeled idx, u_real, train labels, array the unlabeled idx index into)."""
-        import data
+    def _fw_options(self):
         a = self.args
-        if ds.name == 'imagenet127':
-            lab, unl, real, remap = data.imagenet127_split(ds.train_y)
-            ds.test_y = remap[ds.test_y]
-            return lab, unl, real, remap[ds.train_y], ds.train_x
-        n, m = data.setting_counts(a.n1, a.m1, a.imb_l, a.imb_u, a.setting, ds.num_classes)
-        if ds.name == 'stl10' and ds.extra_x is not None:
-            # ACR get_stl10: labeled = first-k of the 5k train split; unlabeled = the 100k split (gamma_u unknown)
-            data.check_split(ds.train_y, n, [0] * len(n), 'acr')
-            lab, _, _ = data.ltssl_split(ds.train_y, n, [0] * len(n), 'acr')
-            return lab, np.arange(len(ds.extra_x)), np.ones(len(ds.extra_x), bool), ds.train_y, ds.extra_x
-        if a.alg == 'supervised':
-            m = [0] * len(m)
-        data.check_split(ds.train_y, n, m, a.split)
-        lab, unl, real = data.ltssl_split(ds.train_y, n, m, a.split, a.seed)
-        return lab, unl, real, ds.train_y, ds.train_x
+        if a.alg == 'abc':
+            return dict(abc_views=a.abc_views, abc_soft=not a.abc_hard)
+        if a.alg == 'acr':
+            return dict(acr_count=a.acr_count, ema_u=a.ema_u, tau1=a.tau1, tau12=a.tau12, tau2=a.tau2,
+                        est_epoch=a.est_epoch)
+        return {}
 
-    # -- one training step: augment -> [mix] -> joint forward -> losses -> SGD -> EMA -> [bank update]
+    def _model(self):
+        """WRN-28 (ResNet-50 on ImageNet-127), two heads for ACR; SGD without decay on BN/bias, ACR's cosine."""
+        a, two = self.args, self.fw.num_heads == 2
+        net = (models.wrn28(self.C, a.width, two, a.bn_momentum) if a.model == 'wrn'
+               else models.resnet50(self.C, two)).to(self.device)
+        self.model = wrap_model(self, net, find_unused=a.model == 'wrn')
+        self.ema = EMA(self.model, a.ema)
+        self.opt = torch.optim.SGD(models.no_decay_groups(self.model, a.wd), lr=a.lr, momentum=a.momentum,
+                                   nesterov=a.nesterov, **_foreach(self.device))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, ltssl.acr_cosine(a.iters))
+
+    def _bem(self, n_unl):
+        a = self.args
+        self.plain_cam = self.model.cam_layer_matches_head      # WRN: CAM from the head; ResNet-50: Grad-CAM
+        _need(self.plain_cam or not a.cam_refresh, '--cam-refresh needs a model whose CAM layer feeds the head '
+              '(--model wrn)')
+        return bem.BEM(self.C, tuple(self.lab_x.shape[1:]), self.counts.tolist(), n_unl, self.device,
+                       bank_size=a.bank_size, beta=a.beta, lambda_d=a.lambda_d, est_start=6 * a.epoch_steps,
+                       ess=a.ess, esm=a.esm, ecb=a.ecb, tau_c=a.tau_c, mix=a.mix if a.mix != 'none' else 'cammix',
+                       cam_refresh=a.cam_refresh, d_u_fn=(lambda: self.fw.u_py) if a.alg == 'acr' else None)
+        # under ACR, Eq. 3's d^u IS ACR's u_py (same EMA, same start): one estimate, saved once (in the framework)
+
+    # -- the step --------------------------------------------------------------------------------
+    def steps(self):
+        while self.step < self.total_steps:
+            self.train_step()
+            yield
+
     def train_step(self):
-        from augment import strong, weak
-        g, clock = self.gen, self.clock          # clock: bench.py times these pieces; a no-op in training
+        clock, ssl = self.clock, self.ssl            # clock: bench.py times these pieces; a no-op in training
         with clock('augmentation'):
-            il = self.lab_sampler.next()
-            xl, yl = weak(self.lab_x[il], g, self.labeled_pad), self.lab_y[il]
-            parts, u_real, mix = [xl], None, None
-            if self.ssl:
-                iu = self.unl_sampler.next()
-                u, u_real = self.unl_x[iu], self.u_real[iu]
-                uw = weak(u, g)
-                us = strong(u.repeat(self.V, 1, 1, 1), g)      # V strong views, each with its own draws
-        if self.ssl and self.mixer is not None:
+            xl, yl, uw, us, u_real = self.augment()
+        mix = None
+        if self.bem is not None:
             with clock('bem_draw_mix'):
-                us, mix = self.mixer.mix(us, uw, self.V)
+                us, mix = self.mix(us, uw)
         with clock('fwd_bwd'):
-            parts += [uw, us] if self.ssl else []
-            Bl, Bu = len(il), (len(uw) if self.ssl else 0)
-            logits, fmap = self._forward(parts, Bl, Bu)
-            logits = logits.float()                             # losses, softmax, thresholds in fp32
-            lw = logits[:, Bl:Bl + Bu] if self.ssl else None
-            ls = logits[:, Bl + Bu:].reshape(len(logits), self.V, Bu, -1).transpose(0, 1) if self.ssl else None
-            loss, logs, pl = self.fw.loss(logits[:, :Bl], yl, lw, ls, u_real, self.step, g, mix)
-            logs = dict(logs, loss=loss.detach())
-            if self.mixer is not None:
-                self.mixer.account(ls, pl, mix)
-            cam_w = None
-            if self.mixer is not None and not self.mixer.plain_cam:
-                cam_w = self.mixer.grad_cam(logits, fmap, yl, pl['q'], Bl, Bu)
-            skip = self._backward(loss, logs)
+            Bl, Bu = len(xl), len(uw) if ssl else 0
+            logits, fmap = self.forward([xl, uw, us] if ssl else [xl], Bl, Bu)
+            logits = logits.float()                                  # losses, softmax, thresholds in fp32
+            zl, zw, zs = split_joint(logits, Bl, Bu) if ssl else (logits, None, None)
+            zs = zs.reshape(len(logits), self.V, Bu, -1).transpose(0, 1) if ssl else None   # [V, H, Bu, C]
+            loss, logs, pl = self.fw.loss(zl, yl, zw, zs, u_real, self.step, self.gen, mix)
+            cam_w = self.loss_side(zl, zw, zs, yl, pl, mix, fmap) if self.bem is not None else None
+            skip = backward(self, loss, dict(logs, loss=loss.detach()))
         with clock('opt_ema'):
             if not skip:
                 self.opt.step()
                 self.sched.step()
                 self.ema.update()
-        if self.mixer is not None:
+        if self.bem is not None:
             with clock('bem_update'):
-                self.mixer.update(self, xl, yl, uw, u_real, logits, fmap.detach().float(), Bl, Bu, pl, cam_w)
+                self.bem_update(xl, yl, uw, u_real, zl, zw, fmap.detach().float(), pl, cam_w)
         self.step += 1
 
-    def _forward(self, parts, Bl, Bu):
+    def augment(self):
+        """Labeled weak view; unlabeled weak view and V strong views (RandAugment, each with its own draws)."""
+        g, il = self.gen, self.lab_sampler.next()
+        xl, yl = augment.weak(self.lab_x[il], g, self.args.labeled_pad), self.lab_y[il]
+        if not self.ssl:
+            return xl, yl, None, None, None
+        iu = self.unl_sampler.next()
+        u = self.unl_x[iu]
+        return xl, yl, augment.weak(u, g), augment.strong(u.repeat(self.V, 1, 1, 1), g), self.u_real[iu]
+
+    def forward(self, parts, Bl, Bu):
         """One joint forward over labeled + weak + strong views (BN statistics over all of them, as in
         ACR). Under torchrun each rank forwards 1/N of every view; logits come back global (ddp.py)."""
-        from augment import normalize
-        x = normalize(torch.cat(parts), self.mean, self.std)
-        if DIST is None:
+        x = augment.normalize(torch.cat(parts), self.mean, self.std)
+        if self.dist is None:
             with autocast(self.device):
-                return self.fwd(prep_input(x))
-        import ddp
+                return self.fwd(prep_input(x, self.channels_last))
         sizes = [Bl] + [Bu] * (1 + self.V) if self.ssl else [Bl]
-        segs = x.split(sizes)
         with autocast(self.device):
-            logits, fmap = self.fwd(prep_input(ddp.shard(segs, DIST)))
+            logits, fmap = self.fwd(prep_input(ddp.shard(x.split(sizes), self.dist), self.channels_last))
         # Grad-CAM (ResNet-50) needs the gradient, which exists only on this rank's own slice, before the gather
-        self.local_out = (logits, fmap, sizes) if self.mixer is not None and not self.mixer.plain_cam else None
+        self.local_out = (logits, fmap) if self.bem is not None and not self.plain_cam else None
         # the feature map is read only by BEM/mixing (CAM boxes): gather it only then, not every step
-        fmap = ddp.gather(fmap.detach(), sizes, DIST, dim=0, autograd=False) if self.mixer is not None else fmap
-        return ddp.gather(logits, sizes, DIST, dim=1), fmap
+        fmap = ddp.gather(fmap.detach(), sizes, self.dist, dim=0, autograd=False) if self.bem is not None else fmap
+        return ddp.gather(logits, sizes, self.dist, dim=1), fmap
 
+    # -- BEM, called directly (bem.BEM's call protocol, steps 1-5) ---------------------------------
+    def mix(self, us, uw):
+        """Steps 1-2: a partner per strong view (the class-balanced bank, or in-batch), mixed in; and the
+        per-view records (lam, pasted label, ECB weights) the losses take (step 5)."""
+        a, g = self.args, self.gen
+        if a.mix == 'none':                         # ESS/ESM/ECB statistics without mixing
+            return us, None
+        if a.bank:
+            mixed, lam, y_src = self.bem.draw_mix(us, g, self._cam_fn if a.cam_refresh else None)
+        else:
+            src, y_src, box = self._in_batch(uw)
+            mixed, lam = bem.mix_batch(a.mix, us, src, g, box=box)
+        if a.mix_views == 'second' and self.V == 2:   # ACR/ABC option: the first strong view stays unmixed
+            first = torch.arange(len(us), device=us.device) < len(uw)
+            mixed, lam = torch.where(first[:, None, None, None], us, mixed), torch.where(first, 1.0, lam)
+        return mixed, bem.view_mixes(lam, y_src, self.bem.class_weights(), self.V, a.ecb_scope)
+
+    def _ema_forward(self, x):
+        with torch.no_grad(), autocast(self.device):
+            return self.ema.model(prep_input(augment.normalize(x, self.mean, self.std), self.channels_last))
+
+    def _cam_fn(self, src, c):
+        """--cam-refresh: CAM of the bank image from the EMA model, at draw time."""
+        return self._ema_forward(src)[1].float(), self.ema.model.heads[0].weight[c]
+
+    def _in_batch(self, uw):
+        """--no-bank: partners = a permutation of this batch's weak views, pseudo-labelled (and CAM-boxed) by a
+        no-grad pass of the EMA model: the current batch's own labels exist only after the forward."""
+        logits, fmap = self._ema_forward(uw)
+        q = logits[0].float().argmax(-1)
+        box = (bem.cam_boxes(bem.cam(fmap.float(), self.ema.model.heads[0].weight[q]), uw.shape[2:],
+                             self.args.tau_c) if self.args.mix == 'cammix' else None)
+        rep = lambda z: None if z is None else z.repeat(self.V, *[1] * (z.dim() - 1))  # noqa: E731
+        return bem.in_batch_sources(rep(uw), rep(q), self.gen, rep(box))
+
+    def loss_side(self, zl, zw, zs, yl, pl, mix, fmap):
+        """Before backward: L_u's loss mass per class (head 0, the term ECB weights; the dynamics records) and,
+        on ResNet-50, the Grad-CAM weights (its CAM layer, layer3, is not the head's input)."""
+        for v in range(self.V):
+            self.bem.add_loss_mass(zs[v, 0].detach(), pl['q'], pl['mask'], None if mix is None else mix[v])
+        if self.plain_cam:
+            return None
+        if self.dist is not None:   # each rank differentiates its own rows, then the weights are gathered
+            (z, f), self.local_out = self.local_out, None
+            return ddp.grad_cam_local(z[0].float(), f, yl, pl['q'], self.dist, bem.grad_cam_split)
+        return bem.grad_cam_split(zl[0], yl, zw[0], pl['q'], fmap)
+
+    def bem_update(self, xl, yl, uw, u_real, zl, zw, fmap, pl, cam_w=None):
+        """Step 4: Eq. 3, the E2 entropies, and the bank push with CAM boxes from this step's forward."""
+        fl, fw, _ = split_joint(fmap, len(xl), len(uw), dim=0)
+        kw = (dict(head_weights=self.model.heads[0].weight.detach()) if cam_w is None
+              else dict(cam_w_l=cam_w[0], cam_w_u=cam_w[1]))
+        if 'q_est' in pl:   # ACR: entropies from the balanced head, grouped by u_py's own pseudo-labels
+            kw.update(stat_logits_l=zl[1].detach(), stat_logits_w=zw[1].detach(), stat_q=pl['q_est'],
+                      stat_mask=pl['mask_est'])
+        self.bem.update(self.step, x_l=xl, y_l=yl, logits_l=zl[0].detach(), fmap_l=fl, u_w=uw,
+                        logits_w=zw[0].detach(), q_u=pl['q'], mask_u=pl['mask'], u_real=u_real, fmap_w=fw, **kw)
+
+    # -- evaluation, summary, checkpoint ------------------------------------------------------------
     def at_eval(self):
         return self.step % self.args.eval_every == 0 or self.step == self.total_steps
 
     def evaluate(self):
         names = {v: k for k, v in self.fw.eval_heads.items()}
         top1, per_class = evaluate(self.ema.model, self.test_x, self.test_y, self.mean, self.std, self.C,
-                                   lambda out: self.fw.test_logits(out[0].float()), bf16=self.args.eval_bf16)
+                                   lambda out: self.fw.test_logits(out[0].float()), bf16=self.args.eval_bf16,
+                                   channels_last=self.channels_last)
         self.model.train()
         rec = {'step': self.step, 'acc': {names[h]: round(float(top1[h]), 4) for h in names},
                'per_class': {names[h]: per_class[h].round(3).tolist() for h in names},
-               'lr': self.sched.get_last_lr()[0], 'train': self.pop_logs()}
-        if self.mixer is not None:
-            rec.update(self.mixer.stats())
+               'lr': self.sched.get_last_lr()[0], 'train': runio.pop_logs(self)}
+        if self.bem is not None:
+            rec.update(bem_record(self.bem))
         self.last_acc = rec['acc'][self._eval_name()]
         return rec
 
@@ -720,224 +631,81 @@ class LTSSLTask(_Task):
     def summary(self, history):
         stat = (f'top-1 (%) of the EMA model, {self._eval_name()} head; tables use mean_last20 '
                 f'(mean of the last 20 evaluations, ACR protocol)')
-        return self._summary(history, stat, self._eval_name(), self.counts, {})
+        return runio.summary(self, history, stat, self._eval_name(), {})
 
     def state_dict(self):
-        s = self._common_state()
-        s.update(ema=self.ema.model.state_dict(), fw=self.fw.state_dict(), lab_sampler=self.lab_sampler.state_dict(),
-                 unl_sampler=self.unl_sampler.state_dict() if self.unl_sampler else None,
-                 mixer=self.mixer.state_dict() if self.mixer else None)
-        return s
+        return dict(runio.task_state(self), ema=self.ema.model.state_dict(), fw=self.fw.state_dict(),
+                    lab_sampler=self.lab_sampler.state_dict(),
+                    unl_sampler=self.unl_sampler.state_dict() if self.unl_sampler else None,
+                    bem=self.bem.state_dict() if self.bem else None)
 
     def load_state_dict(self, s):
-        self._load_common(s)
+        runio.load_task_state(self, s)
         self.ema.model.load_state_dict(s['ema'])
         self.fw.load_state_dict(s['fw'])
         self.lab_sampler.load_state_dict(s['lab_sampler'])
         if self.unl_sampler:
             self.unl_sampler.load_state_dict(s['unl_sampler'])
-        if self.mixer:
-            self.mixer.load_state_dict(s['mixer'])
+        if self.bem:
+            self.bem.load_state_dict(s['bem'])
 
 
-def _foreach(device, fused=None):
-    """Fused SGD on CUDA (one kernel for all parameters); foreach elsewhere; fused=True forces it (CPU tests)."""
-    fused = device.type == 'cuda' if fused is None else fused
-    return {'fused': True} if fused else {'foreach': True}
+def bem_record(b):
+    """The evaluation record's BEM part: s_c, r_c, w_c, d^u, entropies, queue fill, loss-mass shares per class."""
+    out = {k: [round(float(v), 5) for v in t.reshape(-1).tolist()] if t.numel() > 1 else round(float(t), 5)
+           for k, t in b.stats(reset=True).items()}
+    out['u_counts'] = out.pop('u_count')
+    return {'bem': out, 'u_counts': out['u_counts'], 'u_entropy': out['u_entropy'], 'box_area': out['box_area']}
 
 
-# ------------------------------------------------------------------------------------------------
-# BEM and the mixing baselines, wired into the LTSSL step (bem.py holds the method itself)
-# ------------------------------------------------------------------------------------------------
+# ================================================================================================
+# The LT step: jitter samplers (jitter.py) on ResNet-32 or RIDE (ride.py), inside an epoch loop
+# ================================================================================================
 
-def make_mixer(args, task, unlabeled_size):
-    on = args.bem or args.mix != 'none' or args.bank or 'off' not in (args.ess, args.esm, args.ecb)
-    return Mixer(args, task, unlabeled_size) if on else None
+class LTTask:
+    """Long-tailed supervised training in epochs (LDAM-DRW / RIDE): the lr steps, DRW starts and the jitter
+    sampler's δt changes at epoch boundaries; the sampler's draws per class are counted for the records."""
 
-
-class Mixer:
-    """Draws mixing partners (from the class-balanced bank, or in-batch), mixes the strong views, and
-    feeds the step's statistics back to bem.BEM. Call protocol: bem.BEM's docstring."""
-
-    def __init__(self, args, task, unlabeled_size):
-        import bem
-        self.bem_mod, self.args, self.task = bem, args, task
-        self.plain_cam = task.model.cam_layer_matches_head
-        if args.cam_refresh and not self.plain_cam:
-            raise UsageError('--cam-refresh needs a model whose CAM layer feeds the head (--model wrn)')
-        self.bem = bem.BEM(task.C, tuple(task.lab_x.shape[1:]), task.counts.tolist(), unlabeled_size, task.device,
-                           bank_size=args.bank_size, beta=args.beta, lambda_d=args.lambda_d,
-                           est_start=6 * args.epoch_steps, ess=args.ess, esm=args.esm, ecb=args.ecb,
-                           tau_c=args.tau_c, mix=args.mix if args.mix != 'none' else 'cammix',
-                           cam_refresh=args.cam_refresh, d_u_fn=self._acr_u_py if args.alg == 'acr' else None)
-        self.method = args.mix
-
-    def _acr_u_py(self):
-        """Under ACR, Eq. 3 IS ACR's u_py (same EMA, same start): one estimate, saved once (in the framework)."""
-        return self.task.fw.u_py
-
-    def _cam_fn(self, src, c):
-        """--cam-refresh: CAM of the bank image from the EMA model, at draw time."""
-        t = self.task
-        from augment import normalize
-        with torch.no_grad(), autocast(t.device):
-            _, fmap = t.ema.model(prep_input(normalize(src, t.mean, t.std)))
-        return fmap.float(), t.ema.model.heads[0].weight[c]
-
-    def _in_batch(self, uw, V):
-        """Partners = a permutation of this batch's weak views, pseudo-labelled (and CAM-boxed) by a
-        no-grad pass of the EMA model: the current batch's own labels exist only after the forward."""
-        t, bm = self.task, self.bem_mod
-        from augment import normalize
-        with torch.no_grad(), autocast(t.device):
-            logits, fmap = t.ema.model(prep_input(normalize(uw, t.mean, t.std)))
-        q = logits[0].float().argmax(-1)
-        box = (bm.cam_boxes(bm.cam(fmap.float(), t.ema.model.heads[0].weight[q]), uw.shape[2:], self.args.tau_c)
-               if self.method == 'cammix' else None)
-        rep = lambda z: None if z is None else z.repeat(V, *[1] * (z.dim() - 1))  # noqa: E731
-        return bm.in_batch_sources(rep(uw), rep(q), t.gen, rep(box))
-
-    def mix(self, us, uw, V):
-        g, Bu = self.task.gen, len(uw)
-        if self.method == 'none':
-            return us, None
-        if self.args.bank:
-            cam_fn = self._cam_fn if self.args.cam_refresh else None
-            src, y_src, box, _ = self.bem.draw(len(us), g, cam_fn)
-            mixed, lam = self.bem.mix(us, src, box, g)
-            # an invalid draw (empty bank) has an all-zero box: MixUp/CutMix would paste a blank bank row
-            valid = (box[:, 2:] > box[:, :2]).all(1)
-            mixed = torch.where(valid[:, None, None, None], mixed, us)
-            lam = torch.where(valid, lam, 1.0)
-        else:
-            src, y_src, box = self._in_batch(uw, V)
-            mixed, lam = self.bem_mod.mix_batch(self.method, us, src, g, box=box)
-        if self.args.mix_views == 'second' and V == 2:   # ACR/ABC option: leave the first strong view unmixed
-            first = torch.arange(len(us), device=us.device) < Bu
-            mixed = torch.where(first[:, None, None, None], us, mixed)
-            lam = torch.where(first, 1.0, lam)
-        w, scope = self.bem.class_weights(), self.args.ecb_scope
-        return mixed, [dict(lam=lam[v * Bu:(v + 1) * Bu], y_src=y_src[v * Bu:(v + 1) * Bu], w=w, ecb_scope=scope)
-                       for v in range(V)]
-
-    def account(self, logits_s, pl, mix):
-        """Loss mass of L_u (head 0: the term ECB weights) per class, on the device, for the dynamics records."""
-        for v in range(len(logits_s)):
-            self.bem.add_loss_mass(logits_s[v, 0].detach(), pl['q'], pl['mask'], None if mix is None else mix[v])
-
-    def update(self, task, xl, yl, uw, u_real, logits, fmap, Bl, Bu, pl, cam_w=None):
-        head = task.model.heads[0]
-        kw = dict(head_weights=head.weight.detach()) if cam_w is None else dict(cam_w_l=cam_w[0], cam_w_u=cam_w[1])
-        if 'q_est' in pl:   # ACR: entropies from the balanced head, grouped by u_py's own pseudo-labels
-            kw.update(stat_logits_l=logits[1, :Bl].detach(), stat_logits_w=logits[1, Bl:Bl + Bu].detach(),
-                      stat_q=pl['q_est'], stat_mask=pl['mask_est'])
-        self.bem.update(task.step, x_l=xl, y_l=yl, logits_l=logits[0, :Bl].detach(), fmap_l=fmap[:Bl],
-                        u_w=uw, logits_w=logits[0, Bl:Bl + Bu].detach(), q_u=pl['q'], mask_u=pl['mask'],
-                        u_real=u_real, fmap_w=fmap[Bl:Bl + Bu], **kw)
-
-    def grad_cam(self, logits, fmap, yl, q, Bl, Bu):
-        """ResNet-50: CAM layer (layer3) != head input, so take Grad-CAM weights before backward.
-        torchrun: each rank differentiates its own slice (the gathered feature map is detached), then the weights
-        are gathered. Through the global BatchNorm's autograd all-reduce the gradient of the local scores is the
-        gradient of the global score sum, as in one process."""
-        if DIST is not None:
-            return self._grad_cam_ddp(yl, q, Bl, Bu)
-        score = torch.cat([logits[0, :Bl].gather(1, yl[:, None]), logits[0, Bl:Bl + Bu].gather(1, q[:, None])])[:, 0]
-        w = self.bem_mod.grad_cam_weights(score, fmap)
-        w = w[:Bl + Bu] if len(w) >= Bl + Bu else w
-        return w[:Bl].float(), w[Bl:Bl + Bu].float()
-
-    def _grad_cam_ddp(self, yl, q, Bl, Bu):
-        import ddp
-        logits, fmap, sizes = self.task.local_out
-        n = DIST.world
-        bl, bu = Bl // n, Bu // n                       # this rank's rows: labeled, then weak views (ddp.shard)
-        y_loc, q_loc = yl.chunk(n)[DIST.rank], q.chunk(n)[DIST.rank]
-        z = logits[0].float()
-        score = torch.cat([z[:bl].gather(1, y_loc[:, None]), z[bl:bl + bu].gather(1, q_loc[:, None])])[:, 0]
-        w = self.bem_mod.grad_cam_weights(score, fmap)[:bl + bu].float()
-        w = ddp.gather(w.detach(), [Bl, Bu], DIST, dim=0, autograd=False)
-        self.task.local_out = None
-        return w[:Bl], w[Bl:Bl + Bu]
-
-    def stats(self):
-        s = self.bem.stats(reset=True)
-        out = {k: [round(float(v), 5) for v in t.reshape(-1).tolist()] if t.numel() > 1 else round(float(t), 5)
-               for k, t in s.items()}
-        out['u_counts'] = out.pop('u_count')
-        return {'bem': out, 'u_counts': out['u_counts'], 'u_entropy': out['u_entropy'], 'box_area': out['box_area']}
-
-    def state_dict(self):
-        return self.bem.state_dict()
-
-    def load_state_dict(self, d):
-        self.bem.load_state_dict(d)
-
-# ------------------------------------------------------------------------------------------------
-# LT: long-tailed supervised training with jitter samplers (jitter.py) on ResNet-32 or RIDE (ride.py)
-# ------------------------------------------------------------------------------------------------
-
-class LTTask(_Task):
-
-    def __init__(self, args, ds, device, log):
-        import data
-        import jitter
-        import ride
-        self._init_common(args, device, log)
-        C, self.C = ds.num_classes, ds.num_classes
-        idx = self._data(ds, data, device)
-        if len(idx) < args.batch_size:
-            raise UsageError(f'--batch-size {args.batch_size} is larger than the training set ({len(idx)}); lower it')
+    def __init__(self, args, ds, device, log, dist=None):
+        init_common(self, args, device, dist, log)
+        self.C, self.ride = ds.num_classes, args.model == 'ride'
+        n = self._data(ds)
+        _need(n >= args.batch_size, f'--batch-size {args.batch_size} is larger than the training set ({n}); lower it')
         self.mean, self.std = data.LT_STATS.get(ds.name, (ds.mean, ds.std))
-        self.ride = args.model == 'ride'
         # RIDE's CIFAR pipeline adds RandomRotation(15); LDAM-DRW's is crop + flip (spec jitter.md §4.2)
         self.degrees = 0.0 if (args.loss == 'ldam' and not self.ride) else 15.0
-        self.model = self._model(C, ride, jitter).to(device)
-        self.fwd = self.model
-        if DIST is not None:                               # torchrun: the LTSSL guarantees (ddp.py)
-            import ddp
-            self.model = ddp.convert_bn(self.model, device)   # BatchNorm over the global batch
-            self.fwd = ddp.wrap(self.model, DIST, find_unused=False)
-        self.fwd = torch.compile(self.fwd) if args.compile else self.fwd
+        self.model = wrap_model(self, self._net().to(device), find_unused=False, channels_last=False)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=args.lr, momentum=args.momentum,
                                    weight_decay=args.wd, nesterov=args.nesterov, **_foreach(device))
         self.lr_steps = steps = lr_steps(args)
-        self.criterion = self._criterion(ride)
+        self.criterion = self._criterion()
         g = 0.1 if args.dataset == 'imagenet_lt' else 0.01      # lr x0.1 per step on ImageNet-LT, x0.01 on CIFAR
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda e: ride.lr_lambda(e, warmup=5, steps=steps, gamma=g))
         self.sampler = jitter.make_sampler(
-            args.sampler, self.train_y, C, args.batch_size, args.epochs, alpha=args.jitter_alpha,
+            args.sampler, self.train_y, self.C, args.batch_size, args.epochs, alpha=args.jitter_alpha,
             beta=args.jitter_beta, gamma=args.jitter_gamma, delta_fixed=args.delta_fixed,
             delta_fixed_from=args.delta_fixed_from, gen=self.gen)
         self.ipe = min(self.sampler.iters_per_epoch, args.iters_per_epoch or self.sampler.iters_per_epoch)
-        self.total_steps = args.epochs * self.ipe
-        self.images_per_step = args.batch_size
-        self.deltas = []
-        # the sampler, visible: this epoch's draws per class, counted on the device (no sync per step), and the
-        # finished epochs' (epoch, δt, draws) not yet written to metrics.jsonl
-        self.drawn = torch.zeros(C, dtype=torch.long, device=device)
-        self.epoch_draws = []
+        self.total_steps, self.images_per_step = args.epochs * self.ipe, args.batch_size
+        # the sampler, visible: δt per epoch, this epoch's draws per class (counted on the device, no sync per
+        # step), and the finished epochs' (epoch, δt, draws) not yet written to metrics.jsonl
+        self.deltas, self.epoch_draws = [], []
+        self.drawn = torch.zeros(self.C, dtype=torch.long, device=device)
         for note in ds.notes:
             log(f'warning: {note}')
         c = self.counts.tolist()
-        log(f'{ds.name}-LT imb {max(c) / max(min(c), 1):g}: {len(idx)} images {c[:5]}..{c[-1]}; {args.model} '
+        log(f'{ds.name}-LT imb {max(c) / max(min(c), 1):g}: {n} images {c[:5]}..{c[-1]}; {args.model} '
             f'{args.loss} {args.sampler}; {args.epochs} epochs x {self.ipe} steps on {device}')
 
-    def _data(self, ds, data, device):
-        """LDAM-DRW long-tailed subset on the device; sets counts, train/test tensors. Returns its indices."""
-        img_max = int(np.bincount(ds.train_y).max())
-        counts = data.lt_counts(img_max, self.C, self.args.imb)  # LDAM-DRW IMBALANCECIFAR (anchors.md §7)
-        idx = data.lt_subset(ds.train_y, counts, seed=0)         # rand_number = 0: the split is fixed
-        self.counts = np.array(counts)
-        self.train_x = torch.as_tensor(ds.train_x[idx]).to(device)
-        self.train_y = torch.as_tensor(ds.train_y[idx], dtype=torch.long).to(device)
-        self.test_x = torch.as_tensor(ds.test_x).to(device)
-        self.test_y = torch.as_tensor(ds.test_y, dtype=torch.long).to(device)
-        return idx
+    def _data(self, ds):
+        """LDAM-DRW's long-tailed subset (IMBALANCECIFAR) and the test set, on the device. Returns its size."""
+        self.counts, self.train_x, self.train_y, self.test_x, self.test_y = data.lt_train_set(ds, self.args.imb,
+                                                                                             self.device)
+        return len(self.train_y)
 
-    def _model(self, C, ride, jitter):
-        a = self.args
+    def _net(self):
+        a, C = self.args, self.C
         if self.ride and a.dataset == 'imagenet_lt':   # RIDE ResNeXt-50 (jitter.md §4.5, §7 #14)
             return ride.ride_resnext50(C, experts=a.experts, reduce=a.reduce)
         if self.ride:
@@ -945,91 +713,87 @@ class LTTask(_Task):
         return jitter.resnet32(C, group_l2norm=False if a.group_l2norm == 'off' else a.group_l2norm,
                                norm_linear=a.loss == 'ldam')
 
-    def _criterion(self, ride):
-        a, drw = self.args, drw_epoch(self.args)      # DRW: epoch 160 of 200 (CIFAR), 80 of 100 (ImageNet-LT)
-        if a.loss == 'ride':
-            if a.dataset == 'imagenet_lt':            # RIDE ImageNet-LT config: reweight_factor 0.02, λ = -0.2
-                return ride.RIDELoss(self.counts.tolist(), stage1=a.ride_stage1, drw_epoch=drw,
-                                     diversity=-0.2, reweight_factor=0.02)
-            return ride.RIDELoss(self.counts.tolist(), stage1=a.ride_stage1, drw_epoch=drw)
-        if a.loss == 'ldam':
-            return ride.LDAMLoss(self.counts.tolist(), drw_epoch=drw)
-        return None
+    def _criterion(self):
+        """RIDE / LDAM-DRW loss, DRW from epoch 160 of 200 (CIFAR) or 80 of 100 (ImageNet-LT); None: plain CE."""
+        a = self.args
+        return ride.make_loss(a.loss, self.counts.tolist(), drw_epoch(a), a.ride_stage1, a.dataset == 'imagenet_lt')
 
-    def _loss(self, out, y):
-        if self.criterion is None:
-            logits = out[0] if isinstance(out, tuple) else out
-            return F.cross_entropy(logits, y)
-        return self.criterion(out, y)
+    # -- the epoch loop and the step ------------------------------------------------------------------
+    def steps(self):
+        """Epochs of ipe steps. A run resumed mid-epoch re-enters its epoch with the steps already done."""
+        for epoch in range(self.step // self.ipe, self.args.epochs):
+            done = self.step - epoch * self.ipe
+            self.start_epoch(epoch, done)
+            for _ in range(done, self.ipe):
+                self.train_step()
+                if self.step % self.ipe == 0:
+                    self.end_epoch(epoch)              # lr step and the epoch's record, before its evaluation
+                yield
 
-    def _epoch_start(self, e):
+    def start_epoch(self, e, done=0):
+        """The sampler's δt (Method 1/2) and the loss's DRW stage for epoch e. done > 0: a resumed epoch, whose
+        sampler (set_epoch is then a no-op) and δt the checkpoint restored."""
         self.sampler.set_epoch(e)
         if self.criterion is not None and hasattr(self.criterion, 'set_epoch'):
             self.criterion.set_epoch(e)
-        self.deltas.append(float(self.sampler.delta))
+        if done == 0:
+            self.deltas.append(float(self.sampler.delta))
 
-    def _epoch_end(self):
-        self.epoch_draws.append((self.step // self.ipe - 1, self.deltas[-1], self.drawn.clone()))
+    def end_epoch(self, e):
+        self.sched.step()                       # epoch-wise LambdaLR (RIDE CustomLR)
+        self.epoch_draws.append((e, self.deltas[-1], self.drawn.clone()))
         self.drawn.zero_()
 
-    def _count(self, y):
-        """Add a global batch's labels to this epoch's per-class draws (index_add_: no host sync, unlike bincount)."""
-        self.drawn.index_add_(0, y, torch.ones_like(y))
-
-    def _batch(self):
-        """uint8 training view and labels of the GLOBAL batch (every rank draws the same indices and
-        augmentation from the same generator): RIDE's crop/flip/rotation as one batched resample on the device."""
-        import data
-        idx = self.sampler.next_batch()
-        self._count(self.train_y[idx])
-        return data.lt_view(self.train_x[idx], self.gen, degrees=self.degrees), self.train_y[idx]
-
-    def _local(self, x):
-        """This rank's rows of the global batch (ImageNet-LT's ranks decode only their rows: no-op there)."""
-        import ddp
-        return ddp.shard_rows(x, DIST)
-
-    def _forward(self, x, n):
-        """Logits of the global batch of n rows. Under torchrun each rank forwards its rows and the outputs
-        come back global (autograd all_gather), so the loss is the one-process loss on the same batch."""
-        if DIST is None:
-            with autocast(self.device):
-                return self.fwd(prep_input(x))
-        import ddp
-        with autocast(self.device):
-            out = self.fwd(prep_input(self._local(x)))
-        if isinstance(out, tuple):                  # RIDE: (mean [b, C], experts [E, b, C])
-            return ddp.gather_rows(out[0], n, DIST), ddp.gather_rows(out[1], n, DIST, dim=1)
-        return ddp.gather_rows(out, n, DIST)
-
     def train_step(self):
-        from augment import normalize
         clock = self.clock                          # bench.py times these pieces; a no-op in training
-        if self.step % self.ipe == 0:
-            self._epoch_start(self.step // self.ipe)
         with clock('augmentation'):
-            x, y = self._batch()
-            x = normalize(x, self.mean, self.std)
+            x, y = self.batch()
+            x = augment.normalize(x, self.mean, self.std)
         with clock('fwd_bwd'):
-            out = self._forward(x, len(y))
+            out = self.forward(x, len(y))
             out = tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
-            loss = self._loss(out, y)
-            skip = self._backward(loss, {'loss': loss.detach()})
+            loss = self.criterion(out, y) if self.criterion is not None else F.cross_entropy(
+                out[0] if isinstance(out, tuple) else out, y)
+            skip = backward(self, loss, {'loss': loss.detach()})
         with clock('opt_ema'):
             if not skip:
                 self.opt.step()
         self.step += 1
-        if self.step % self.ipe == 0:
-            self.sched.step()                       # epoch-wise LambdaLR (RIDE CustomLR)
-            self._epoch_end()
 
+    def count(self, y):
+        """Add a global batch's labels to this epoch's per-class draws (index_add_: no host sync, unlike bincount)."""
+        self.drawn.index_add_(0, y, torch.ones_like(y))
+
+    def batch(self):
+        """uint8 training view and labels of the GLOBAL batch (every rank draws the same indices and
+        augmentation from the same generator): RIDE's crop/flip/rotation as one batched resample on the device."""
+        idx = self.sampler.next_batch()
+        self.count(self.train_y[idx])
+        return data.lt_view(self.train_x[idx], self.gen, degrees=self.degrees), self.train_y[idx]
+
+    def local(self, x):
+        """This rank's rows of the global batch (ImageNet-LT's ranks decode only their rows: no-op there)."""
+        return ddp.shard_rows(x, self.dist)
+
+    def forward(self, x, n):
+        """Logits of the global batch of n rows. Under torchrun each rank forwards its rows and the outputs
+        come back global (autograd all_gather), so the loss is the one-process loss on the same batch."""
+        with autocast(self.device):
+            out = self.fwd(prep_input(x if self.dist is None else self.local(x), self.channels_last))
+        if self.dist is None:
+            return out
+        if isinstance(out, tuple):                  # RIDE: (mean [b, C], experts [E, b, C])
+            return ddp.gather_rows(out[0], n, self.dist), ddp.gather_rows(out[1], n, self.dist, dim=1)
+        return ddp.gather_rows(out, n, self.dist)
+
+    # -- evaluation, summary, checkpoint ------------------------------------------------------------
     def at_eval(self):
         return self.step % (self.args.eval_every * self.ipe) == 0 or self.step == self.total_steps
 
-    def _test_set(self):
+    def test_set(self):
         return self.test_x, self.test_y
 
-    def _eval_reduce(self):
+    def eval_reduce(self):
         return None                                 # every rank evaluates the whole (device-resident) test set
 
     def sampling_record(self):
@@ -1045,8 +809,9 @@ class LTTask(_Task):
 
     def evaluate(self):
         fn = (lambda out: out[0][None]) if self.ride else (lambda out: out[None])
-        top1, per_class = evaluate(self.model, self._test_set(), None, self.mean, self.std, self.C, fn,
-                                   bf16=self.args.eval_bf16, reduce=self._eval_reduce())
+        top1, per_class = evaluate(self.model, self.test_set(), None, self.mean, self.std, self.C, fn,
+                                   bf16=self.args.eval_bf16, reduce=self.eval_reduce(),
+                                   channels_last=self.channels_last)
         self.model.train()
         macc = float(per_class[0].mean())   # the paper's metric: mean per-class accuracy
         self.last_acc = macc
@@ -1054,98 +819,65 @@ class LTTask(_Task):
                 'top1': round(float(top1[0]), 4), 'per_class': {'model': per_class[0].round(3).tolist()},
                 'lr': self.sched.get_last_lr()[0], 'delta': self.deltas[-1] if self.deltas else 0.0,
                 'class_probs': [round(float(p), 5) for p in self.sampler.class_probs()],
-                'sampling': self.sampling_record(), 'train': self.pop_logs()}
+                'sampling': self.sampling_record(), 'train': runio.pop_logs(self)}
 
     def summary(self, history):
         stat = 'mean per-class accuracy (%) of the final model (jitter paper §4.1); many >100, few <20 training images'
-        return self._summary(history, stat, 'model', self.counts, {'lr_steps': list(self.lr_steps)})
+        return runio.summary(self, history, stat, 'model', {'lr_steps': list(self.lr_steps)})
 
     def state_dict(self):
-        s = self._common_state()
-        s.update(sampler=self.sampler.state_dict(), deltas=self.deltas, drawn=self.drawn, epoch_draws=self.epoch_draws,
-                 criterion=self.criterion.state_dict() if hasattr(self.criterion, 'state_dict') else None)
-        return s
+        crit = self.criterion.state_dict() if hasattr(self.criterion, 'state_dict') else None
+        return dict(runio.task_state(self), sampler=self.sampler.state_dict(), deltas=self.deltas, drawn=self.drawn,
+                    epoch_draws=self.epoch_draws, criterion=crit)
 
     def load_state_dict(self, s):
-        self._load_common(s)
+        runio.load_task_state(self, s)
         self.sampler.load_state_dict(s['sampler'])
         self.deltas = s['deltas']
         self.drawn = s['drawn'].to(self.device)
         self.epoch_draws = [(e, d, c.to(self.device)) for e, d, c in s['epoch_draws']]
         if s.get('criterion') is not None:
             self.criterion.load_state_dict(s['criterion'])
-        e = self.step // self.ipe
-        if self.step % self.ipe != 0:        # mid-epoch: restore the epoch's loss state (not the sampler's)
-            if self.criterion is not None and hasattr(self.criterion, 'set_epoch'):
-                self.criterion.set_epoch(e)
 
 
 class ImageNetLTTask(LTTask):
-    """LTTask on ImageNet-LT: 115k full-size JPEGs, decoded and augmented by PIL in DataLoader workers.
+    """LTTask on ImageNet-LT: 115k full-size JPEGs, decoded and augmented by PIL in DataLoader workers
+    (data.JpegEpochs). The jitter sampler still draws the indices, one epoch at a time (one host copy per
+    epoch), so the workers decode ahead of the step. A mid-epoch checkpoint stores the sampler as it was at
+    the epoch's start; the resumed epoch draws it again and skips the batches already trained."""
 
-    The jitter sampler still draws the indices, one epoch at a time (one host copy per epoch), so the workers
-    decode ahead of the step. A mid-epoch checkpoint stores the sampler as it was at the epoch's start; resume
-    draws the epoch again and skips the batches already trained.
-    """
-
-    def _data(self, ds, data, device):
+    def _data(self, ds):
         # the ImageNet-LT train list IS the long-tailed split (1280 -> 5 images): no LDAM subset
         self.counts = np.bincount(ds.train_y, minlength=self.C)
-        self.train_y = torch.as_tensor(ds.train_y, dtype=torch.long).to(device)
-        self.ds, self.epoch_batches, self.epoch_state = ds, None, None
-        return np.arange(len(ds.train_y))
+        self.train_y = torch.as_tensor(ds.train_y, dtype=torch.long).to(self.device)
+        rows = (lambda keys: keys) if self.dist is None else (lambda keys: keys[slice(*ddp.row_range(len(keys), self.dist))])
+        self.jpegs = data.JpegEpochs(ds, self.args.img_size, self.args.seed, self.args.workers, self.device, rows)
+        self.epoch_state = None
+        return len(ds.train_y)
 
-    def _epoch_start(self, e):
-        super()._epoch_start(e)
-        self._open_epoch(skip=0)
-
-    def _open_epoch(self, skip):
-        import data
+    def start_epoch(self, e, done=0):
+        super().start_epoch(e, done)
         self.epoch_state = self.sampler.state_dict()
         # a list, not a stack: shuffle / jitter-noreplace end the epoch with a partial batch
-        self.epoch_idx = [self.sampler.next_batch() for _ in range(self.ipe)]
-        if skip == 0:                        # resume: the checkpoint's counts already hold the whole epoch
-            for b in self.epoch_idx:
-                self._count(self.train_y[b])
-        e0 = self.step - skip
-        keys = [list(zip(b, data.sample_seeds(self.args.seed, e0 + k, len(b))))
-                for k, b in enumerate(b.cpu().tolist() for b in self.epoch_idx)]
-        images = data.JpegImages(self.ds.root, self.ds.train_files, self.ds.train_y, self.args.img_size, train=True)
-        self.epoch_batches = iter(data.jpeg_loader(images, [self._rows(k) for k in keys[skip:]], self._workers(),
-                                                   self.device.type == 'cuda'))
-        self.epoch_labels = iter([self.train_y[b] for b in self.epoch_idx[skip:]])   # the global batches' labels
+        idx = [self.sampler.next_batch() for _ in range(self.ipe)]
+        if done == 0:                        # resumed: the checkpoint's counts already hold the whole epoch
+            for b in idx:
+                self.count(self.train_y[b])
+        self.epoch_x = self.jpegs.train(idx, self.step - done, skip=done)
+        self.epoch_y = iter([self.train_y[b] for b in idx[done:]])   # the global batches' labels
 
-    def _rows(self, keys):
-        """Under torchrun each rank decodes only its rows of every global batch (seeds are per sample)."""
-        import ddp
-        return keys if DIST is None else keys[slice(*ddp.row_range(len(keys), DIST))]
-
-    def _workers(self):
-        # decoding is the bottleneck (~5.5 ms per ImageNet JPEG per core, measured): every core but the main one,
-        # shared among the processes of this node under torchrun
-        per_node = int(os.environ.get('LOCAL_WORLD_SIZE', '1'))
-        cores = (os.cpu_count() or 2) // per_node
-        return self.args.workers if self.args.workers is not None else max(1, min(16, cores - 1))
-
-    def _batch(self):
+    def batch(self):
         """This rank's decoded rows and the GLOBAL batch's labels (the loss is taken on the global batch)."""
-        x, _ = next(self.epoch_batches)
-        return x.to(self.device, non_blocking=True), next(self.epoch_labels)
+        return next(self.epoch_x), next(self.epoch_y)
 
-    def _local(self, x):
-        return x                             # already this rank's rows (_rows)
+    def local(self, x):
+        return x                             # already this rank's rows (JpegEpochs rows)
 
-    def _eval_reduce(self):
-        import ddp
-        return None if DIST is None else ddp.all_sum
+    def eval_reduce(self):
+        return None if self.dist is None else ddp.all_sum
 
-    def _test_set(self, batch=256):
-        import data
-        images = data.JpegImages(self.ds.root, self.ds.test_files, self.ds.test_y, self.args.img_size, train=False)
-        keys = [self._rows(list(range(i, min(i + batch, len(images))))) for i in range(0, len(images), batch)]
-        dev = self.device
-        return ((x.to(dev, non_blocking=True), y.to(dev, non_blocking=True))
-                for x, y in data.jpeg_loader(images, keys, self._workers(), dev.type == 'cuda'))
+    def test_set(self):
+        return self.jpegs.test()
 
     def state_dict(self):
         s = super().state_dict()
@@ -1153,47 +885,168 @@ class ImageNetLTTask(LTTask):
             s['sampler'] = self.epoch_state
         return s
 
-    def load_state_dict(self, s):
-        super().load_state_dict(s)
-        if self.step % self.ipe != 0:
-            self._open_epoch(skip=self.step % self.ipe)
+
+# ================================================================================================
+# Shared pieces: device, model wrapping, EMA, NaN guard, evaluation, summaries, checkpoints
+# ================================================================================================
+
+def pick_device(name):
+    _need(name != 'cuda' or torch.cuda.is_available(), '--device cuda but no CUDA device is visible; use '
+          '--device cpu or check CUDA_VISIBLE_DEVICES')
+    return torch.device('cuda' if name in ('auto', 'cuda') and torch.cuda.is_available() else 'cpu')
+
+
+def use_channels_last(device):
+    """channels_last activations and weights on CUDA (perf.md §7); NCHW elsewhere."""
+    return device.type == 'cuda'
+
+
+def prep_input(x, channels_last):
+    """bf16 autocast handles the dtype; channels_last (CUDA) needs the activations in that memory format."""
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def autocast(device, bf16=None):
+    """bf16 autocast on CUDA, off elsewhere. bf16=False keeps fp32 (evaluation's default); bf16=True forces
+    it on CPU too (tests/test_cuda_paths_cpu.py)."""
+    bf16 = device.type == 'cuda' if bf16 is None else bf16
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def _foreach(device, fused=None):
+    """Fused SGD on CUDA (one kernel for all parameters); foreach elsewhere; fused=True forces it (CPU tests)."""
+    fused = device.type == 'cuda' if fused is None else fused
+    return {'fused': True} if fused else {'foreach': True}
+
+
+def _untimed(piece):
+    """The default clock of a task: no timing (bench.py swaps in one that times each piece of the step)."""
+    return contextlib.nullcontext()
+
+
+def init_common(task, args, device, dist, log):
+    """What both tasks carry: step counter, generator, NaN guard, loss-log accumulators, torchrun state."""
+    task.args, task.device, task.dist, task.log = args, device, dist, log
+    task.channels_last = use_channels_last(device)
+    task.step, task.elapsed, task.images, task.clock = 0, 0.0, 0, _untimed
+    task.gen = torch.Generator(device).manual_seed(args.seed)
+    task.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+    task.bad_terms, task.log_sums, task.log_n = {}, {}, 0
+
+
+def wrap_model(task, net, find_unused, channels_last=None):
+    """The trained module (global BN under torchrun) and task.fwd, what the step calls (DDP, torch.compile)."""
+    cl = task.channels_last if channels_last is None else channels_last
+    net = net.to(memory_format=torch.channels_last) if cl else net
+    if task.dist is not None:
+        net = ddp.convert_bn(net, task.device)              # BatchNorm over the global batch
+    task.fwd = ddp.wrap(net, task.dist, find_unused=find_unused) if task.dist is not None else net
+    task.fwd = torch.compile(task.fwd) if task.args.compile else task.fwd
+    return net
+
+
+class EMA:
+    """kekmodel/ACR ModelEMA: ema = d*ema + (1-d)*param for parameters; buffers (BN stats) copied."""
+
+    def __init__(self, model, decay):
+        self.model, self.decay = copy.deepcopy(model).eval(), decay
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.src_p, self.dst_p = list(model.parameters()), list(self.model.parameters())
+        self.src_b, self.dst_b = list(model.buffers()), list(self.model.buffers())
+
+    @torch.no_grad()
+    def update(self):
+        torch._foreach_mul_(self.dst_p, self.decay)
+        torch._foreach_add_(self.dst_p, self.src_p, alpha=1 - self.decay)
+        for d, s in zip(self.dst_b, self.src_b):
+            d.copy_(s)
+
+
+class NonFinite(Exception):
+    """A loss became NaN/inf: the run stops, names the step and the loss term, keeps the last checkpoint."""
+
+
+def guard(task, loss, logs):
+    """Record (on the device, no sync) the first step whose loss or a loss term is non-finite; sum the logs."""
+    if task.args.inject_nan is not None and task.step == task.args.inject_nan:
+        k = next(iter(logs))
+        logs[k], loss = logs[k] * float('nan'), loss * float('nan')
+    bad = ~torch.isfinite(loss)
+    task.first_bad = torch.where(bad & (task.first_bad < 0), task.step, task.first_bad)
+    for k, v in logs.items():
+        t = ~torch.isfinite(v)
+        task.bad_terms[k] = t if k not in task.bad_terms else task.bad_terms[k] | t
+    for k, v in logs.items():
+        task.log_sums[k] = v.detach().float() + task.log_sums.get(k, 0.0)
+    task.log_n += 1
+    return bool(bad.item()) if task.args.nan_policy == 'skip' else False   # opt-in: one host sync per step
+
+
+def backward(task, loss, logs):
+    """NaN guard, then backward unless --nan-policy skip skips this step. Returns skip."""
+    skip = guard(task, loss, logs)
+    task.opt.zero_grad(set_to_none=True)
+    if not skip:
+        loss.backward()
+    return skip
+
+
+def check_finite(task):
+    s = int(task.first_bad.item())
+    if s >= 0 and task.args.nan_policy == 'stop':
+        terms = [k for k, v in task.bad_terms.items() if bool(v.item())] or ['total']
+        raise NonFinite(f'non-finite loss at step {s} (term {", ".join(terms)}); the last good checkpoint '
+                        f'is kept -- lower --lr, or pass --nan-policy skip to skip such steps')
+
+
+@torch.no_grad()
+def evaluate(model, x_u8, y, mean, std, num_classes, head_fn, batch=1024, bf16=False, reduce=None,
+             channels_last=False):
+    """Per-head top-1 and per-class accuracy (%) of `model` on uint8 test images, on the device.
+
+    x_u8, y: device tensors; or x_u8 = an iterable of (uint8 images, labels) device batches and y = None.
+    fp32 unless bf16 (--eval-bf16): training runs under bf16 autocast, evaluation does not by default.
+    reduce: sums the per-class counts over ranks when each rank evaluated only its share of the test set.
+    """
+    model.eval()
+    if y is None and isinstance(x_u8, tuple):
+        x_u8, y = x_u8
+    batches = ((x_u8[i:i + batch], y[i:i + batch]) for i in range(0, len(x_u8), batch)) if y is not None else x_u8
+    correct, total = None, 0
+    for xb, yb in batches:
+        with autocast(xb.device, bf16=None if bf16 else False):  # fp32 by default; --eval-bf16: as training
+            logits = head_fn(model(prep_input(augment.normalize(xb, mean, std), channels_last))).float()  # [H,B,C]
+        ok = (logits.argmax(-1) == yb).float()                                           # [H,B]
+        cls = F.one_hot(yb, num_classes).float()
+        c, n = ok @ cls, cls.sum(0)                                                      # [H,C], [C]
+        correct, total = (c, n) if correct is None else (correct + c, total + n)
+    if reduce is not None:
+        correct, total = reduce(correct), reduce(total)
+    per_class = (100 * correct / total.clamp(min=1)).cpu().numpy()
+    top1 = (100 * correct.sum(1) / total.sum()).cpu().numpy()
+    return top1, per_class
 
 
 # ================================================================================================
-# Loop
+# The loop: run directory, resume, periodic evaluation and checkpoint, clean stop on a signal
 # ================================================================================================
 
-class Stop:
-    """SIGTERM/SIGINT ask for a checkpoint at the next step boundary, then a clean exit."""
-
-    def __init__(self):
-        self.signal = None
-        for s in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(s, self._set)
-
-    def _set(self, signum, frame):
-        self.signal = signum
-
-
-def make_task(args, device, log):
-    import data
+def make_task(args, device, log, dist=None):
     ds = data.load_dataset(args.dataset, args.data_dir, args.img_size,
                            with_unlabeled=(args.task == 'ltssl' and args.alg != 'supervised'))
     if args.task == 'ltssl':
-        return LTSSLTask(args, ds, device, log)
-    return (ImageNetLTTask if ds.streaming else LTTask)(args, ds, device, log)
+        return LTSSLTask(args, ds, device, log, dist)
+    return (ImageNetLTTask if ds.streaming else LTTask)(args, ds, device, log, dist)
 
 
 def train(args, log=print):
-    import ddp
-    global DIST, _CHANNELS_LAST
-    DIST = ddp.init()
-    device = DIST.device if DIST else pick_device(args.device)
-    write = DIST is None or DIST.main                  # only rank 0 writes
+    dist = ddp.init()
+    device = dist.device if dist else pick_device(args.device)
+    write = dist is None or dist.main                  # only rank 0 writes
     log = log if write else (lambda *a, **k: None)
-    _CHANNELS_LAST = device.type == 'cuda'
-    if DIST is not None:
-        _check_ddp(args, DIST)
+    if dist is not None:
+        _check_ddp(args, dist)
     if args.deterministic:
         os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
         torch.use_deterministic_algorithms(True)
@@ -1201,11 +1054,11 @@ def train(args, log=print):
     run_dir = args.out or os.path.join(args.runs_dir, run_name(args))
     args_dict = {k: v for k, v in vars(args).items()}
     resuming = runio.prepare(run_dir, args_dict, args.resume)
-    if DIST is not None:
+    if dist is not None:
         torch.distributed.barrier()                      # every rank checked the run dir before rank 0 creates it
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
-    task = make_task(args, device, log)          # loads data: a DataError leaves no run directory behind
+    task = make_task(args, device, log, dist)    # loads data: a DataError leaves no run directory behind
     if write:
         runio.create(run_dir, args_dict, runio.env_record(device))
     state = runio.load_checkpoint(run_dir, log) if resuming else None
@@ -1229,53 +1082,52 @@ def _check_ddp(args, d):
 
 
 def loop(task, run_dir, history, args, log, write=True, tb=None):
-    stop, t0, n0 = Stop(), time.time(), task.step
-    bar = _progress(task, args) if write else _progress(task, argparse.Namespace(progress=False))
-    elapsed = task.elapsed
-    while task.step < task.total_steps:
-        task.train_step()
+    stop, t0, n0, elapsed = runio.Stop(), time.time(), task.step, task.elapsed
+    bar = _progress(task, args.progress if write else False)
+    for _ in task.steps():
         bar.update(1)
         boundary = task.step % args.log_every == 0 or task.step == task.total_steps
         if boundary:
-            task.check_finite()                   # host sync: only every --log-every steps
-            bar.set_postfix_str(task.postfix(time.time() - t0, task.step - n0))
+            check_finite(task)                    # host sync: only every --log-every steps
+            bar.set_postfix_str(runio.postfix(task, time.time() - t0, task.step - n0))
         if task.at_eval():
-            task.check_finite()
-            rec = task.evaluate()
-            history.append(rec)
+            check_finite(task)
+            history.append(task.evaluate())
             task.elapsed = elapsed + time.time() - t0
             if write:
-                runio.append_metrics(run_dir, rec, tb)
+                runio.append_metrics(run_dir, history[-1], tb)
                 runio.save_checkpoint(run_dir, task.state_dict())
-        if _stop_requested(stop, boundary):
-            task.check_finite()
-            task.elapsed = elapsed + time.time() - t0
-            if write:
-                runio.save_checkpoint(run_dir, task.state_dict())
-            bar.close()
-            sig = stop.signal or signal.SIGTERM
-            log(f'stopped by signal {sig} at step {task.step}; checkpoint written, continue with --resume')
-            return 128 + sig
+        if _stop_requested(stop, boundary, task.dist):
+            return _stopped(task, run_dir, stop, bar, elapsed + time.time() - t0, write, log)
     bar.close()
     task.elapsed = elapsed + time.time() - t0
-    summary = task.summary(history)
+    s = task.summary(history)
     if write:
-        runio.write_json(os.path.join(run_dir, 'summary.json'), summary)
-    log(f'done: {run_dir}  {summary["statistic"]}: last {summary["last"]:.2f}  mean_last20 {summary["mean_last20"]:.2f}')
+        runio.write_json(os.path.join(run_dir, 'summary.json'), s)
+    log(f'done: {run_dir}  {s["statistic"]}: last {s["last"]:.2f}  mean_last20 {s["mean_last20"]:.2f}')
     return 0
 
 
-def _stop_requested(stop, boundary):
+def _stopped(task, run_dir, stop, bar, elapsed, write, log):
+    check_finite(task)
+    task.elapsed = elapsed
+    if write:
+        runio.save_checkpoint(run_dir, task.state_dict())
+    bar.close()
+    sig = stop.signal or signal.SIGTERM
+    log(f'stopped by signal {sig} at step {task.step}; checkpoint written, continue with --resume')
+    return 128 + sig
+
+
+def _stop_requested(stop, boundary, dist):
     """Single process: stop at the next step. torchrun: ranks agree at --log-every boundaries (one all_reduce)."""
-    if DIST is None:
+    if dist is None:
         return stop.signal is not None
-    import ddp
-    return boundary and ddp.any_flag(stop.signal is not None, DIST)
+    return boundary and ddp.any_flag(stop.signal is not None, dist)
 
 
-def _progress(task, args):
-    from tqdm import tqdm
-    show = args.progress if args.progress is not None else sys.stderr.isatty()
+def _progress(task, show):
+    show = show if show is not None else sys.stderr.isatty()
     return tqdm(total=task.total_steps, initial=task.step, disable=not show, dynamic_ncols=True, smoothing=0.05)
 
 
@@ -1289,24 +1141,16 @@ def main(argv=None):
     try:
         args = resolve(args, given_flags(argv))
         if args.check_data:
-            import data
             ok, msg = data.dataset_present(args.dataset, args.data_dir, args.img_size)
-            if not ok:
-                raise UsageError(msg + '; see README "Datasets" for where the files go')
+            _need(ok, msg + '; see README "Datasets" for where the files go')
             return 0
         return train(args)
-    except UsageError as e:
+    except (UsageError, data.DataError) as e:
         _error(e)
         return 2
-    except Exception as e:
-        import data
-        if isinstance(e, data.DataError):
-            _error(e)
-            return 2
-        if isinstance(e, NonFinite):
-            _error(e)
-            return 3
-        raise
+    except NonFinite as e:
+        _error(e)
+        return 3
 
 
 if __name__ == '__main__':

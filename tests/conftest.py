@@ -107,7 +107,7 @@ TINY_LT = COMMON + ['--task', 'lt', '--dataset', 'synthetic', '--imb', '40', '--
 def run_train(argv, out, expect=0, synthetic=TINY_SYNTHETIC):
     """train.main(argv + --out out) in-process on the small datasets; asserts the exit code.
 
-    train.Stop installs SIGTERM/SIGINT handlers; they are restored afterwards so that Ctrl-C still
+    runio.Stop installs SIGTERM/SIGINT handlers; they are restored afterwards so that Ctrl-C still
     stops pytest."""
     import train
     handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}

@@ -45,7 +45,7 @@ SYNTH = dict(n_per_class=120, n_test=4)     # conftest's end-to-end size: 120 tr
 def run_inproc(argv, capsys):
     """train.main(argv) in this process on the small data; returns (exit code, stderr).
 
-    train.Stop installs SIGTERM/SIGINT handlers if a run gets that far: restore them (Ctrl-C must
+    runio.Stop installs SIGTERM/SIGINT handlers if a run gets that far: restore them (Ctrl-C must
     still stop pytest)."""
     handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     capsys.readouterr()

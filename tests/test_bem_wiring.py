@@ -156,7 +156,7 @@ def test_acr_bem_distribution_is_acr_u_py_and_dynamics_figure(tmp_path):
     assert not torch.allclose(u_py, torch.full_like(u_py, 0.1))       # the estimate has moved
     recs = read_metrics(run)
     assert recs[-1]['bem']['d_u'] == pytest.approx(u_py.tolist(), abs=1e-5)
-    assert 'd_u' not in ck['mixer']                                    # one place in the checkpoint
+    assert 'd_u' not in ck['bem']                                    # one place in the checkpoint
     keys = ('s_c', 'r_c', 'w_c', 'e_x', 'e_u', 'fill_x', 'fill_u', 'mass_unmixed', 'mass_target', 'mass_source')
     for r in recs:
         assert all(len(r['bem'][k]) == 10 for k in keys)

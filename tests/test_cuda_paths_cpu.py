@@ -100,9 +100,8 @@ def test_channels_last_bf16_forward_close_to_fp32(device, monkeypatch):
     want = _logits(ref(x)).detach()
     net = models.wrn28(10, width=1).eval().to(dev)
     net.load_state_dict(ref.state_dict())
-    monkeypatch.setattr(train, '_CHANNELS_LAST', True)
     net = net.to(memory_format=torch.channels_last)
-    xin = train.prep_input(x.to(dev))
+    xin = train.prep_input(x.to(dev), channels_last=True)
     assert xin.is_contiguous(memory_format=torch.channels_last)
     with (train.autocast(dev, bf16=True) if _forced(device) else train.autocast(dev)):
         out = _logits(net(xin))
@@ -139,7 +138,7 @@ def _first_losses(t, state, n=2):
 
 def _paths(monkeypatch, on):
     """Switch the three CUDA defaults (channels_last, bf16 autocast, fused SGD) on or off for tasks built next."""
-    monkeypatch.setattr(train, '_CHANNELS_LAST', on)
+    monkeypatch.setattr(train, 'use_channels_last', lambda device: on)
     monkeypatch.setattr(train, 'autocast', functools.partial(AUTOCAST, bf16=on))
     monkeypatch.setattr(train, '_foreach', functools.partial(FOREACH, fused=on))
 

@@ -180,20 +180,24 @@ def _task(tree, argv):
     return train.make_task(a, torch.device('cpu'), lambda *k, **kw: None)
 
 
+def _advance(task, n):
+    """n steps of the task's own epoch loop (LTTask.steps: a resumed task re-enters its epoch)."""
+    steps = task.steps()
+    for _ in range(n):
+        next(steps)
+
+
 def test_mid_epoch_resume_is_exact(tree):
     """Checkpoint after 2 of an epoch's 3 steps, rebuild, continue: the same weights as 5 straight steps."""
     argv = ['--epochs', '2', '--iters-per-epoch', '3', '--sampler', 'jitter1', '--experts', '1']
     straight = _task(tree, argv)
-    for _ in range(5):
-        straight.train_step()
+    _advance(straight, 5)
     first = _task(tree, argv)
-    for _ in range(2):
-        first.train_step()
+    _advance(first, 2)
     state = first.state_dict()
     resumed = _task(tree, argv)
     resumed.load_state_dict(state)
-    for _ in range(3):
-        resumed.train_step()
+    _advance(resumed, 3)
     for p, q in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
         assert torch.equal(p, q)
 
@@ -231,10 +235,10 @@ def test_training_batches_pair_each_crop_with_its_label(tree):
     """The task's own batches (sampler indices -> crops -> device): every crop's painted colour channel is its
     label's. (The samplers' class frequencies are tested in test_jitter.py.)"""
     task = _task(tree, ['--epochs', '1', '--iters-per-epoch', '8', '--sampler', 'balanced', '--experts', '1'])
-    task._epoch_start(0)
+    task.start_epoch(0)
     ys = []
     for _ in range(task.ipe):
-        x, y = task._batch()
+        x, y = task.batch()
         assert x.dtype == torch.uint8 and tuple(x.shape) == (6, 3, 32, 32)
         assert torch.equal(x.float().mean((2, 3)).argmax(1), y % 3)
         ys.append(y)

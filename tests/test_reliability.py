@@ -57,7 +57,7 @@ TIMEOUT = 150.0
 # ------------------------------------------------------------------------------------------------
 
 def run_inproc(argv, out):
-    """train.main in this process (small data); Stop's signal handlers are restored afterwards."""
+    """train.main in this process (small data); runio.Stop's signal handlers are restored afterwards."""
     handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         with pytest.MonkeyPatch.context() as mp:

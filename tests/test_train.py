@@ -110,7 +110,7 @@ def test_bem_end_to_end(tmp_path, alg):
     assert recs[-1]['box_area'] > 0
     # unlabeled counts cover the truly unlabeled samples seen since the previous evaluation (u_real only)
     assert 0 < sum(recs[-1]['u_counts']) <= 8 * 1
-    assert ck['mixer'] is not None
+    assert ck['bem'] is not None
 
 
 @pytest.mark.parametrize('bank', ['--bank', '--no-bank'])
@@ -240,7 +240,7 @@ def test_resume_after_sigkill_ltssl_acr_bem(tmp_path):
 
 
 class StopAfter:
-    """train.Stop stand-in: reports SIGTERM from the k-th step on (the loop reads .signal once per step),
+    """runio.Stop stand-in: reports SIGTERM from the k-th step on (the loop reads .signal once per step),
     so the run checkpoints at step k, mid-epoch, through train.py's own stop path and exits 128 + 15."""
 
     def __init__(self, k):
@@ -258,7 +258,7 @@ def test_resume_mid_epoch_lt(tmp_path, sampler):
     full = run_train(argv, tmp_path / 'full', synthetic=LT_SYNTHETIC)
     part = tmp_path / 'part'
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(train, 'Stop', lambda: StopAfter(6))          # step 6 = the middle of epoch 2
+        mp.setattr(runio, 'Stop', lambda: StopAfter(6))          # step 6 = the middle of epoch 2
         run_train(argv, part, expect=128 + signal.SIGTERM, synthetic=LT_SYNTHETIC)
     assert torch.load(part / 'checkpoint.pt', weights_only=False)['step'] == 6
     assert not (part / 'summary.json').exists()
