@@ -157,13 +157,14 @@ def _cv2_boxes(mask):
     return torch.from_numpy(out).to(mask.device)
 
 
-def cam_boxes(cam_map, size, tau_c=0.5):
-    """cam_map [B,h,w] -> boxes int64 [B,4] at image size (H, W): ReLU -> bilinear -> min-max -> >= tau_c -> LCC box."""
+def cam_boxes(cam_map, size, tau_c=0.5, mode=None):
+    """cam_map [B,h,w] -> boxes int64 [B,4] at image size (H, W): ReLU -> bilinear -> min-max -> >= tau_c -> LCC box.
+    mode: largest_component_box's ('device' | 'cv2'; None: cv2 on CPU tensors, device on CUDA)."""
     m = F.interpolate(F.relu(cam_map.float()).unsqueeze(1), size=size, mode='bilinear', align_corners=False)
     m = m.squeeze(1)
     lo, hi = m.amin((1, 2), keepdim=True), m.amax((1, 2), keepdim=True)
     m = (m - lo) / (hi - lo).clamp_min(1e-12)  # a flat CAM gives an empty mask -> degenerate -> fallback
-    return largest_component_box(m >= tau_c)  # reconstructed: tau_c = 0.5, see README
+    return largest_component_box(m >= tau_c, mode)  # reconstructed: tau_c = 0.5, see README
 
 
 def cutmix_box(B, H, W, gen):

@@ -1,29 +1,21 @@
 """Side-by-side benchmark: this repo's pipeline (a) against a reference-style pipeline (b).
 
 Same process, same device, same batch, same model architecture, same framework losses (spec perf.md).
-  (a) the real train.LTSSLTask / train.LTTask, built from train.py's own CLI, timing task.train_step():
-      device-resident uint8 data, batched per-sample augmentation, bf16 autocast + channels_last on CUDA,
-      device-side BEM, no host sync inside the step.
-  (b) the reference recipe (Gank0078/ACR train.py, kekmodel FixMatch): reference.py's PIL TransformFixMatch
-      in a torch DataLoader (--workers, ACR's default 4), fp32 NCHW (cuDNN may use TF32 for convs, torch's
-      default), interleave, one joint forward, the same ltssl.py framework loss, SGD + kekmodel's per-tensor
-      ModelEMA, `.item()` of the loss terms every step (ACR's AverageMeters), and BEM with host-side cv2
-      CamMix boxes (a .cpu() of the CAM, then cv2.connectedComponentsWithStatsWithAlgorithm(CCL_WU) per
-      sample). LT: torchvision PIL
-      RandomCrop/Flip/Rotation + WeightedRandomSampler (the jitter sampler's class probabilities).
-      (b) reuses bem.py's device bank draw/mix/statistics (only the boxes go through the host), so its BEM
-      cost is a lower bound of a Python reference; tests/test_bench.py checks (a) and (b) give equal losses.
-Also: a breakdown of (a) (augmentation, BEM draw/mix, forward+backward, optimiser+EMA, BEM update,
-evaluation), the CPU augmentation micro-benchmark (batched augment.py vs per-image PIL), BEM's added
-ms/step, FLOPs (FlopCounterMode on a meta-device copy, i.e. the literal joint batch at zero cost) and
-% of peak. `python bench.py --quick` takes < 1 min on 2 CPU cores; `--json PATH` keeps every number (rewritten
-after each configuration, so a run stopped by --budget-s or a timeout keeps what it measured).
-`--modes eager,compile` times (a) eager and with torch.compile side by side in one process ((b) is timed once;
-the compiled row's ratio is against the same (b)); `--compile-configs` limits the compiled rows.
+  (a) the real train.LTSSLTask / LTTask, built from train.py's own CLI, timing task.train_step(): device-resident
+      uint8 data, batched per-sample augmentation, bf16 autocast + channels_last on CUDA, device BEM, no host sync.
+  (b) reference.RefLTSSL / RefLT, the reference recipe (ACR train.py, kekmodel FixMatch; LDAM-DRW/RIDE loaders):
+      PIL transforms in a torch DataLoader (--workers, ACR's default 4), fp32 NCHW, interleave, per-tensor
+      ModelEMA, `.item()` every step, BEM with host-side cv2 CamMix boxes (details: reference.py). It shares
+      bem.py's device bank, so its BEM cost is a lower bound; tests/test_bench.py checks (a) and (b) give equal losses.
+Also: a breakdown of (a) (the real step's pieces, timed through task.clock; evaluation), the CPU augmentation
+micro-benchmark (batched augment.py vs per-image PIL), BEM's added ms/step, FLOPs (FlopCounterMode on a meta-device
+copy, i.e. the literal joint batch at zero cost) and % of peak. `python bench.py --quick` takes < 1 min on 2 CPU
+cores; `--json PATH` keeps every number (rewritten after each configuration, so a run stopped by --budget-s or a
+timeout keeps what it measured). `--modes eager,compile` times (a) eager and with torch.compile side by side in one
+process ((b) is timed once; the compiled row's ratio is against the same (b)); `--compile-configs` limits them.
 """
 import argparse
 import copy
-import math
 import os
 import platform
 import resource
@@ -32,18 +24,12 @@ import sys
 import time
 from contextlib import contextmanager
 
-import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 
 import augment
-import bem as bem_mod
 import data
-import models
 import reference
-import ride
 import train
 
 CONFIGS = {'fixmatch': ('FixMatch', 'fixmatch', False), 'acr': ('FixMatch+ACR', 'acr', False),
@@ -98,13 +84,11 @@ def fill_defaults(args):
     args.configs = [c.strip() for c in args.configs.split(',') if c.strip()]
     bad = [c for c in args.configs if c not in CONFIGS]
     if bad:
-        print(f'error: unknown --configs {bad}; choose from {",".join(CONFIGS)}', file=sys.stderr)
-        sys.exit(2)
+        raise train.UsageError(f'unknown --configs {bad}; choose from {",".join(CONFIGS)}')
     args.mu = [int(m) for m in str(args.mu).split(',')]
     args.modes = [m.strip() for m in (args.modes or ('compile' if args.compile else 'eager')).split(',') if m.strip()]
     if not args.modes or set(args.modes) - {'eager', 'compile'}:
-        print(f'error: --modes {",".join(args.modes)}: choose from eager,compile', file=sys.stderr)
-        sys.exit(2)
+        raise train.UsageError(f'--modes {",".join(args.modes)}: choose from eager,compile')
     args.compile_configs = (None if args.compile_configs is None else
                             [c.strip() for c in args.compile_configs.split(',') if c.strip()])
     return args
@@ -123,9 +107,7 @@ def bf16_peak(name):
     return 989.0, 'unknown GPU: H100 SXM bf16 dense assumed'
 
 
-# ================================================================================================
-# Device helpers: sync, step timing, memory, FLOPs, peak
-# ================================================================================================
+# ----------------------------------------------------------------------------- device: timing, memory, FLOPs, peak
 
 def sync(device):
     if device.type == 'cuda':
@@ -142,33 +124,31 @@ def time_steps(step, warmup, steps, device):
     if device.type == 'cuda':
         ev = [torch.cuda.Event(enable_timing=True) for _ in range(steps + 1)]
         ev[0].record()
-        for i in range(steps):
+        for e in ev[1:]:
             step()
-            ev[i + 1].record()
+            e.record()
         sync(device)
-        per = [ev[i].elapsed_time(ev[i + 1]) for i in range(steps)]
+        per = [a.elapsed_time(b) for a, b in zip(ev, ev[1:])]
     else:
-        per, last = [], t0
+        stamps = [t0]
         for _ in range(steps):
             step()
-            now = time.perf_counter()
-            per.append(1e3 * (now - last))
-            last = now
+            stamps.append(time.perf_counter())
+        per = [1e3 * (b - a) for a, b in zip(stamps, stamps[1:])]
     total = 1e3 * (time.perf_counter() - t0)
     return dict(median_ms=statistics.median(per), mean_ms=total / steps, min_ms=min(per), per_step_ms=per)
 
 
 class Memory:
-    """Peak memory of one pipeline run. CUDA: torch.cuda.max_memory_allocated (every live tensor of the
-    process: (a)'s run also holds (b)'s small snapshot; (b) runs after (a)'s task is freed). CPU: host peak RSS via /proc VmHWM after a reset
-    (clear_refs 5), else the getrusage ru_maxrss delta; DataLoader worker processes are not included."""
+    """Peak memory of one pipeline run. CUDA: torch.cuda.max_memory_allocated (every live tensor of the process:
+    (a)'s run also holds (b)'s small snapshot; (b) runs after (a)'s task is freed). CPU: host peak RSS via /proc
+    VmHWM after a reset (clear_refs 5), else the getrusage ru_maxrss delta; DataLoader workers are not included."""
 
     def __init__(self, device):
-        self.device = device
-        if device.type == 'cuda':
-            self.label = 'CUDA max_memory_allocated'
-        else:
-            self.label = 'host peak RSS (VmHWM, reset per run)' if self._reset_hwm() else 'host ru_maxrss delta'
+        self.device, self.cuda = device, device.type == 'cuda'
+        self.hwm = not self.cuda and self._reset_hwm()
+        self.label = ('CUDA max_memory_allocated' if self.cuda else
+                      'host peak RSS (VmHWM, reset per run)' if self.hwm else 'host ru_maxrss delta')
 
     @staticmethod
     def _reset_hwm():
@@ -179,26 +159,19 @@ class Memory:
         except OSError:
             return False
 
-    @staticmethod
-    def _hwm_mib():
-        with open('/proc/self/status') as f:
-            for line in f:
-                if line.startswith('VmHWM:'):
-                    return int(line.split()[1]) / 1024
-        return float('nan')
-
     def start(self):
-        if self.device.type == 'cuda':
+        if self.cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
-        elif self.label.startswith('host peak'):
+        elif self.hwm:
             self._reset_hwm()
         self.rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     def peak_mib(self):
-        if self.device.type == 'cuda':
+        if self.cuda:
             return torch.cuda.max_memory_allocated(self.device) / 2 ** 20
-        if self.label.startswith('host peak'):
-            return self._hwm_mib()
+        if self.hwm:
+            with open('/proc/self/status') as f:
+                return next((int(line.split()[1]) / 1024 for line in f if line.startswith('VmHWM:')), float('nan'))
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - self.rss0
 
 
@@ -238,30 +211,28 @@ def device_name(device):
         return f'CPU {platform.processor()}'
 
 
-# ================================================================================================
-# Pipeline (a): the real training task
-# ================================================================================================
+# ----------------------------------------------------------------------------- pipeline (a): the real task
 
 def task_argv(cfg, mu, args, compile=None):
     """train.py argv of one benchmark configuration (compile: override args.compile)."""
     _, alg, bem_on = CONFIGS[cfg]
     compile = args.compile if compile is None else compile
     argv = ['--dataset', args.dataset, '--data-dir', args.data_dir, '--device', args.device, '--seed', str(args.seed)]
+    argv += ['--compile'] if compile else []
     if cfg == 'lt':
         return argv + ['--task', 'lt', '--model', 'resnet32', '--sampler', 'jitter1',
-                       '--batch-size', str(args.lt_batch_size)] + (['--compile'] if compile else [])
+                       '--batch-size', str(args.lt_batch_size)]
     argv += ['--task', 'ltssl', '--alg', alg, '--batch-size', str(args.batch_size), '--mu', str(mu),
              '--width', str(args.width), '--iters', '250000']
     argv += ['--n1', str(args.n1)] if args.n1 else []
     argv += ['--m1', str(args.m1)] if args.m1 else []
-    return argv + (['--bem'] if bem_on else []) + (['--compile'] if compile else [])
+    return argv + (['--bem'] if bem_on else [])
 
 
 def build_task(argv, ds):
     """train.LTSSLTask / LTTask exactly as train.train() builds them, on an already-loaded dataset."""
     args = train.resolve(train.build_parser().parse_args(argv))
     device = train.pick_device(args.device)
-    train._CHANNELS_LAST = device.type == 'cuda'
     torch.manual_seed(args.seed)
     cls = train.LTSSLTask if args.task == 'ltssl' else train.LTTask
     return cls(args, copy.copy(ds), device, lambda *a, **k: None)   # copy: ImageNet-127 remaps ds.test_y
@@ -289,64 +260,15 @@ class Clock:
         return {k: statistics.median(s.get(k, 0.0) for s in self.steps) for k in keys}
 
 
-def ltssl_breakdown(t, n):
-    """The pieces of LTSSLTask.train_step, in its order, calling the same functions (NaN guard untimed)."""
-    from augment import normalize, strong, weak
-    clock = Clock(t.device)
+def breakdown(task, n):
+    """Median ms per piece of the real task.train_step over n steps: train.py wraps its pieces in
+    `with task.clock(piece)` (augmentation, BEM draw+mix, fwd+bwd with the NaN guard, optimiser+EMA, BEM update);
+    here that clock synchronises around each piece and sums it per step."""
+    untimed, task.clock = task.clock, Clock(task.device)
     for _ in range(n):
-        clock.new_step()
-        with clock('augmentation'):
-            il = t.lab_sampler.next()
-            xl, yl = weak(t.lab_x[il], t.gen), t.lab_y[il]
-            iu = t.unl_sampler.next()
-            u, u_real = t.unl_x[iu], t.u_real[iu]
-            uw, us = weak(u, t.gen), strong(u.repeat(t.V, 1, 1, 1), t.gen)
-        mix = None
-        if t.mixer is not None:
-            with clock('bem_draw_mix'):
-                us, mix = t.mixer.mix(us, uw, t.V)
-        with clock('augmentation'):
-            x = normalize(torch.cat([xl, uw, us]), t.mean, t.std)
-        with clock('fwd_bwd'):
-            with train.autocast(t.device):
-                logits, fmap = t.fwd(train.prep_input(x))
-            logits, Bl, Bu = logits.float(), len(il), len(uw)
-            ls = logits[:, Bl + Bu:].reshape(len(logits), t.V, Bu, -1).transpose(0, 1)
-            loss, _, pl = t.fw.loss(logits[:, :Bl], yl, logits[:, Bl:Bl + Bu], ls, u_real, t.step, t.gen, mix)
-            t.opt.zero_grad(set_to_none=True)
-            loss.backward()
-        with clock('opt_ema'):
-            t.opt.step()
-            t.sched.step()
-            t.ema.update()
-        if t.mixer is not None:
-            with clock('bem_update'):
-                t.mixer.update(t, xl, yl, uw, u_real, logits, fmap.detach().float(), Bl, Bu, pl)
-        t.step += 1
-    return clock.medians()
-
-
-def lt_breakdown(t, n):
-    """The pieces of LTTask.train_step (sampler + lt_view + normalize | fwd+bwd | SGD)."""
-    from augment import normalize
-    clock = Clock(t.device)
-    for _ in range(n):
-        clock.new_step()
-        if t.step % t.ipe == 0:
-            t._epoch_start(t.step // t.ipe)
-        with clock('augmentation'):
-            idx = t.sampler.next_batch()
-            x = normalize(data.lt_view(t.train_x[idx], t.gen, degrees=t.degrees), t.mean, t.std)
-        with clock('fwd_bwd'):
-            with train.autocast(t.device):
-                out = t.fwd(train.prep_input(x))
-            out = tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
-            loss = t._loss(out, t.train_y[idx])
-            t.opt.zero_grad(set_to_none=True)
-            loss.backward()
-        with clock('opt_ema'):
-            t.opt.step()
-        t.step += 1
+        task.clock.new_step()
+        task.train_step()
+    clock, task.clock = task.clock, untimed   # back to training's no-op clock
     return clock.medians()
 
 
@@ -354,289 +276,29 @@ def eval_ms_per_10k(task, n_images):
     """One task.evaluate() (after an untimed one), scaled to 10k test images."""
     if n_images is not None and n_images < len(task.test_y):
         task.test_x, task.test_y = task.test_x[:n_images], task.test_y[:n_images]
-    task.evaluate()
-    sync(task.device)
-    t0 = time.perf_counter()
-    task.evaluate()
-    sync(task.device)
-    return 1e3 * (time.perf_counter() - t0) * 1e4 / len(task.test_y)
+    return time_steps(task.evaluate, 1, 1, task.device)['mean_ms'] * 1e4 / len(task.test_y)
 
 
-# ================================================================================================
-# Pipeline (b): reference-style (ACR / kekmodel FixMatch / LDAM-DRW-RIDE loaders)
-# ================================================================================================
-
-def interleave(x, size):
-    """kekmodel/ACR interleave: a pure permutation of the joint batch (BN statistics unchanged)."""
-    s = list(x.shape)
-    return x.reshape([-1, size] + s[1:]).transpose(0, 1).reshape([-1] + s[1:])
-
-
-def de_interleave(x, size):
-    s = list(x.shape)
-    return x.reshape([size, -1] + s[1:]).transpose(0, 1).reshape([-1] + s[1:])
-
-
-class RefEMA:
-    """kekmodel models/ema.py ModelEMA: a Python loop over the state_dict, one tensor at a time."""
-
-    def __init__(self, model, decay):
-        self.ema, self.decay = copy.deepcopy(model).eval(), decay
-        self.param_keys = [k for k, _ in self.ema.named_parameters()]
-        self.buffer_keys = [k for k, _ in self.ema.named_buffers()]
-        for p in self.ema.parameters():
-            p.requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model):
-        msd, esd = model.state_dict(), self.ema.state_dict()
-        for k in self.param_keys:
-            esd[k].copy_(esd[k] * self.decay + (1. - self.decay) * msd[k].detach())
-        for k in self.buffer_keys:
-            esd[k].copy_(msd[k])
-
-
-def host_cam_boxes(cam_map, size, tau_c):
-    """CamMix boxes on the host: the CAM post-processing of bem.cam_boxes, then cv2 per sample.
-    cv2 CCL_WU numbers labels in raster order, so argmax of the area breaks ties like bem.py."""
-    m = F.interpolate(F.relu(cam_map.float()).unsqueeze(1), size=tuple(size), mode='bilinear', align_corners=False)
-    m = m[:, 0]
-    lo, hi = m.amin((1, 2), keepdim=True), m.amax((1, 2), keepdim=True)
-    masks = ((m - lo) / (hi - lo).clamp_min(1e-12) >= tau_c).numpy().astype(np.uint8)
-    boxes = np.zeros((len(masks), 4), np.int64)
-    for i, mask in enumerate(masks):
-        n, _, stats, _ = cv2.connectedComponentsWithStatsWithAlgorithm(mask, 8, cv2.CV_32S, cv2.CCL_WU)
-        if n > 1:
-            k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-            x, y, w, h = (int(v) for v in stats[k, :4])
-            boxes[i] = (x, y, x + w, y + h)
-    return torch.from_numpy(boxes)
-
-
-class HostBoxBEM(bem_mod.BEM):
-    """bem.BEM with the reference's host CamMix: .cpu() of the CAM (a sync) + a per-sample cv2 loop.
-    The bank holds the normalised float views the reference DataLoader yields."""
-
-    def _boxes(self, fmap_l, fmap_w, labels, head_weights, cam_w_l, cam_w_u):
-        cam_map = bem_mod.cam(torch.cat([fmap_l, fmap_w]).detach(), head_weights[labels].detach())
-        return host_cam_boxes(cam_map.cpu(), self.shape[1:], self.tau_c).to(self.device)
-
-
-def host_bem(fresh):
-    """A HostBoxBEM with the same flags and state as the task's (fresh) bem.BEM."""
-    b = copy.deepcopy(fresh, {id(fresh.d_u_fn): fresh.d_u_fn})   # an external d^u (ACR's u_py) stays shared
-    b.__class__ = HostBoxBEM
-    b.bank_img = torch.zeros(b.bank_img.shape, dtype=torch.float32, device=b.device)
-    return b
-
-
-def _nhwc(x):
-    return np.ascontiguousarray(x.cpu().numpy().transpose(0, 2, 3, 1))
-
-
-class RefLabeled(torch.utils.data.Dataset):
-    """ACR transform_labeled: flip + reflect-pad crop (PIL), ToTensor, Normalize."""
-
-    def __init__(self, x, y, mean, std):
-        self.x, self.y = _nhwc(x), y.cpu().numpy()
-        self.t = reference.TransformFixMatch(mean, std, size=self.x.shape[1])
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return self.t.normalize(self.t.weak(Image.fromarray(self.x[i]))), int(self.y[i])
-
-
-class RefUnlabeled(reference.FixMatchUnlabeled):
-    """reference.FixMatchUnlabeled, target = u_real (ACR's -2 marks labeled images inside U). V = 2 strong
-    views is exactly TransformFixMatch(x); V = 1 (FixMatch) computes weak + one strong view only."""
-
-    def __init__(self, x, u_real, mean, std, views):
-        super().__init__(_nhwc(x), u_real.cpu().numpy(), mean, std)
-        self.views = views
-
-    def __getitem__(self, i):
-        img, t = Image.fromarray(self.images[i]), self.transform
-        views = t(img) if self.views == 2 else (t.normalize(t.weak(img)), t.normalize(t.strong(img)))
-        return views, bool(self.labels[i])
-
-
-def _forever(loader):
-    while True:
-        yield from loader
-
-
-def _loader(ds, batch_size, workers, sampler=None):
-    sampler = sampler or torch.utils.data.RandomSampler(ds)
-    return _forever(torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                                                drop_last=True, persistent_workers=workers > 0))
-
-
-class RefLTSSL:
-    """Pipeline (b) for LTSSL. Build it from a FRESH task (before any step): it copies the initial weights,
-    the framework (ltssl.py, the same loss) and BEM's flags; the data path is its own."""
-
-    def __init__(self, task, workers=0):
-        a, dev = task.args, task.device
-        self.args, self.device, self.V, self.step = a, dev, task.V, task.step
-        self.model = copy.deepcopy(task.model).to(memory_format=torch.contiguous_format)   # fp32 NCHW
-        self.ema = RefEMA(self.model, a.ema)
-        self.opt = torch.optim.SGD(models.no_decay_groups(self.model, a.wd), lr=a.lr, momentum=a.momentum,
-                                   nesterov=a.nesterov)
-        total = a.iters
-        self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lambda k: max(0.0, math.cos(math.pi * 7 / 16 * k / total)))
-        self.fw = copy.deepcopy(task.fw)
-        if task.mixer is not None and not (a.bank and a.mix == 'cammix' and task.mixer.plain_cam):
-            raise ValueError('reference pipeline (b) reproduces BEM with the bank and plain-CAM CamMix only (the '
-                             'configurations bench.py runs); other mixing setups have no reference-style counterpart')
-        self.bem = host_bem(task.mixer.bem) if task.mixer is not None else None
-        self.gen = torch.Generator(dev).manual_seed(a.seed)
-        # host copies of the task's split (the reference keeps numpy arrays and a PIL transform per item)
-        self.sets = (RefLabeled(task.lab_x, task.lab_y, task.mean, task.std),
-                     RefUnlabeled(task.unl_x, task.u_real, task.mean, task.std, self.V))
-        self.workers, self._lab, self._unl = workers, None, None
-
-    def next_batch(self):
-        """ACR: next(labeled_iter), next(unlabeled_iter), then .to(device)."""
-        if self._lab is None:   # workers start on first use (after (a) has finished)
-            B = self.args.batch_size
-            self._lab = _loader(self.sets[0], B, self.workers)
-            self._unl = _loader(self.sets[1], self.args.mu * B, self.workers)
-        xl, yl = next(self._lab)
-        views, real = next(self._unl)
-        to = lambda t: t.to(self.device)  # noqa: E731
-        return to(xl), to(yl), to(views[0]), torch.cat([to(v) for v in views[1:]]), to(real)
-
-    def train_step(self):
-        return self.step_on(*self.next_batch())
-
-    def step_on(self, xl, yl, uw, us, u_real):
-        """One reference step on given normalised views (us = the V strong views, view-major). -> (loss, logs)."""
-        Bl, Bu, V = len(xl), len(uw), self.V
-        mix = None
-        if self.bem is not None:
-            src, y_src, box, _ = self.bem.draw(len(us), self.gen)
-            us, lam = self.bem.mix(us, src, box, self.gen)
-            w = self.bem.class_weights()
-            mix = [dict(lam=lam[v * Bu:(v + 1) * Bu], y_src=y_src[v * Bu:(v + 1) * Bu], w=w) for v in range(V)]
-        x = torch.cat([xl, uw, us])
-        size = len(x) // Bl
-        logits, fmap = self.model(interleave(x, size))
-        logits = de_interleave(logits.transpose(0, 1), size).transpose(0, 1)   # [H,N,C]
-        fmap = de_interleave(fmap, size)
-        ls = logits[:, Bl + Bu:].reshape(len(logits), V, Bu, -1).transpose(0, 1)
-        loss, logs, pl = self.fw.loss(logits[:, :Bl], yl, logits[:, Bl:Bl + Bu], ls, u_real, self.step, self.gen, mix)
-        self.opt.zero_grad()
-        loss.backward()
-        self.opt.step()
-        self.sched.step()
-        self.ema.update(self.model)
-        if self.bem is not None:
-            self.bem.update(self.step, x_l=xl, y_l=yl, logits_l=logits[0, :Bl].detach(), fmap_l=fmap[:Bl].detach(),
-                            u_w=uw, logits_w=logits[0, Bl:Bl + Bu].detach(), q_u=pl['q'], mask_u=pl['mask'],
-                            u_real=u_real, fmap_w=fmap[Bl:Bl + Bu].detach(),
-                            head_weights=self.model.heads[0].weight.detach())
-        self.step += 1
-        # ACR's AverageMeters: loss.item() and the terms' .item() every step (host syncs)
-        return loss.item(), {k: float(v.item()) for k, v in list(logs.items())[:3]}
-
-
-class RefLTData(torch.utils.data.Dataset):
-    def __init__(self, x, y, transform):
-        self.x, self.y, self.t = _nhwc(x), y.cpu().numpy(), transform
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return self.t(Image.fromarray(self.x[i])), int(self.y[i])
-
-
-class RefLT:
-    """Pipeline (b) for LT: LDAM-DRW/RIDE PIL transforms + WeightedRandomSampler, fp32, .item() per step."""
-
-    def __init__(self, task, workers=0):
-        from torchvision import transforms as T
-        a = task.args
-        self.device, self.B = task.device, a.batch_size
-        self.model = copy.deepcopy(task.model).to(memory_format=torch.contiguous_format)
-        self.criterion = copy.deepcopy(task.criterion)
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=a.lr, momentum=a.momentum, weight_decay=a.wd,
-                                   nesterov=a.nesterov)
-        steps = task.lr_steps   # RIDE CustomLR: warm-up + step decays, stepped once per epoch
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda e: ride.lr_lambda(e, warmup=5, steps=steps))
-        self.step = task.step
-        size = task.train_x.shape[-1]
-        ops = [T.RandomCrop(size, padding=4), T.RandomHorizontalFlip()]
-        ops += [T.RandomRotation(task.degrees)] if task.degrees else []
-        self.transform = T.Compose(ops + [T.ToTensor(), T.Normalize(task.mean, task.std)])
-        y = task.train_y.cpu()
-        n = torch.bincount(y, minlength=task.C).double()
-        self.weights = (task.sampler.class_probs().double() / n.clamp(min=1))[y]   # per-sample u_y / n_y
-        self.set = RefLTData(task.train_x, task.train_y, self.transform)
-        self.workers, self.ipe, self._it = workers, task.ipe, None
-
-    def next_batch(self):
-        if self._it is None:
-            s = torch.utils.data.WeightedRandomSampler(self.weights, self.ipe * self.B, replacement=True)
-            self._it = _loader(self.set, self.B, self.workers, s)
-        x, y = next(self._it)
-        return x.to(self.device), y.to(self.device)
-
-    def train_step(self):
-        return self.step_on(*self.next_batch())
-
-    def step_on(self, x, y):
-        out = self.model(x)
-        if self.criterion is None:
-            loss = F.cross_entropy(out[0] if isinstance(out, tuple) else out, y)
-        else:
-            loss = self.criterion(out, y)
-        self.opt.zero_grad()
-        loss.backward()
-        self.opt.step()
-        self.step += 1
-        if self.step % self.ipe == 0:
-            self.sched.step()
-        return loss.item(), {}
-
-
-# ================================================================================================
-# Augmentation micro-benchmark (CPU)
-# ================================================================================================
-
-def _best_ms(fn, reps):
-    fn()
-    best = float('inf')
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return 1e3 * best
-
+# ----------------------------------------------------------------------------- augmentation micro-benchmark (CPU)
 
 def aug_bench(images_u8, mean, std, reps):
     """µs per unlabeled ACR sample (weak + 2 strong, normalised): batched augment.py (1 and 2 threads)
     vs reference.py's per-image PIL TransformFixMatch incl. Image.fromarray (1 thread)."""
-    x = images_u8.cpu().contiguous()
+    x, cpu, g = images_u8.cpu().contiguous(), torch.device('cpu'), torch.Generator().manual_seed(0)
     B, threads0 = len(x), torch.get_num_threads()
-    g = torch.Generator().manual_seed(0)
+    best_us = lambda fn: 1e3 * time_steps(fn, 1, reps, cpu)['min_ms'] / B   # noqa: E731  (1 untimed call, best of reps)
 
-    def ours():
-        uw = augment.weak(x, g)
-        us = augment.strong(x.repeat(2, 1, 1, 1), g)
-        augment.normalize(torch.cat([uw, us]), mean, std)
+    def ours():   # the step's order: weak, then the 2 strong views, then normalise
+        augment.normalize(torch.cat([augment.weak(x, g), augment.strong(x.repeat(2, 1, 1, 1), g)]), mean, std)
 
-    pil = reference.FixMatchUnlabeled(_nhwc(x), np.zeros(B, np.int64), mean, std)
+    pil = reference.FixMatchUnlabeled(x.numpy(), np.zeros(B, np.int64), mean, std)   # [N,3,H,W] is transposed
     out = {'batch': B}
     try:
         for th in sorted({1, min(2, os.cpu_count() or 1)}):
             torch.set_num_threads(th)
-            out[f'ours_us_{th}t'] = 1e3 * _best_ms(ours, reps) / B
+            out[f'ours_us_{th}t'] = best_us(ours)
         torch.set_num_threads(1)
-        out['pil_us_1t'] = 1e3 * _best_ms(lambda: [pil[i] for i in range(B)], reps) / B
+        out['pil_us_1t'] = best_us(lambda: [pil[i] for i in range(B)])
     finally:
         torch.set_num_threads(threads0)
     for k in [k for k in out if k.startswith('ours_us_')]:
@@ -644,9 +306,7 @@ def aug_bench(images_u8, mean, std, reps):
     return out
 
 
-# ================================================================================================
-# Driver
-# ================================================================================================
+# ----------------------------------------------------------------------------- driver
 
 def load_data(args):
     if args.dataset == 'synthetic' and args.quick:
@@ -675,18 +335,19 @@ def _free(dev):
         torch.cuda.empty_cache()
 
 
-def compiled_row(cfg, mu, args, ds, peak):
-    """(a) with train.py --compile: the first step's wall time (compilation) and the timed steps after warm-up."""
-    task = build_task(task_argv(cfg, mu, args, compile=True), ds)
-    dev = task.device
+def _fresh(cfg, mu, args, ds, compile):
+    """A fresh task of one configuration (LTSSL: at --start-step) and the FLOPs of its step."""
+    task = build_task(task_argv(cfg, mu, args, compile=compile), ds)
     if cfg != 'lt':
         task.step = args.start_step
-    B, mem = task.images_per_step, Memory(dev)
-    flops = step_flops(task.model, B, tuple(task.test_x.shape[1:]))
-    t0 = time.perf_counter()
-    task.train_step()
-    sync(dev)
-    compile_s = time.perf_counter() - t0
+    return task, step_flops(task.model, task.images_per_step, tuple(task.test_x.shape[1:]))
+
+
+def compiled_row(cfg, mu, args, ds, peak):
+    """(a) with train.py --compile: the first step's wall time (compilation) and the timed steps after warm-up."""
+    task, flops = _fresh(cfg, mu, args, ds, compile=True)
+    dev, B, mem = task.device, task.images_per_step, Memory(task.device)
+    compile_s = time_steps(task.train_step, 0, 1, dev)['mean_ms'] / 1e3   # wall time incl. the final sync
     row = _timed(task.train_step, args.warmup, args.steps, dev, mem, flops, B, peak)
     row['compile_s'] = compile_s
     del task
@@ -697,17 +358,11 @@ def compiled_row(cfg, mu, args, ds, peak):
 def bench_config(cfg, mu, args, ds, peak):
     """Rows (a) and (b) of one configuration, plus (a)'s breakdown and evaluation time. Without eager in --modes,
     `a` is the compiled row (with eager, run() adds `a_compile` after every eager row: the budget cuts those first)."""
-    eager = 'eager' in args.modes
-    task = build_task(task_argv(cfg, mu, args, compile=not eager), ds)
-    dev, lt = task.device, cfg == 'lt'
-    ref = RefLT(task, args.workers) if lt else RefLTSSL(task, args.workers)   # snapshot: fresh weights/state
-    if not lt:
-        task.step = ref.step = args.start_step
-    B, mem = task.images_per_step, Memory(dev)
-    flops = step_flops(task.model, B, tuple(task.test_x.shape[1:]))
+    task, flops = _fresh(cfg, mu, args, ds, compile='eager' not in args.modes)
+    dev, B, mem = task.device, task.images_per_step, Memory(task.device)
+    ref = (reference.RefLT if cfg == 'lt' else reference.RefLTSSL)(task, args.workers)   # fresh weights, same step
     r = {'a': _timed(task.train_step, args.warmup, args.steps, dev, mem, flops, B, peak)}
-    nb = min(args.steps, 10)
-    r['breakdown'] = lt_breakdown(task, nb) if lt else ltssl_breakdown(task, nb)
+    r['breakdown'] = breakdown(task, min(args.steps, 10))
     r['eval_ms_per_10k'] = eval_ms_per_10k(task, args.eval_images)
     del task                       # (b) runs alone: (a)'s device data and graphs are freed first
     _free(dev)
@@ -721,12 +376,11 @@ def bench_config(cfg, mu, args, ds, peak):
 
 
 def header(args, device, peak_info):
-    mode = 'FULL'
-    if args.quick:
-        mode = (f'QUICK (reduced: batch {args.batch_size}, LT batch {args.lt_batch_size}, WRN-28-{args.width}, '
-                f'{args.warmup} warm-up + {args.steps} timed steps, DataLoader workers={args.workers}'
-                f'{" (in-process)" if args.workers == 0 else ""}, eval on {args.eval_images} test images'
-                f'{", synthetic 150/class" if args.dataset == "synthetic" else ""})')
+    mode = ('FULL' if not args.quick else
+            f'QUICK (reduced: batch {args.batch_size}, LT batch {args.lt_batch_size}, WRN-28-{args.width}, '
+            f'{args.warmup} warm-up + {args.steps} timed steps, DataLoader workers={args.workers}'
+            f'{" (in-process)" if args.workers == 0 else ""}, eval on {args.eval_images} test images'
+            f'{", synthetic 150/class" if args.dataset == "synthetic" else ""})')
     load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else 0.0
     busy = (f' | WARNING: load average {load:.1f} on {os.cpu_count()} cores, CPU timings are noisy '
             f'(--threads 1 is steadier)' if load > (os.cpu_count() or 1) else '')
@@ -741,13 +395,10 @@ def report(res, args):
     for r in res['configs']:
         for p, label, ratio in (('a', a_label, 'ratio'), ('a_compile', '(a) compiled', 'ratio_compile'),
                                 ('b', '(b) reference', None)):
-            if p not in r:
-                continue
-            t = r[p]
-            rows.append([r['name'], r['mu'] if r['mu'] else '-', label, t['images_per_step'], f'{t["median_ms"]:.2f}',
-                         f'{t["mean_ms"]:.2f}', f'{t["images_per_s"]:.0f}',
-                         f'{r[ratio]:.2f}x' if ratio else '(1)', f'{t["tflops"]:.3f}',
-                         f'{t["pct_peak"]:.2f}', f'{t["peak_mem_mib"]:.0f}'])
+            t = r.get(p)
+            rows += [[r['name'], r['mu'] or '-', label, t['images_per_step'], f'{t["median_ms"]:.2f}',
+                      f'{t["mean_ms"]:.2f}', f'{t["images_per_s"]:.0f}', f'{r[ratio]:.2f}x' if ratio else '(1)',
+                      f'{t["tflops"]:.3f}', f'{t["pct_peak"]:.2f}', f'{t["peak_mem_mib"]:.0f}']] if t else []
         b = r['breakdown']
         brk.append([r['name'], r['mu'] or '-'] + [f'{b.get(k, 0.0):.2f}' for k in BREAKDOWN]
                    + [f'{sum(b.values()):.2f}', f'{r["a"]["median_ms"]:.2f}', f'{r["eval_ms_per_10k"]:.0f}'])
@@ -804,19 +455,42 @@ def targets(res, args, device):
                    'needs the acr_bem config at mu=1')
     aug = res.get('augmentation')
     if aug:
-        ok = aug['ratio_1t'] >= 3.0
-        out.append(f'{"PASS" if ok else "FAIL"}: CPU augmentation >= 3x faster than PIL at 1 thread: '
-                   f'{aug["ratio_1t"]:.2f}x')
+        out.append(f'{"PASS" if aug["ratio_1t"] >= 3.0 else "FAIL"}: CPU augmentation >= 3x faster than PIL at 1 '
+                   f'thread: {aug["ratio_1t"]:.2f}x')
     return out
 
 
 def main(argv=None):
-    args = fill_defaults(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
     try:
-        return run(args)
+        return run(fill_defaults(args))
     except (train.UsageError, data.DataError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
+
+
+def peak_tflops(args, device):
+    """(peak, measured matmul TFLOP/s, header text): CUDA the bf16 datasheet peak, CPU a measured fp32 matmul."""
+    if device.type == 'cuda':
+        measured = matmul_tflops(device, torch.bfloat16, 8192)
+        peak, src = (args.peak_tflops, '--peak-tflops') if args.peak_tflops else bf16_peak(device_name(device))
+        return peak, measured, f'peak {peak:.0f} TFLOP/s ({src}; measured bf16 matmul {measured:.0f})'
+    measured = matmul_tflops(device, torch.float32, 1024 if args.quick else 2048)
+    return measured, measured, f'peak = measured fp32 matmul {measured:.3f} TFLOP/s (rough CPU peak)'
+
+
+def bem_overhead(res, args):
+    """ACR -> ACR+BEM at each mu: the difference of the median step times of (a) and of (b)."""
+    by, out = {(r['key'], r['mu']): r for r in res['configs']}, {}
+    for mu in args.mu:
+        if ('acr', mu) in by and ('acr_bem', mu) in by:
+            base, on = by[('acr', mu)], by[('acr_bem', mu)]
+            d = {p: on[p]['median_ms'] - base[p]['median_ms'] for p in 'ab'}
+            out[f'ACR -> ACR+BEM, mu={mu}'] = {
+                'a_ms': d['a'], 'b_ms': d['b'], 'a_pct': 100 * d['a'] / base['a']['median_ms'],
+                'b_pct': 100 * d['b'] / base['b']['median_ms'],
+                'a_breakdown_ms': on['breakdown'].get('bem_draw_mix', 0.0) + on['breakdown'].get('bem_update', 0.0)}
+    return out
 
 
 def run(args):
@@ -825,35 +499,28 @@ def run(args):
     device = train.pick_device(args.device)
     if args.eval_images is None and device.type == 'cpu':
         args.eval_images = 64 if args.quick else 1024
-    if device.type == 'cuda':
-        measured = matmul_tflops(device, torch.bfloat16, 8192)
-        peak, src = (args.peak_tflops, '--peak-tflops') if args.peak_tflops else bf16_peak(device_name(device))
-        peak_info = f'peak {peak:.0f} TFLOP/s ({src}; measured bf16 matmul {measured:.0f})'
-    else:
-        measured = matmul_tflops(device, torch.float32, 1024 if args.quick else 2048)
-        peak, peak_info = measured, f'peak = measured fp32 matmul {measured:.3f} TFLOP/s (rough CPU peak)'
+    peak, measured, peak_info = peak_tflops(args, device)
     head = header(args, device, peak_info)
     print(head, flush=True)
     ds = load_data(args)
     res = {'header': head, 'device': device_name(device), 'torch': torch.__version__,
            'threads': torch.get_num_threads(), 'peak_tflops': peak, 'measured_matmul_tflops': measured,
-           'args': {k: v for k, v in vars(args).items()}, 'configs': []}
-    t_start, res['skipped'] = time.perf_counter(), []
-    for cfg in args.configs:
-        for mu in ([None] if cfg == 'lt' else args.mu):
-            if args.budget_s is not None and time.perf_counter() - t_start > args.budget_s:
-                res['skipped'].append(f'{CONFIGS[cfg][0]} mu={mu}')
-                continue
-            r = bench_config(cfg, mu, args, ds, peak)
-            r.update(key=cfg, name=CONFIGS[cfg][0], mu=mu)
-            res['configs'].append(r)
-            print(f'  {r["name"]} mu={mu}: (a) {r["a"]["median_ms"]:.2f} ms  (b) {r["b"]["median_ms"]:.2f} ms  '
-                  f'ratio {r["ratio"]:.2f}x', flush=True)
-            write_json(res, args.json)
-    for r in res['configs']:          # compiled rows last: eager figures first, compilation is slow
-        if 'eager' not in args.modes or not wants_compile(r['key'], r['mu'], args):
+           'args': {k: v for k, v in vars(args).items()}, 'configs': [], 'skipped': []}
+    t_start = time.perf_counter()
+    over = lambda: args.budget_s is not None and time.perf_counter() - t_start > args.budget_s   # noqa: E731
+    for cfg, mu in [(c, mu) for c in args.configs for mu in ([None] if c == 'lt' else args.mu)]:
+        if over():
+            res['skipped'].append(f'{CONFIGS[cfg][0]} mu={mu}')
             continue
-        if args.budget_s is not None and time.perf_counter() - t_start > args.budget_s:
+        r = bench_config(cfg, mu, args, ds, peak)
+        r.update(key=cfg, name=CONFIGS[cfg][0], mu=mu)
+        res['configs'].append(r)
+        print(f'  {r["name"]} mu={mu}: (a) {r["a"]["median_ms"]:.2f} ms  (b) {r["b"]["median_ms"]:.2f} ms  '
+              f'ratio {r["ratio"]:.2f}x', flush=True)
+        write_json(res, args.json)
+    compiled = [r for r in res['configs'] if 'eager' in args.modes and wants_compile(r['key'], r['mu'], args)]
+    for r in compiled:                # compiled rows last: eager figures first, compilation is slow
+        if over():
             res['skipped'].append(f'{r["name"]} mu={r["mu"]} compiled')
             continue
         r['a_compile'] = c = compiled_row(r['key'], r['mu'], args, ds, peak)
@@ -861,16 +528,7 @@ def run(args):
         print(f'  {r["name"]} mu={r["mu"]}: (a) compiled {c["median_ms"]:.2f} ms (first step {c["compile_s"]:.0f} s)  '
               f'ratio {r["ratio_compile"]:.2f}x', flush=True)
         write_json(res, args.json)
-    by = {(r['key'], r['mu']): r for r in res['configs']}
-    res['bem_overhead'] = {}
-    for mu in args.mu:
-        if ('acr', mu) in by and ('acr_bem', mu) in by:
-            base, on = by[('acr', mu)], by[('acr_bem', mu)]
-            d = {p: on[p]['median_ms'] - base[p]['median_ms'] for p in 'ab'}
-            res['bem_overhead'][f'ACR -> ACR+BEM, mu={mu}'] = {
-                'a_ms': d['a'], 'b_ms': d['b'], 'a_pct': 100 * d['a'] / base['a']['median_ms'],
-                'b_pct': 100 * d['b'] / base['b']['median_ms'],
-                'a_breakdown_ms': on['breakdown'].get('bem_draw_mix', 0.0) + on['breakdown'].get('bem_update', 0.0)}
+    res['bem_overhead'] = bem_overhead(res, args)
     if not args.no_aug:
         res['augmentation'] = aug_bench(torch.as_tensor(ds.train_x[:args.aug_batch]), ds.mean, ds.std, args.aug_reps)
     res['targets'] = targets(res, args, device)

@@ -339,3 +339,10 @@ def make_framework(alg, *, num_classes, labeled_counts, total_steps, steps_per_e
         fw = {"fixmatch": FixMatch, "abc": ABC, "acr": ACR}[alg](**kw)
     # move after construction: subclasses create their buffers after Framework.__init__
     return fw.to(opts["device"]) if opts.get("device") is not None else fw
+
+
+def acr_cosine(total_steps):
+    """LambdaLR multiplier of the learning rate at step k: max(0, cos(pi * 7/16 * k / K)), K = total_steps.
+    ACR train.py get_cosine_schedule_with_warmup (= kekmodel FixMatch) with num_warmup_steps = 0 and
+    num_cycles = 7/16; its max(1, K) guard is dropped (K >= 1 here)."""
+    return lambda k: max(0.0, math.cos(math.pi * 7 / 16 * k / total_steps))

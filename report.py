@@ -719,7 +719,7 @@ def confusion_png(cm, counts, names, path, title):
     plt.close(fig)
 
 
-def eval_main(argv):
+def _eval_parser():
     ap = argparse.ArgumentParser(prog='report.py eval', description='evaluate a run\'s checkpoint on its test set')
     ap.add_argument('run', help='run directory (holds args.json and checkpoint.pt)')
     ap.add_argument('--checkpoint', default='last', choices=['last', 'prev'],
@@ -730,7 +730,11 @@ def eval_main(argv):
                     'ACR: standard|balanced); confusion.png shows the reported head, or the one named')
     ap.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'])
     ap.add_argument('--data-dir', default=None, help='where the dataset is (default: the run\'s --data-dir)')
-    a = ap.parse_args(argv)
+    return ap
+
+
+def eval_main(argv):
+    a = _eval_parser().parse_args(argv)
     import train
     from runio import UsageError, write_json
     run = Path(a.run)

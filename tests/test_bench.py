@@ -6,7 +6,8 @@ floats to (b) through its DataLoader's output format), with identical weights an
 fp32 on CPU the losses must agree to 1e-5 relative (the only difference is (b)'s interleave, a
 permutation that changes BatchNorm's summation order). On CUDA (a) runs under bf16 autocast and (b) in
 fp32/TF32: there we would use rtol=5e-2 (bf16 keeps 8 mantissa bits, ~0.4% per rounding, through 28
-layers). cv2 (b's host CamMix) is also checked as the oracle of (a)'s device boxes through the bank.
+layers). The boxes: bem.cam_boxes' device mode ((a) on CUDA) is checked against its cv2 mode ((b)'s host
+CamMix, cv2 CCL_WU: the oracle), and (a)'s bank against (b)'s after each step.
 """
 import json
 import os
@@ -92,7 +93,7 @@ def test_ltssl_reference_step_computes_the_same_loss(ds, monkeypatch, alg, bem_o
             '--mu', str(mu), '--width', '1', '--n1', '30', '--m1', '10', '--imb-l', '10', '--iters', '1000',
             '--threshold', '0.12']   # low threshold: untrained logits pass it, so the unlabeled terms count
     task = bench.build_task(argv + (['--bem'] if bem_on else []), ds)
-    ref = bench.RefLTSSL(task, workers=0)
+    ref = reference.RefLTSSL(task, workers=0)
     task.step = ref.step = 3001          # past ACR est_epoch / BEM est_start: every statistic update runs
     feed, V = Feed(monkeypatch), task.V
     t = reference.TransformFixMatch(task.mean, task.std)
@@ -124,7 +125,7 @@ def test_lt_reference_step_computes_the_same_loss(ds, monkeypatch):
     argv = ['--task', 'lt', '--dataset', 'synthetic', '--device', 'cpu', '--model', 'resnet32', '--sampler', 'jitter1',
             '--batch-size', '8', '--imb', '10']
     task = bench.build_task(argv, ds)
-    ref = bench.RefLT(task, workers=0)
+    ref = reference.RefLT(task, workers=0)
     feed = Feed(monkeypatch)
     pil_ops = ref.transform.transforms[:-2]            # RandomCrop, Flip, Rotation (PIL); then ToTensor+Normalize
     torch.manual_seed(0)
@@ -144,11 +145,14 @@ def test_lt_reference_step_computes_the_same_loss(ds, monkeypatch):
 
 
 def test_host_cv2_boxes_equal_device_boxes():
-    """(b)'s host CamMix (cv2 CCL_WU per sample) against bem.cam_boxes on smooth random CAMs."""
+    """(b)'s host CamMix (bem.cam_boxes mode='cv2': cv2 CCL_WU per sample, the oracle) against (a)'s CUDA path
+    (mode='device': batched labelling, run here on CPU tensors) on the same smooth random CAMs."""
     g = torch.Generator().manual_seed(0)
     cams = torch.nn.functional.avg_pool2d(torch.randn(64, 1, 10, 10, generator=g), 3, 1)[:, 0]   # [64,8,8]
     for tau in (0.3, 0.5, 0.7):
-        assert torch.equal(bench.host_cam_boxes(cams, (32, 32), tau), bem.cam_boxes(cams, (32, 32), tau))
+        device = bem.cam_boxes(cams, (32, 32), tau, mode='device')
+        assert torch.equal(device, bem.cam_boxes(cams, (32, 32), tau, mode='cv2'))
+        assert (device[:, 2:] > device[:, :2]).all()   # every CAM has a non-empty largest component
 
 
 # ------------------------------------------------------------------------------------------------
