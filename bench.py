@@ -260,14 +260,20 @@ class Clock:
         return {k: statistics.median(s.get(k, 0.0) for s in self.steps) for k in keys}
 
 
+def stepper(task):
+    """One step of the task's own loop per call (LT: inside its epoch loop, which sets the epoch's δt and loss)."""
+    steps = task.steps()
+    return lambda: next(steps)
+
+
 def breakdown(task, n):
     """Median ms per piece of the real task.train_step over n steps: train.py wraps its pieces in
     `with task.clock(piece)` (augmentation, BEM draw+mix, fwd+bwd with the NaN guard, optimiser+EMA, BEM update);
     here that clock synchronises around each piece and sums it per step."""
-    untimed, task.clock = task.clock, Clock(task.device)
+    untimed, task.clock, step = task.clock, Clock(task.device), stepper(task)
     for _ in range(n):
         task.clock.new_step()
-        task.train_step()
+        step()
     clock, task.clock = task.clock, untimed   # back to training's no-op clock
     return clock.medians()
 
@@ -347,8 +353,9 @@ def compiled_row(cfg, mu, args, ds, peak):
     """(a) with train.py --compile: the first step's wall time (compilation) and the timed steps after warm-up."""
     task, flops = _fresh(cfg, mu, args, ds, compile=True)
     dev, B, mem = task.device, task.images_per_step, Memory(task.device)
-    compile_s = time_steps(task.train_step, 0, 1, dev)['mean_ms'] / 1e3   # wall time incl. the final sync
-    row = _timed(task.train_step, args.warmup, args.steps, dev, mem, flops, B, peak)
+    step = stepper(task)
+    compile_s = time_steps(step, 0, 1, dev)['mean_ms'] / 1e3   # wall time incl. the final sync
+    row = _timed(step, args.warmup, args.steps, dev, mem, flops, B, peak)
     row['compile_s'] = compile_s
     del task
     _free(dev)
@@ -361,7 +368,7 @@ def bench_config(cfg, mu, args, ds, peak):
     task, flops = _fresh(cfg, mu, args, ds, compile='eager' not in args.modes)
     dev, B, mem = task.device, task.images_per_step, Memory(task.device)
     ref = (reference.RefLT if cfg == 'lt' else reference.RefLTSSL)(task, args.workers)   # fresh weights, same step
-    r = {'a': _timed(task.train_step, args.warmup, args.steps, dev, mem, flops, B, peak)}
+    r = {'a': _timed(stepper(task), args.warmup, args.steps, dev, mem, flops, B, peak)}
     r['breakdown'] = breakdown(task, min(args.steps, 10))
     r['eval_ms_per_10k'] = eval_ms_per_10k(task, args.eval_images)
     del task                       # (b) runs alone: (a)'s device data and graphs are freed first

@@ -22,11 +22,6 @@ import torch.nn.functional as F
 # shared pieces
 
 
-def acr_cosine(total_steps):
-    """ACR's lr multiplier (train.py get_cosine_schedule_with_warmup, 0 warm-up, 7/16 cycles): max(0, cos(7 pi k / 16K))."""
-    return lambda k: max(0.0, math.cos(math.pi * 7 / 16 * k / total_steps))
-
-
 def prior(counts):
     """Labeled class prior pi from the split's counts (never from a shuffled drop_last loader, cf. ACR compute_py)."""
     n = torch.as_tensor(counts, dtype=torch.float64)

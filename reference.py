@@ -314,10 +314,10 @@ class RefLTSSL:
                                    nesterov=a.nesterov)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, ltssl.acr_cosine(a.iters))
         self.fw = copy.deepcopy(task.fw)
-        if task.mixer is not None and not (a.bank and a.mix == 'cammix' and task.model.cam_layer_matches_head):
+        if task.bem is not None and not (a.bank and a.mix == 'cammix' and task.model.cam_layer_matches_head):
             raise ValueError('reference pipeline (b) reproduces BEM with the bank and plain-CAM CamMix only (the '
                              'configurations bench.py runs); other mixing setups have no reference-style counterpart')
-        self.bem = host_bem(task.mixer.bem) if task.mixer is not None else None
+        self.bem = host_bem(task.bem) if task.bem is not None else None
         self.gen = torch.Generator(dev).manual_seed(a.seed)
         # host copies of the task's split (the reference keeps numpy arrays and a PIL transform per item)
         self.sets = (RefLabeled(task.lab_x, task.lab_y, task.mean, task.std),

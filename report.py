@@ -646,7 +646,6 @@ def build_task(args, device):
     import data
     import train
     from runio import UsageError
-    train._CHANNELS_LAST = device.type == 'cuda'
     try:
         return train.make_task(args, device, lambda *a, **k: None)
     except (UsageError, data.DataError) as e:
