@@ -55,7 +55,7 @@ DEFAULTS = {
     'img_size': ({'imagenet_lt': 224, '': 32}, f'{LT45}; ACR Small-ImageNet-127 at 32 px'),
     'workers': (Auto('CPUs - 1, at most 16'), 'engineering'),
     'data_dir': ('./datasets', 'engineering'),
-    'out': (Auto('runs/<name built from the arguments>'), 'engineering'),
+    'out': (Auto('runs/NAME, NAME built from the arguments'), 'engineering'),
     'runs_dir': ('runs', 'engineering'),
     'resume': (False, 'engineering'),
     'seed': (0, f'{ACR} --seed'),
