@@ -128,7 +128,7 @@ DEFAULTS = {
     'progress': (Auto('on when stderr is a terminal'), 'engineering'),
     'tensorboard': (False, 'engineering'),
 }
-ACR_DEFAULTS = {k: DEFAULTS[k][0]['acr'] for k in ('ema_u', 'tau1', 'tau12', 'tau2', 'est_epoch')}
+ACR_DEFAULTS = {k: DEFAULTS[k][0]['acr'] for k in ('ema_u', 'tau1', 'tau12', 'tau2', 'est_epoch')}  # ACR's options
 LTSSL_DATA = ('cifar10', 'cifar100', 'stl10', 'svhn', 'fmnist', 'imagenet127', 'synthetic')
 LT_DATA = ('cifar10', 'cifar100', 'fmnist', 'imagenet_lt', 'synthetic')
 _SAY = {'': 'otherwise', 'bem': 'with --bem', 'acr': 'with --alg acr'}
@@ -142,6 +142,7 @@ def _show(value):
 
 
 def _holds(when, a):
+    """A table condition on the args resolved so far (the dataset and the model come first in the table)."""
     run = {a.task, a.dataset, a.model} | ({'bem'} if a.bem else set()) | ({a.alg} if a.task == 'ltssl' else set())
     return set(when.split()) <= run
 
@@ -189,7 +190,8 @@ def build_parser():
     def a(*flags, help='', **kw):   # the default and '(default: ...; why)' come from DEFAULTS
         value, why = DEFAULTS[kw.get('dest') or flags[0][2:].replace('-', '_')]
         kw.setdefault('default', None if isinstance(value, (dict, Auto)) else value)
-        return p.add_argument(*flags, help=f'{help} (default: {_show(value)}; {why})'.replace('%', '%%'), **kw)
+        text = f'{help} (default: {_show(value)}; {why})'.lstrip().replace('%', '%%')
+        return p.add_argument(*flags, help=text, **kw)
     a('--task', choices=['ltssl', 'lt'])
     a('--dataset', choices=LTSSL_DATA + ('imagenet_lt',), help=f'ltssl: {"|".join(LTSSL_DATA)}; lt: {"|".join(LT_DATA)}')
     a('--img-size', type=int, help='imagenet127: 32 or 64; imagenet_lt: crop size; 32 for the CIFAR-size sets')
