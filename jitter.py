@@ -388,15 +388,19 @@ class NoReplace(Shuffle):
 KINDS = ("instance", "balanced", "reversed", "jitter1", "jitter2", "jitter-noreplace", "shuffle")
 
 
-def make_sampler(kind, labels, num_classes, batch_size, epochs, *, alpha=0.05, beta=2.0, gamma=0.01,
-                 p=(1 / 3, 1 / 3, 1 / 3), delta_fixed=None, delta_fixed_from=None, gen,
+def make_sampler(kind, labels, num_classes, batch_size, epochs, *, alpha=None, beta=None, gamma=None,
+                 p=None, delta_fixed=None, delta_fixed_from=None, gen,
                  e_total=None, xi=None, floor="max", exponent_on="ratio", quota_rounding="round"):
     """Build a sampler of index batches on labels.device; `gen` must live on that device.
 
-    alpha/beta/gamma default to the RIDE CIFAR setting (§4.3). Reconstructed keywords (see README):
-    e_total (None: total `epochs`), xi (None: per-kind ξ), floor, exponent_on, quota_rounding, p.
+    alpha/beta/gamma/p left None take the RIDE CIFAR preset SETTINGS["ride"] (§4.3), the one source of these
+    defaults. Reconstructed keywords (see README): e_total (None: total `epochs`), xi (None: per-kind ξ), floor,
+    exponent_on, quota_rounding, p.
     """
     assert kind in KINDS, kind
+    ride = SETTINGS["ride"]
+    alpha, beta, gamma, p = (ride[k] if v is None else v for k, v in
+                             (("alpha", alpha), ("beta", beta), ("gamma", gamma), ("p", p)))
     schedule = {}
     if kind in XI_DEFAULT:
         # reconstructed: E_tot = total epochs; γ = 0.01; p = 1/3 each (Method 1)

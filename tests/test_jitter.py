@@ -180,6 +180,27 @@ def test_delta_t_hand_values():
     assert J.delta_t(100, 200, **ride, exponent_on="total") == pytest.approx(0.05 * max(100 / 200 ** 2, 0.01))
 
 
+def test_schedule_defaults_have_one_source():
+    """The paper's stated schedules (spec jitter.md §4.2 single expert, §4.3 RIDE; typed here, not read from the
+    code) are what jitter.SETTINGS holds, what train.py resolves by default, and what make_sampler uses when no
+    schedule keyword is given (the RIDE preset)."""
+    import train
+    paper = {'single': dict(kind='jitter2', epochs=500, alpha=1.0, beta=1.5, gamma=0.01, delta_fixed=0.5,
+                            delta_fixed_from=350),
+             'ride': dict(kind='jitter1', epochs=200, alpha=0.05, beta=2.0, gamma=0.01, delta_fixed=0.0,
+                          delta_fixed_from=160)}
+    for name, st in paper.items():
+        assert {k: J.SETTINGS[name][k] for k in st} == st
+        argv = ['--task', 'lt'] + (['--model', 'ride'] if name == 'ride' else [])
+        a = train.resolve(train.build_parser().parse_args(argv))
+        assert (a.sampler, a.epochs, a.jitter_alpha, a.jitter_beta, a.jitter_gamma, a.delta_fixed,
+                a.delta_fixed_from) == tuple(st.values())
+    y = torch.arange(60) % 6
+    s = J.make_sampler("jitter1", y, 6, 16, 10, gen=torch.Generator().manual_seed(0))
+    assert {k: s.schedule[k] for k in ("alpha", "beta", "gamma")} == dict(alpha=0.05, beta=2.0, gamma=0.01)
+    assert s.p == pytest.approx((1 / 3, 1 / 3, 1 / 3))
+
+
 @pytest.mark.parametrize("kind,lo,hi", [("jitter1", 0.0, 1.0), ("jitter2", 1.0, 1.0), ("jitter-noreplace", -0.5, 0.5)])
 def test_sampler_delta_within_bounds(kind, lo, hi):
     labels = torch.randint(0, 5, (200,), generator=torch.Generator().manual_seed(0))
