@@ -9,10 +9,9 @@ Same process, same device, same batch, same model architecture, same framework l
       bem.py's device bank, so its BEM cost is a lower bound; tests/test_bench.py checks (a) and (b) give equal losses.
 Also: a breakdown of (a) (the real step's pieces, timed through task.clock; evaluation), the CPU augmentation
 micro-benchmark (batched augment.py vs per-image PIL), BEM's added ms/step, FLOPs (FlopCounterMode on a meta-device
-copy, i.e. the literal joint batch at zero cost) and % of peak. `python bench.py --quick` takes < 1 min on 2 CPU
-cores; `--json PATH` keeps every number (rewritten after each configuration, so a run stopped by --budget-s or a
-timeout keeps what it measured). `--modes eager,compile` times (a) eager and with torch.compile side by side in one
-process ((b) is timed once; the compiled row's ratio is against the same (b)); `--compile-configs` limits them.
+copy, i.e. the literal joint batch at zero cost) and % of peak. `python bench.py --quick`: ~75 s on 2 CPU cores;
+`--json PATH` keeps every number (rewritten after each configuration: a run cut by --budget-s keeps what it
+measured). `--modes eager,compile` times (a) eager and compiled side by side ((b) once; both ratios against it).
 """
 import argparse
 import copy
@@ -23,12 +22,14 @@ import statistics
 import sys
 import time
 from contextlib import contextmanager
+from functools import partial
 
 import numpy as np
 import torch
 
 import augment
 import data
+import flags
 import reference
 import train
 
@@ -84,11 +85,11 @@ def fill_defaults(args):
     args.configs = [c.strip() for c in args.configs.split(',') if c.strip()]
     bad = [c for c in args.configs if c not in CONFIGS]
     if bad:
-        raise train.UsageError(f'unknown --configs {bad}; choose from {",".join(CONFIGS)}')
+        raise flags.UsageError(f'unknown --configs {bad}; choose from {",".join(CONFIGS)}')
     args.mu = [int(m) for m in str(args.mu).split(',')]
     args.modes = [m.strip() for m in (args.modes or ('compile' if args.compile else 'eager')).split(',') if m.strip()]
     if not args.modes or set(args.modes) - {'eager', 'compile'}:
-        raise train.UsageError(f'--modes {",".join(args.modes)}: choose from eager,compile')
+        raise flags.UsageError(f'--modes {",".join(args.modes)}: choose from eager,compile')
     args.compile_configs = (None if args.compile_configs is None else
                             [c.strip() for c in args.compile_configs.split(',') if c.strip()])
     return args
@@ -231,7 +232,7 @@ def task_argv(cfg, mu, args, compile=None):
 
 def build_task(argv, ds):
     """train.LTSSLTask / LTTask exactly as train.train() builds them, on an already-loaded dataset."""
-    args = train.resolve(train.build_parser().parse_args(argv))
+    args = flags.resolve(flags.build_parser().parse_args(argv))
     device = train.pick_device(args.device)
     torch.manual_seed(args.seed)
     cls = train.LTSSLTask if args.task == 'ltssl' else train.LTTask
@@ -260,17 +261,10 @@ class Clock:
         return {k: statistics.median(s.get(k, 0.0) for s in self.steps) for k in keys}
 
 
-def stepper(task):
-    """One step of the task's own loop per call (LT: inside its epoch loop, which sets the epoch's δt and loss)."""
-    steps = task.steps()
-    return lambda: next(steps)
-
-
 def breakdown(task, n):
-    """Median ms per piece of the real task.train_step over n steps: train.py wraps its pieces in
-    `with task.clock(piece)` (augmentation, BEM draw+mix, fwd+bwd with the NaN guard, optimiser+EMA, BEM update);
-    here that clock synchronises around each piece and sums it per step."""
-    untimed, task.clock, step = task.clock, Clock(task.device), stepper(task)
+    """Median ms per piece of the real step over n steps of the task's own loop (task.steps: LT steps inside its
+    epoch loop): train.py wraps the pieces in `with task.clock(piece)`; this clock syncs around each and sums them."""
+    untimed, task.clock, step = task.clock, Clock(task.device), partial(next, task.steps())
     for _ in range(n):
         task.clock.new_step()
         step()
@@ -342,18 +336,17 @@ def _free(dev):
 
 
 def _fresh(cfg, mu, args, ds, compile):
-    """A fresh task of one configuration (LTSSL: at --start-step) and the FLOPs of its step."""
+    """A fresh task (LTSSL: at --start-step), its step's FLOPs, and a callable running one step of task.steps()."""
     task = build_task(task_argv(cfg, mu, args, compile=compile), ds)
-    if cfg != 'lt':
-        task.step = args.start_step
-    return task, step_flops(task.model, task.images_per_step, tuple(task.test_x.shape[1:]))
+    task.step = args.start_step if cfg != 'lt' else 0
+    flops = step_flops(task.model, task.images_per_step, tuple(task.test_x.shape[1:]))
+    return task, flops, partial(next, task.steps())
 
 
 def compiled_row(cfg, mu, args, ds, peak):
     """(a) with train.py --compile: the first step's wall time (compilation) and the timed steps after warm-up."""
-    task, flops = _fresh(cfg, mu, args, ds, compile=True)
+    task, flops, step = _fresh(cfg, mu, args, ds, compile=True)
     dev, B, mem = task.device, task.images_per_step, Memory(task.device)
-    step = stepper(task)
     compile_s = time_steps(step, 0, 1, dev)['mean_ms'] / 1e3   # wall time incl. the final sync
     row = _timed(step, args.warmup, args.steps, dev, mem, flops, B, peak)
     row['compile_s'] = compile_s
@@ -365,10 +358,10 @@ def compiled_row(cfg, mu, args, ds, peak):
 def bench_config(cfg, mu, args, ds, peak):
     """Rows (a) and (b) of one configuration, plus (a)'s breakdown and evaluation time. Without eager in --modes,
     `a` is the compiled row (with eager, run() adds `a_compile` after every eager row: the budget cuts those first)."""
-    task, flops = _fresh(cfg, mu, args, ds, compile='eager' not in args.modes)
+    task, flops, step = _fresh(cfg, mu, args, ds, compile='eager' not in args.modes)
     dev, B, mem = task.device, task.images_per_step, Memory(task.device)
     ref = (reference.RefLT if cfg == 'lt' else reference.RefLTSSL)(task, args.workers)   # fresh weights, same step
-    r = {'a': _timed(stepper(task), args.warmup, args.steps, dev, mem, flops, B, peak)}
+    r = {'a': _timed(step, args.warmup, args.steps, dev, mem, flops, B, peak)}
     r['breakdown'] = breakdown(task, min(args.steps, 10))
     r['eval_ms_per_10k'] = eval_ms_per_10k(task, args.eval_images)
     del task                       # (b) runs alone: (a)'s device data and graphs are freed first
@@ -471,7 +464,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         return run(fill_defaults(args))
-    except (train.UsageError, data.DataError) as e:
+    except (flags.UsageError, data.DataError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
 

@@ -602,11 +602,11 @@ def normalised(cm, order):
 
 def run_args(run):
     """args.json on top of this train.py's defaults; an argument this version does not know ends the call."""
-    import train
+    import flags
     a = read_json(run / 'args.json')
     if not isinstance(a, dict):
         die(f'{run}/args.json is missing or unreadable: {run} is not a run directory of train.py')
-    ns = train.build_parser().parse_args([])
+    ns = flags.build_parser().parse_args([])
     unknown = sorted(set(a) - set(vars(ns)))
     if unknown or a.get('task') not in ('ltssl', 'lt'):
         commit = (read_json(run / 'env.json') or {}).get('git_commit') or 'unknown'
@@ -661,7 +661,7 @@ def predict(task, net, batch=1024):
         head_fn = lambda out: task.fw.test_logits(out[0].float())              # noqa: E731  [H,B,C]
     else:
         head_fn = (lambda out: out[0][None]) if task.ride else (lambda out: out[None])  # noqa: E731
-    test = task._test_set() if hasattr(task, '_test_set') else (task.test_x, task.test_y)   # LT / LTSSL
+    test = task.test_set()[0] if hasattr(task, 'test_set') else (task.test_x, task.test_y)   # LT / LTSSL
     if isinstance(test, tuple):
         x, y = test
         test = ((x[i:i + batch], y[i:i + batch]) for i in range(0, len(x), batch))
@@ -670,7 +670,8 @@ def predict(task, net, batch=1024):
     with torch.no_grad():
         for xb, yb in test:
             with train.autocast(xb.device, bf16=None if getattr(task.args, 'eval_bf16', False) else False):
-                logits = head_fn(net(train.prep_input(normalize(xb, task.mean, task.std)))).float()
+                x = train.prep_input(normalize(xb, task.mean, task.std), task.channels_last)
+                logits = head_fn(net(x)).float()
             preds.append(logits.argmax(-1).cpu())
             ys.append(yb.cpu())
     return torch.cat(preds, 1).numpy(), torch.cat(ys).numpy()

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from jitter import NormedLinear, kaiming_init, make_stage
+from jitter import NormedLinear, kaiming_init, make_stage, resnet32
 
 
 # ================================================================================================
@@ -213,6 +213,15 @@ class RIDELoss(nn.Module):
             kl = F.kl_div(F.log_softmax(z / T, dim=1), p_mean, reduction="batchmean")
             loss = loss + self.diversity * T_mean ** 2 * kl
         return loss
+
+
+def make_model(name, num_classes, imagenet_lt=False, experts=4, reduce=True, group_l2norm='off', loss='ce'):
+    """The LT network by name: 'ride' (RIDE ResNet-32, or ResNeXt-50 on ImageNet-LT: jitter.md §4.5, §7 #14) or
+    'resnet32' (LDAM-DRW's, with the jitter paper's group L2norm; NormedLinear head for the LDAM loss)."""
+    if name == 'ride':
+        return (ride_resnext50 if imagenet_lt else ride_resnet32)(num_classes, experts=experts, reduce=reduce)
+    return resnet32(num_classes, group_l2norm=False if group_l2norm == 'off' else group_l2norm,
+                    norm_linear=loss == 'ldam')
 
 
 def make_loss(name, counts, drw_epoch, stage1='ce', imagenet_lt=False):

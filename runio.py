@@ -263,6 +263,23 @@ def postfix(task, secs, steps):
     return f'loss {loss:.3f} acc {getattr(task, "last_acc", float("nan")):.2f} {ips:.0f} img/s'
 
 
+def rounded(stats, digits=5):
+    """A dict of tensors as JSON: a scalar as a float, anything larger as a flat list (one host copy each)."""
+    return {k: [round(float(v), digits) for v in t.reshape(-1).tolist()] if t.numel() > 1 else round(float(t), digits)
+            for k, t in stats.items()}
+
+
+def sampling_records(epoch_draws):
+    """Each finished epoch's δt and realised per-class sampling frequency (draws of class i / all draws of the
+    epoch), from the (epoch, δt, draws per class on the device) the LT task collected."""
+    out = []
+    for e, d, drawn in epoch_draws:
+        c = drawn.cpu().numpy()
+        out.append({'epoch': e, 'delta': round(float(d), 6), 'draws': int(c.sum()),
+                    'freq': [round(float(v), 6) for v in c / max(c.sum(), 1)]})
+    return out
+
+
 def summary(task, history, statistic, eval_head, extra):
     """summary.json: every head's statistics (head_stats), the table's head on top, wall time and images/s."""
     heads = {}

@@ -12,9 +12,9 @@ What a run costs and gives, measured here (docs/results.md; paper-scale GPU figu
 A run writes runs/<name>/{args,env}.json, metrics.jsonl, summary.json and checkpoint.pt (atomic; --resume
 continues a killed run and ends where the uninterrupted one ends). The file reads top to bottom: the LTSSL step
 (augment -> [BEM draw + mix] -> one forward -> framework loss -> SGD + EMA -> [BEM update]), the LT step in its
-epoch loop, the pieces both share, the loop, and the CLI. No host sync inside a step.
+epoch loop, the pieces both share, the loop, and main(). Every flag, its default and why: flags.py.
+No host sync inside a step.
 """
-import argparse
 import contextlib
 import copy
 import os
@@ -36,438 +36,8 @@ import ltssl
 import models
 import ride
 import runio
+from flags import _need, build_parser, check_world, drw_epoch, given_flags, lr_steps, resolve, run_name
 from runio import UsageError
-
-
-# ================================================================================================
-# CLI
-# ================================================================================================
-
-import importlib.util
-
-import jitter
-
-
-# ------------------------------------------------------------------------------------------------
-# Every default in one place, with why (nanoGPT's config block); argparse, --help and docs/usage.md
-# (defaults_markdown) read it. A value is one default, or {condition: default} where the first condition
-# that holds wins: its words must all name the run's task, dataset, model, ltssl --alg, or `bem` (--bem on);
-# none holding leaves None (the flag does not apply). Auto('...'): computed where it is used.
-# ------------------------------------------------------------------------------------------------
-
-class Auto(str):
-    """A default computed where it is used: argparse gets None, --help shows the text."""
-
-
-S1, SR = jitter.SETTINGS['single'], jitter.SETTINGS['ride']   # the jitter schedule's one source (§4.2, §4.3)
-ACR, LT42, LT43 = 'ACR train.py', 'jitter.md §4.2 (single expert)', 'jitter.md §4.3 (RIDE)'
-LT45 = "jitter.md §4.5: RIDE's ImageNet-LT config (reconstructed)"
-DEFAULTS = {
-    'task': ('ltssl', 'the first paper (BEM); lt = jitter sampling'),
-    'dataset': ({'lt': 'cifar100', 'ltssl': 'cifar10'}, "ACR's CIFAR-10-LT; the jitter paper's CIFAR-100-LT"),
-    'model': ({'imagenet_lt': 'ride', 'lt': 'resnet32', 'imagenet127': 'resnet50', 'ltssl': 'wrn'},
-              f'{ACR} (WRN-28-2; ResNet-50 on Small-ImageNet-127); {LT42}; {LT45}'),
-    'img_size': ({'imagenet_lt': 224, '': 32}, f'{LT45}; ACR Small-ImageNet-127 at 32 px'),
-    'workers': (Auto('CPUs - 1, at most 16'), 'engineering'),
-    'data_dir': ('./datasets', 'engineering'),
-    'out': (Auto('runs/NAME, NAME built from the arguments'), 'engineering'),
-    'runs_dir': ('runs', 'engineering'),
-    'resume': (False, 'engineering'),
-    'seed': (0, f'{ACR} --seed'),
-    'device': ('auto', 'engineering: cuda when visible'),
-    'check_data': (False, 'engineering'),
-    'iters': (250000, f'{ACR} --total-steps'),
-    'eval_every': ({'imagenet_lt': 10, 'lt': 1, 'ltssl': 500}, f'{ACR} --eval-step; LT: engineering'),
-    'epoch_steps': (500, f'{ACR} --eval-step'),
-    'batch_size': ({'ltssl': 64, 'imagenet_lt': 256, 'ride': 128, 'resnet32': 256}, f'{ACR}; {LT45}; {LT43}; {LT42}'),
-    'mu': (1, f'{ACR} (its README commands keep it)'),
-    'lr': ({'ltssl': 0.03, 'ride': 0.1, 'resnet32': 0.5}, f'{ACR}; {LT43}, also {LT45}; {LT42}'),
-    'wd': ({'imagenet_lt': 2e-4, '': 5e-4}, f'{LT45}; {ACR}, RIDE CIFAR config (jitter.md §4.2 inferred)'),
-    'momentum': (0.9, f'{ACR}; RIDE'),
-    'nesterov': (True, f'{ACR}; RIDE'),
-    'ema': (0.999, f'{ACR} --ema-decay'),
-    'threshold': (0.95, 'FixMatch, ACR --threshold'),
-    'alg': ('fixmatch', 'the first framework of BEM Table 1'),
-    'n1': (1500, "ACR's CIFAR-10-LT commands (spec anchors.md §1.2)"),
-    'm1': (3000, "ACR's CIFAR-10-LT commands (spec anchors.md §1.2)"),
-    'imb_l': (100, "ACR's CIFAR-10-LT commands (spec anchors.md §1.2)"),
-    'imb_u': (Auto('from --setting'), 'ACR: gamma_l consistent, 1 uniform, reversed gamma_l'),
-    'setting': ('consistent', "ACR's main setting"),
-    'split': ('acr', "ACR's first-k split, labeled inside unlabeled (spec anchors.md)"),
-    'width': (2, 'ACR public code (ACR paper, CIFAR-100: 8)'),
-    'bn_momentum': (0.001, 'ACR / kekmodel WRN'),
-    'acr_count': ('counts', 'reconstructed (README): confident pseudo-labels per class'),
-    'ema_u': ({'acr': 0.99}, "ACR's README commands (its argparse: 0.9)"),
-    'tau1': ({'acr': 2.0}, f'{ACR} argparse'),
-    'tau12': ({'acr': 2.0}, f'{ACR} argparse'),
-    'tau2': ({'acr': 2.0}, f'{ACR} argparse'),
-    'est_epoch': ({'acr': 5}, f'{ACR} argparse'),
-    'labeled_pad': ({'imagenet127': 'zeros', 'ltssl': 'reflect'}, "ACR's get_smallimagenet; ACR's CIFAR/SVHN/STL"),
-    'abc_views': (2, 'ABC code (DASO: 1)'),
-    'abc_hard': (False, 'ABC code: soft pseudo-labels (USB: hard)'),
-    'bem': (False, 'the baseline; --bem adds BEM'),
-    'mix': ({'bem': 'cammix', 'ltssl': 'none'}, 'BEM (CamMix)'),
-    'bank': ({'bem': True, 'ltssl': False}, 'BEM (class-balanced mix bank)'),
-    'ess': ({'bem': 'mul', 'ltssl': 'off'}, 'BEM; mul reconstructed (README)'),
-    'esm': ({'bem': 'class', 'ltssl': 'off'}, 'BEM; class reconstructed (README)'),
-    'ecb': ({'bem': 'on', 'ltssl': 'off'}, 'BEM'),
-    'ecb_scope': ('mixed', 'reconstructed (README)'),
-    'tau_c': (0.5, 'reconstructed: not recovered (spec bem.md)'),
-    'bank_size': ({'imagenet127': 32, 'ltssl': 64}, 'reconstructed: suggested, not recovered (spec bem.md)'),
-    'beta': (0.999, 'BEM §4.2 (Eq. 2)'),
-    'lambda_d': (0.99, "reconstructed: ACR's ema-u (spec bem.md)"),
-    'cam_refresh': (False, 'reconstructed: boxes of enqueue time'),
-    'mix_views': ('all', 'reconstructed (README)'),
-    'epochs': ({'imagenet_lt': 100, 'ride': SR['epochs'], 'resnet32': S1['epochs']}, f'{LT45}; jitter.SETTINGS'),
-    'imb': ({'imagenet_lt': 256, 'lt': 100}, 'the ImageNet-LT lists (1280 -> 5 images); LDAM-DRW'),
-    'iters_per_epoch': (Auto('ceil(N/B)'), 'jitter.py (reconstructed)'),
-    'sampler': ({'ride': SR['kind'], 'resnet32': S1['kind']}, 'jitter.SETTINGS'),
-    'experts': (4, LT43),
-    'reduce': (True, f'{LT43} (4 experts + reduce)'),
-    'loss': ({'ride': 'ride', 'resnet32': 'ce'}, f'{LT43}; {LT42}'),
-    'group_l2norm': ({'ride': 'off', 'resnet32': 'multi'}, f'{LT43} (removed); {LT42}, multi reconstructed'),
-    'jitter_alpha': ({'resnet32': S1['alpha'], 'ride': SR['alpha']}, 'jitter.SETTINGS'),
-    'jitter_beta': ({'resnet32': S1['beta'], 'ride': SR['beta']}, 'jitter.SETTINGS'),
-    'jitter_gamma': (S1['gamma'], 'jitter.SETTINGS (both presets)'),
-    'delta_fixed': ({'resnet32': S1['delta_fixed'], 'ride': SR['delta_fixed']},
-                    'jitter.SETTINGS (RIDE: reconstructed, DRW re-balances); not set with --delta-fixed-from alone'),
-    'delta_fixed_from': (Auto('the DRW epoch'), 'jitter.SETTINGS: 350 and 160 at the default lengths'),
-    'lr_steps': (Auto('160,180 of 200 epochs, 350,450 of 500, in proportion otherwise; 60,80 of 100 on imagenet_lt'),
-                 f'RIDE CustomLR ({LT42}, {LT43}, {LT45}); the proportion reconstructed'),
-    'ride_stage1': ('ce', 'jitter paper text (RIDE code: ldam)'),
-    'compile': (False, 'engineering'),
-    'eval_bf16': (False, 'fp32: with s = 30 cosine logits bf16 flips near-ties'),
-    'deterministic': (False, 'engineering'),
-    'log_every': (50, 'engineering'),
-    'nan_policy': ('stop', 'engineering'),
-    'progress': (Auto('on when stderr is a terminal'), 'engineering'),
-    'tensorboard': (False, 'engineering'),
-}
-ACR_DEFAULTS = {k: DEFAULTS[k][0]['acr'] for k in ('ema_u', 'tau1', 'tau12', 'tau2', 'est_epoch')}  # ACR's options
-LTSSL_DATA = ('cifar10', 'cifar100', 'stl10', 'svhn', 'fmnist', 'imagenet127', 'synthetic')
-LT_DATA = ('cifar10', 'cifar100', 'fmnist', 'imagenet_lt', 'synthetic')
-_SAY = {'': 'otherwise', 'bem': 'with --bem', 'acr': 'with --alg acr'}
-
-
-def _show(value):
-    """A table value as --help and the docs print it."""
-    if isinstance(value, dict):
-        return ', '.join(f'{_show(v)} {_SAY.get(w, "for " + w)}' for w, v in value.items())
-    return ('on' if value else 'off') if isinstance(value, bool) else str(value)
-
-
-def _holds(when, a):
-    """A table condition on the args resolved so far (the dataset and the model come first in the table)."""
-    run = {a.task, a.dataset, a.model} | ({'bem'} if a.bem else set()) | ({a.alg} if a.task == 'ltssl' else set())
-    return set(when.split()) <= run
-
-
-# ------------------------------------------------------------------------------------------------
-# argparse types: a single-flag rule fails at parse time with one line that names the flag, the value and the fix
-# ------------------------------------------------------------------------------------------------
-
-def _checked(kind, ok, rule, fix=''):
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or not ok(value):
-            raise argparse.ArgumentTypeError(f'must be {rule}, got {text!r}' + (f'; {fix}' if fix else ''))
-        return value
-    return parse
-
-
-POS, NAT = _checked(int, lambda v: v > 0, 'a positive integer'), _checked(int, lambda v: v >= 0, 'an integer >= 0')
-POS_F, NONNEG_F = _checked(float, lambda v: v > 0, 'positive'), _checked(float, lambda v: v >= 0, '>= 0')
-GAMMA = _checked(float, lambda v: v >= 1, '>= 1 (an imbalance ratio N_1/N_C)')
-RATE = _checked(float, lambda v: 0 <= v < 1, 'in [0,1)')
-TAU = _checked(float, lambda v: v >= 0, '>= 0', 'ACR uses 2')
-
-
-def _lr_steps(text):
-    """Two increasing epochs like 160,180; kept as text (args.json records what was given)."""
-    v = text.split(',')
-    if len(v) != 2 or not all(s.strip().isdigit() for s in v) or int(v[0]) >= int(v[1]):
-        raise argparse.ArgumentTypeError(f'must be two increasing epochs like 160,180, got {text!r}')
-    return text
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2 (argparse's default prints the whole usage)
-        print(f'error: {message}; see python train.py --help', file=sys.stderr)
-        sys.exit(2)
-
-
-def build_parser():
-    p = _Parser(description=__doc__.split('\n')[0])
-
-    def a(*flags, help='', **kw):   # the default and '(default: ...; why)' come from DEFAULTS
-        value, why = DEFAULTS[kw.get('dest') or flags[0][2:].replace('-', '_')]
-        kw.setdefault('default', None if isinstance(value, (dict, Auto)) else value)
-        text = f'{help} (default: {_show(value)}; {why})'.lstrip().replace('%', '%%')
-        return p.add_argument(*flags, help=text, **kw)
-    a('--task', choices=['ltssl', 'lt'])
-    a('--dataset', choices=LTSSL_DATA + ('imagenet_lt',), help=f'ltssl: {"|".join(LTSSL_DATA)}; lt: {"|".join(LT_DATA)}')
-    a('--img-size', type=int, help='imagenet127: 32 or 64; imagenet_lt: crop size; 32 for the CIFAR-size sets')
-    a('--workers', type=NAT, help='imagenet_lt: JPEG-decoding DataLoader workers')
-    a('--data-dir')
-    a('--out', help='run directory')
-    a('--runs-dir')
-    a('--resume', action='store_true')
-    a('--seed', type=_checked(int, lambda v: 0 <= v < 2 ** 32, 'in [0, 2^32)'))
-    a('--device', choices=['auto', 'cpu', 'cuda'])
-    a('--check-data', action='store_true', help='only check that the dataset is present; exit 0 or 2')
-    # -- optimisation
-    a('--iters', type=POS, help='ltssl total steps')
-    a('--eval-every', type=POS, help='ltssl: steps; lt: epochs')
-    a('--epoch-steps', type=POS, help="ltssl: ACR's epoch (eval_step): the clock of ACR's adaptive tau, ABC's "
-      "schedule and BEM's d^u start; independent of --eval-every so evaluation never changes training")
-    a('--batch-size', type=POS)
-    a('--mu', type=POS, help='unlabeled/labeled batch ratio')
-    a('--lr', type=POS_F)
-    a('--wd', type=NONNEG_F)
-    a('--momentum', type=NONNEG_F)
-    a('--no-nesterov', dest='nesterov', action='store_false', help='plain momentum instead of Nesterov')
-    a('--ema', type=RATE, help='EMA decay of the evaluated model (ltssl)')
-    a('--threshold', type=_checked(float, lambda v: 0 < v < 1, 'in (0,1)', 'FixMatch uses 0.95'),
-      help='pseudo-label confidence tau')
-    # -- LTSSL data/splits (spec anchors.md §1.2, bem.md §4)
-    a('--alg', choices=['supervised', 'fixmatch', 'la', 'abc', 'acr'])
-    a('--n1', type=POS, help='labeled images of the head class')
-    a('--m1', type=NAT, help='unlabeled images of the head class')
-    a('--imb-l', type=GAMMA, help='labeled imbalance gamma_l = N_1/N_C')
-    a('--imb-u', type=_checked(float, lambda v: v >= 1, '>= 1', 'use --setting reversed to flip'),
-      help='unlabeled gamma_u')
-    a('--setting', choices=['consistent', 'uniform', 'reversed'])
-    a('--split', choices=['acr', 'random'], help='acr: first-k, labeled inside unlabeled')
-    a('--model', choices=['wrn', 'resnet50', 'resnet32', 'ride'], help='ltssl: wrn|resnet50; lt: resnet32|ride '
-      '(RIDE ResNet-32; ResNeXt-50 on imagenet_lt)')
-    a('--width', type=POS, help='WRN width')
-    a('--bn-momentum', type=float, help='WRN BatchNorm momentum')
-    # -- framework options (ltssl.py); ACR's only with --alg acr
-    a('--acr-count', choices=['counts', 'presence'], help="ACR's u_py histogram: counts = sum of the confident "
-      "pseudo-labels per class; presence = ACR's statement now_mask[q] += w (index_put: the last occurrence's "
-      "weight per class, CPU order)")
-    a('--ema-u', type=_checked(float, lambda v: 0 <= v < 1, 'in [0,1)', 'ACR uses 0.99'),
-      help='ACR: EMA rate of the unlabeled-distribution estimate u_py')
-    a('--tau1', type=TAU, help='ACR: tau_max of the adaptive tau1 (standard-head pseudo-labels)')
-    a('--tau12', type=TAU, help="ACR: tau of the balanced head's pseudo-label adjustment")
-    a('--tau2', type=TAU, help="ACR: tau of the balanced head's logit-adjusted labeled loss")
-    a('--est-epoch', type=_checked(int, lambda v: v >= 0, 'an integer >= 0', 'ACR uses 5'),
-      help='ACR: u_py is estimated and tau1 adapted in epochs > est_epoch (0-based epochs of --epoch-steps)')
-    a('--labeled-pad', choices=['zeros', 'reflect'], help="padding of the labeled view's RandomCrop")
-    a('--abc-views', type=POS, help='ABC strong views')
-    a('--abc-hard', action='store_true', help='hard ABC pseudo-labels instead of soft')
-    # -- BEM (bem.py; reconstructed choices in README)
-    a('--bem', action='store_true', help='CamMix + class-balanced mix bank + ESS + ESM + ECB')
-    a('--mix', choices=['none', 'mixup', 'cutmix', 'saliencymix', 'cammix'])
-    a('--bank', dest='bank', action='store_true', help='class-balanced mix bank')
-    a('--no-bank', dest='bank', action='store_false', help='in-batch mixing partners instead of the bank')
-    a('--ess', choices=['mul', 'add', 'off'])
-    a('--esm', choices=['class', 'batch', 'off'])
-    a('--ecb', choices=['on', 'cb', 'off'])
-    a('--ecb-scope', choices=['mixed', 'target', 'all'], help='where the ECB weights act: mixed = both labels of '
-      'mixed samples only (lam < 1; unmixed views, ACR L_u^b and ABC L_con keep their own loss); target = the target '
-      'label of mixed samples only (ESS already drew the pasted class); all = every unlabeled term')
-    a('--tau-c', type=_checked(float, lambda v: 0 <= v <= 1, 'in [0,1]'), help='CAM threshold')
-    a('--bank-size', type=POS, help='per class per queue')
-    a('--beta', type=_checked(float, lambda v: 0 < v < 1, 'in (0,1)', 'BEM uses 0.999'),
-      help='effective-number beta (BEM Eq. 2)')
-    a('--lambda-d', type=RATE, help='EMA of the unlabeled class distribution (BEM Eq. 3)')
-    a('--cam-refresh', action='store_true', help='recompute bank CAM boxes at draw time')
-    a('--mix-views', choices=['all', 'second'], help='ACR/ABC: mix both strong views or only the second')
-    # -- LT task (jitter.py / ride.py)
-    a('--epochs', type=POS)
-    a('--imb', type=GAMMA, help='lt imbalance factor (LDAM-DRW construction); ImageNet-LT: fixed by its lists')
-    a('--iters-per-epoch', type=POS, help='lt: cap the steps of an epoch (smoke tests, benchmarks)')
-    a('--sampler', choices=jitter.KINDS)
-    a('--experts', type=POS)
-    a('--reduce', dest='reduce', action='store_true', help='RIDE reduced-width experts')
-    a('--no-reduce', dest='reduce', action='store_false', help='full-width RIDE experts')
-    a('--loss', choices=['ce', 'ldam', 'ride'])
-    a('--group-l2norm', choices=['multi', 'single4', 'expand', 'off'])
-    a('--jitter-alpha', type=NONNEG_F, help='jitter schedule alpha')
-    a('--jitter-beta', type=POS_F, help='jitter schedule beta')
-    a('--jitter-gamma', type=float, help='jitter schedule floor gamma')
-    a('--delta-fixed', type=float, help='fixed delta_t from --delta-fixed-from on')
-    a('--delta-fixed-from', type=int, help='epoch')
-    a('--lr-steps', type=_lr_steps, help='lt: epochs of the two lr decays, e.g. 160,180')
-    a('--ride-stage1', choices=['ce', 'ldam'], help='RIDE loss before DRW')
-    # -- engineering
-    a('--compile', action='store_true', help='torch.compile the model')
-    a('--eval-bf16', action='store_true', help='evaluate under bf16 autocast on CUDA, as training does')
-    a('--deterministic', action='store_true', help='torch/cudnn deterministic algorithms')
-    a('--log-every', type=POS, help='steps between host-side logs/NaN checks')
-    a('--nan-policy', choices=['stop', 'skip'], help='skip: skip non-finite steps (syncs each step)')
-    a('--progress', dest='progress', action='store_true', help='progress bar')
-    a('--no-progress', dest='progress', action='store_false', help='no progress bar')
-    a('--tensorboard', action='store_true', help='mirror every metrics.jsonl record into RUN_DIR/tb/ (TensorBoard)')
-    p.add_argument('--inject-nan', type=int, default=None, help=argparse.SUPPRESS)   # tests only
-    return p
-
-
-def defaults_markdown():
-    """The defaults table of docs/usage.md (between its defaults-table markers; a test keeps the two equal)."""
-    flags = {}
-    for act in build_parser()._actions:
-        flags.setdefault(act.dest, []).extend(f'`{o}`' for o in act.option_strings)
-    rows = [(' '.join(flags[d]), _show(v), why) for d, (v, why) in DEFAULTS.items()]
-    return '\n'.join('| ' + ' | '.join(c.replace('|', r'\|') for c in row) + ' |'
-                     for row in [('flag', 'default', 'why'), ('---',) * 3] + rows)
-
-
-def resolve(args, given=()):
-    """Fill the table's task-, dataset- and model-dependent defaults (in table order: the dataset, then the model,
-    then what reads them), then validate. Raises UsageError.
-
-    given: dests of the flags on the command line (given_flags); one that changes nothing in this run is refused."""
-    for dest, (value, _) in DEFAULTS.items():
-        if isinstance(value, dict) and getattr(args, dest) is None:
-            if dest == 'delta_fixed' and args.delta_fixed_from is not None:
-                continue     # --delta-fixed-from alone sets no stage-2 override
-            setattr(args, dest, next((v for when, v in value.items() if _holds(when, args)), None))
-    validate(args)                # first: its messages are the more specific ones (e.g. ImageNet-LT needs RIDE)
-    check_scope(args, given)
-    if args.task == 'lt' and args.delta_fixed is not None and args.delta_fixed_from is None:
-        args.delta_fixed_from = drw_epoch(args)   # single expert: 350 (§4.2); RIDE: DRW (jitter.md §7 #7)
-    return args
-
-
-def _need(cond, msg):
-    if not cond:
-        raise UsageError(msg)
-
-
-        raise UsageError(msg)
-
-
-# ------------------------------------------------------------------------------------------------
-# No silently ignored flag: a flag given on the command line whose option is not chosen would change
-# nothing, so it is refused. One line per flag: dest -> (what it belongs to, test on the resolved args).
-# A new task-, model- or algorithm-specific flag adds its line here.
-# ------------------------------------------------------------------------------------------------
-
-def _ltssl(a):
-    return a.task == 'ltssl'
-
-
-def _lt(a):
-    return a.task == 'lt'
-
-
-def _ssl(a):
-    return _ltssl(a) and a.alg != 'supervised'
-
-
-def _mixing(a):   # the condition of make_mixer: BEM or a mixing baseline is on (SSL only)
-    return _ssl(a) and (a.bem or a.mix != 'none' or a.bank or 'off' not in (a.ess, a.esm, a.ecb))
-
-
-_LTSSL, _LT = ('--task ltssl', _ltssl), ('--task lt', _lt)
-_BEM = ('BEM on an SSL --alg (fixmatch|la|abc|acr, --task ltssl)', _ssl)
-_WRN = ('--model wrn (--task ltssl)', lambda a: _ltssl(a) and a.model == 'wrn')
-_MIX = ('BEM or a mixing baseline (--task ltssl, an SSL --alg, with --bem or --mix)', _mixing)
-_ABC = ('--alg abc (--task ltssl)', lambda a: _ltssl(a) and a.alg == 'abc')
-_RIDE = ('--model ride (--task lt)', lambda a: _lt(a) and a.model == 'ride')
-_JITTER = ('a jitter sampler (--task lt, --sampler jitter1|jitter2|jitter-noreplace)',
-           lambda a: _lt(a) and a.sampler in ('jitter1', 'jitter2', 'jitter-noreplace'))
-_ACR = ('--alg acr (--task ltssl)', lambda a: _ltssl(a) and a.alg == 'acr')
-SCOPE = {
-    'iters': _LTSSL, 'epoch_steps': _LTSSL, 'mu': _LTSSL, 'ema': _LTSSL, 'threshold': _LTSSL, 'alg': _LTSSL,
-    'n1': _LTSSL, 'm1': _LTSSL, 'imb_l': _LTSSL, 'imb_u': _LTSSL, 'setting': _LTSSL, 'split': _LTSSL,
-    'bem': _BEM, 'mix': _BEM, 'bank': _BEM, 'ess': _BEM, 'esm': _BEM, 'ecb': _BEM,
-    'width': _WRN, 'bn_momentum': _WRN,
-    'acr_count': _ACR, 'ema_u': _ACR, 'tau1': _ACR, 'tau12': _ACR, 'tau2': _ACR, 'est_epoch': _ACR,
-    'labeled_pad': _LTSSL, 'ecb_scope': _BEM,
-    'abc_views': _ABC, 'abc_hard': _ABC,
-    'tau_c': _MIX, 'bank_size': _MIX, 'beta': _MIX, 'lambda_d': _MIX, 'cam_refresh': _MIX, 'mix_views': _MIX,
-    'epochs': _LT, 'imb': _LT, 'iters_per_epoch': _LT, 'sampler': _LT, 'loss': _LT, 'lr_steps': _LT,
-    'group_l2norm': ('--model resnet32 (--task lt)', lambda a: _lt(a) and a.model == 'resnet32'),
-    'experts': _RIDE, 'reduce': _RIDE,
-    'ride_stage1': ('--loss ride (--task lt)', lambda a: _lt(a) and a.loss == 'ride'),
-    'jitter_alpha': _JITTER, 'jitter_beta': _JITTER, 'jitter_gamma': _JITTER, 'delta_fixed': _JITTER,
-    'delta_fixed_from': _JITTER,
-    'workers': ('--dataset imagenet_lt (--task lt)', lambda a: a.dataset == 'imagenet_lt'),
-}
-
-
-def given_flags(argv=None):
-    """dests of the flags on the command line: a second parse in which no flag has a default."""
-    p = build_parser()
-    for act in p._actions:
-        act.default = argparse.SUPPRESS
-    return set(vars(p.parse_args(argv)))
-
-
-def check_scope(args, given):
-    for dest in sorted(set(given) & set(SCOPE)):
-        owner, applies = SCOPE[dest]
-        if not applies(args):
-            flag = '/'.join(o for act in build_parser()._actions if act.dest == dest for o in act.option_strings)
-            here = f'--task {args.task} --model {args.model}' + (f' --alg {args.alg}' if _ltssl(args) else '')
-            raise UsageError(f'{flag} belongs to {owner} and would change nothing in this run ({here}); drop it')
-
-
-def validate(args):
-    """The cross-flag rules; a single flag's range or name is checked by its argparse type or choices."""
-    lt, acr = args.task == 'lt', args.task == 'ltssl' and args.alg == 'acr'
-    data, models = (LT_DATA, ('resnet32', 'ride')) if lt else (LTSSL_DATA, ('wrn', 'resnet50'))
-    _need(args.dataset in data, f'unknown dataset {args.dataset!r} for --task {args.task}; choose one of {", ".join(data)}')
-    _need(args.model in models, f'unknown model {args.model!r} for --task {args.task}; choose one of {", ".join(models)}')
-    if args.dataset == 'imagenet_lt':
-        _need(args.img_size >= 32, f'--img-size must be >= 32 for ImageNet-LT, got {args.img_size}; RIDE uses 224')
-    elif args.dataset == 'imagenet127':
-        _need(args.img_size in (32, 64), f'--img-size must be 32 or 64 for imagenet127, got {args.img_size}')
-    else:
-        _need(args.img_size == 32, f'--img-size {args.img_size} does not apply to {args.dataset} (32 px); drop it')
-    _need(not args.tensorboard or importlib.util.find_spec('tensorboard') is not None,
-          '--tensorboard needs the tensorboard package: pip install tensorboard (it is in requirements.txt)')
-    for k in ACR_DEFAULTS:   # a flag that would do nothing is an error
-        _need(acr or getattr(args, k) is None, f'--{k.replace("_", "-")} is an ACR option; drop it or use --task '
-              'ltssl --alg acr')
-    _need(acr or args.acr_count == 'counts', '--acr-count is an ACR option; drop it or use --task ltssl --alg acr')
-    _need(not lt or args.labeled_pad is None, '--labeled-pad is an LTSSL option; drop it or use --task ltssl')
-    if lt:
-        _need(not args.bem, '--bem is a BEM (ltssl) option and does not apply to --task lt; drop --bem or use --task ltssl')
-        _need(args.loss != 'ride' or args.model == 'ride', '--loss ride needs --model ride')
-        _need(args.loss != 'ldam' or args.model == 'resnet32', '--loss ldam is the LDAM-DRW baseline on --model '
-              'resnet32; RIDE experts already scale by s=30 and carry LDAM margins in --loss ride')
-        _need(args.dataset != 'imagenet_lt' or args.model == 'ride', 'ImageNet-LT runs the RIDE ResNeXt-50 (jitter.md '
-              '§4.5); use --model ride (--experts 1 for a single expert)')
-        _need(args.dataset != 'imagenet_lt' or args.imb == 256, f'--imb does not apply to ImageNet-LT (its lists fix '
-              f'it at 256, 1280 -> 5 images); drop --imb {args.imb}')
-        return
-    _need(args.m1 > 0 or args.alg == 'supervised', f'--m1 must be positive, got {args.m1}')
-    _need(not (args.bem and args.alg == 'supervised'), '--bem needs unlabeled data; use --alg fixmatch|la|abc|acr')
-    _need(args.mix == 'none' or args.alg != 'supervised', f'--mix {args.mix} needs unlabeled data; use an SSL --alg')
-
-
-def lr_steps(args):
-    """RIDE CustomLR decay epochs (spec jitter.md §4.2-4.3); other lengths scale in proportion (reconstructed)."""
-    if args.lr_steps:
-        return tuple(int(v) for v in args.lr_steps.split(','))
-    if args.dataset == 'imagenet_lt':
-        base, ref = (60, 80), 100          # RIDE ImageNet-LT: x0.1 at 60 and 80 of 100 epochs (jitter.md §4.5)
-    else:
-        base, ref = ((160, 180), 200) if args.model == 'ride' or args.epochs <= 200 else ((350, 450), 500)
-    return tuple(int(round(s * args.epochs / ref)) for s in base)
-
-
-def drw_epoch(args):
-    """Epoch where DRW starts and the jitter stops: the first decay on CIFAR (reweight_epoch 160 of 200),
-    the second on ImageNet-LT (reweight_epoch 80 of 100, jitter during 0-80; jitter.md §4.3, §4.5)."""
-    return lr_steps(args)[1 if args.dataset == 'imagenet_lt' else 0]
-
-
-def run_name(args):
-    parts = [args.task, args.dataset, args.alg if args.task == 'ltssl' else args.model]
-    if args.task == 'ltssl':
-        parts += [f'n{args.n1}', f'm{args.m1}', f'g{args.imb_l:g}', args.setting]
-        parts += ['bem'] if args.bem else ([f'mix-{args.mix}'] if args.mix != 'none' else [])
-    else:
-        parts += [args.sampler, f'imb{args.imb:g}']
-    return '_'.join(parts + [f'seed{args.seed}'])
 
 
 # ================================================================================================
@@ -479,17 +49,9 @@ def split_joint(z, Bl, Bu, dim=1):
     return z.split([Bl, Bu, z.shape[dim] - Bl - Bu], dim)
 
 
-def mixing_on(args):
-    """BEM, or a mixing baseline, or one of ESS/ESM/ECB alone: the step draws, mixes and updates a bem.BEM."""
-    return args.alg != 'supervised' and (args.bem or args.mix != 'none' or args.bank
-                                         or 'off' not in (args.ess, args.esm, args.ecb))
-
-
 class LTSSLTask:
-    """FixMatch-style LTSSL on device-resident uint8 data. One step (DESIGN.md, data flow):
-
-        augment -> [BEM: bank draw + mix] -> one forward -> framework loss -> SGD + EMA -> [BEM: update]
-    """
+    """FixMatch-style LTSSL on device-resident uint8 data; a step reads as DESIGN.md's data flow:
+    augment -> [BEM: bank draw + mix] -> one forward -> framework loss -> SGD + EMA -> [BEM: update]."""
 
     def __init__(self, args, ds, device, log, dist=None):
         init_common(self, args, device, dist, log)
@@ -504,7 +66,9 @@ class LTSSLTask:
         self.total_steps = args.iters
         self.lab_sampler = data.EpochSampler(len(self.lab_x), args.batch_size, device, self.gen)
         self.unl_sampler = data.EpochSampler(n_unl, args.mu * args.batch_size, device, self.gen) if self.ssl else None
-        self.bem = self._bem(n_unl) if mixing_on(args) else None
+        # BEM, a mixing baseline, or one of ESS/ESM/ECB alone: the step draws, mixes and updates a bem.BEM
+        mixing = args.bem or args.mix != 'none' or args.bank or 'off' not in (args.ess, args.esm, args.ecb)
+        self.bem = self._bem(n_unl) if self.ssl and mixing else None
         self.images_per_step = args.batch_size + (args.mu * args.batch_size * (1 + self.V) if self.ssl else 0)
         c = self.counts.tolist()
         log(f'{ds.name}: labeled {len(self.lab_x)} {c[:10]}{"..." if self.C > 10 else ""}, unlabeled {n_unl}, '
@@ -528,12 +92,9 @@ class LTSSLTask:
 
     def _fw_options(self):
         a = self.args
-        if a.alg == 'abc':
-            return dict(abc_views=a.abc_views, abc_soft=not a.abc_hard)
-        if a.alg == 'acr':
-            return dict(acr_count=a.acr_count, ema_u=a.ema_u, tau1=a.tau1, tau12=a.tau12, tau2=a.tau2,
-                        est_epoch=a.est_epoch)
-        return {}
+        return {'abc': dict(abc_views=a.abc_views, abc_soft=not a.abc_hard),
+                'acr': dict(acr_count=a.acr_count, ema_u=a.ema_u, tau1=a.tau1, tau12=a.tau12, tau2=a.tau2,
+                            est_epoch=a.est_epoch)}.get(a.alg, {})
 
     def _model(self):
         """WRN-28 (ResNet-50 on ImageNet-127), two heads for ACR; SGD without decay on BN/bias, ACR's cosine."""
@@ -567,18 +128,18 @@ class LTSSLTask:
         clock, ssl = self.clock, self.ssl            # clock: bench.py times these pieces; a no-op in training
         with clock('augmentation'):
             xl, yl, uw, us, u_real = self.augment()
-        mix = None
+        mixes = None                                 # per strong view: lam, pasted label, ECB weights
         if self.bem is not None:
             with clock('bem_draw_mix'):
-                us, mix = self.mix(us, uw)
+                us, mixes = self.bem_draw_mix(us, uw)
         with clock('fwd_bwd'):
             Bl, Bu = len(xl), len(uw) if ssl else 0
             logits, fmap = self.forward([xl, uw, us] if ssl else [xl], Bl, Bu)
             logits = logits.float()                                  # losses, softmax, thresholds in fp32
             zl, zw, zs = split_joint(logits, Bl, Bu) if ssl else (logits, None, None)
             zs = zs.reshape(len(logits), self.V, Bu, -1).transpose(0, 1) if ssl else None   # [V, H, Bu, C]
-            loss, logs, pl = self.fw.loss(zl, yl, zw, zs, u_real, self.step, self.gen, mix)
-            cam_w = self.loss_side(zl, zw, zs, yl, pl, mix, fmap) if self.bem is not None else None
+            loss, logs, pl = self.fw.loss(zl, yl, zw, zs, u_real, self.step, self.gen, mixes)
+            cam_w = self.loss_side(zl, zw, zs, yl, pl, mixes, fmap) if self.bem is not None else None
             skip = backward(self, loss, dict(logs, loss=loss.detach()))
         with clock('opt_ema'):
             if not skip:
@@ -617,7 +178,7 @@ class LTSSLTask:
         return ddp.gather(logits, sizes, self.dist, dim=1), fmap
 
     # -- BEM, called directly (bem.BEM's call protocol, steps 1-5) ---------------------------------
-    def mix(self, us, uw):
+    def bem_draw_mix(self, us, uw):
         """Steps 1-2: a partner per strong view (the class-balanced bank, or in-batch), mixed in; and the
         per-view records (lam, pasted label, ECB weights) the losses take (step 5)."""
         a, g = self.args, self.gen
@@ -651,11 +212,11 @@ class LTSSLTask:
         rep = lambda z: None if z is None else z.repeat(self.V, *[1] * (z.dim() - 1))  # noqa: E731
         return bem.in_batch_sources(rep(uw), rep(q), self.gen, rep(box))
 
-    def loss_side(self, zl, zw, zs, yl, pl, mix, fmap):
+    def loss_side(self, zl, zw, zs, yl, pl, mixes, fmap):
         """Before backward: L_u's loss mass per class (head 0, the term ECB weights; the dynamics records) and,
         on ResNet-50, the Grad-CAM weights (its CAM layer, layer3, is not the head's input)."""
         for v in range(self.V):
-            self.bem.add_loss_mass(zs[v, 0].detach(), pl['q'], pl['mask'], None if mix is None else mix[v])
+            self.bem.add_loss_mass(zs[v, 0].detach(), pl['q'], pl['mask'], None if mixes is None else mixes[v])
         if self.plain_cam:
             return None
         if self.dist is not None:   # each rank differentiates its own rows, then the weights are gathered
@@ -687,8 +248,10 @@ class LTSSLTask:
         rec = {'step': self.step, 'acc': {names[h]: round(float(top1[h]), 4) for h in names},
                'per_class': {names[h]: per_class[h].round(3).tolist() for h in names},
                'lr': self.sched.get_last_lr()[0], 'train': runio.pop_logs(self)}
-        if self.bem is not None:
-            rec.update(bem_record(self.bem))
+        if self.bem is not None:   # s_c, r_c, w_c, d^u, entropies, queue fill, loss-mass shares per class
+            b = runio.rounded(self.bem.stats(reset=True))
+            b['u_counts'] = b.pop('u_count')
+            rec.update(bem=b, u_counts=b['u_counts'], u_entropy=b['u_entropy'], box_area=b['box_area'])
         self.last_acc = rec['acc'][self._eval_name()]
         return rec
 
@@ -717,14 +280,6 @@ class LTSSLTask:
             self.bem.load_state_dict(s['bem'])
 
 
-def bem_record(b):
-    """The evaluation record's BEM part: s_c, r_c, w_c, d^u, entropies, queue fill, loss-mass shares per class."""
-    out = {k: [round(float(v), 5) for v in t.reshape(-1).tolist()] if t.numel() > 1 else round(float(t), 5)
-           for k, t in b.stats(reset=True).items()}
-    out['u_counts'] = out.pop('u_count')
-    return {'bem': out, 'u_counts': out['u_counts'], 'u_entropy': out['u_entropy'], 'box_area': out['box_area']}
-
-
 # ================================================================================================
 # The LT step: jitter samplers (jitter.py) on ResNet-32 or RIDE (ride.py), inside an epoch loop
 # ================================================================================================
@@ -741,12 +296,15 @@ class LTTask:
         self.mean, self.std = data.LT_STATS.get(ds.name, (ds.mean, ds.std))
         # RIDE's CIFAR pipeline adds RandomRotation(15); LDAM-DRW's is crop + flip (spec jitter.md §4.2)
         self.degrees = 0.0 if (args.loss == 'ldam' and not self.ride) else 15.0
-        self.model = wrap_model(self, self._net().to(device), find_unused=False, channels_last=False)
+        inet = args.dataset == 'imagenet_lt'
+        net = ride.make_model(args.model, self.C, inet, args.experts, args.reduce, args.group_l2norm, args.loss)
+        self.model = wrap_model(self, net.to(device), find_unused=False, channels_last=False)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=args.lr, momentum=args.momentum,
                                    weight_decay=args.wd, nesterov=args.nesterov, **_foreach(device))
         self.lr_steps = steps = lr_steps(args)
-        self.criterion = self._criterion()
-        g = 0.1 if args.dataset == 'imagenet_lt' else 0.01      # lr x0.1 per step on ImageNet-LT, x0.01 on CIFAR
+        # RIDE / LDAM-DRW loss with DRW from epoch 160 of 200 (CIFAR), 80 of 100 (ImageNet-LT); None: plain CE
+        self.criterion = ride.make_loss(args.loss, self.counts.tolist(), drw_epoch(args), args.ride_stage1, inet)
+        g = 0.1 if inet else 0.01                 # lr x0.1 per step on ImageNet-LT, x0.01 on CIFAR
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda e: ride.lr_lambda(e, warmup=5, steps=steps, gamma=g))
         self.sampler = jitter.make_sampler(
@@ -770,20 +328,6 @@ class LTTask:
         self.counts, self.train_x, self.train_y, self.test_x, self.test_y = data.lt_train_set(ds, self.args.imb,
                                                                                              self.device)
         return len(self.train_y)
-
-    def _net(self):
-        a, C = self.args, self.C
-        if self.ride and a.dataset == 'imagenet_lt':   # RIDE ResNeXt-50 (jitter.md §4.5, §7 #14)
-            return ride.ride_resnext50(C, experts=a.experts, reduce=a.reduce)
-        if self.ride:
-            return ride.ride_resnet32(C, experts=a.experts, reduce=a.reduce)
-        return jitter.resnet32(C, group_l2norm=False if a.group_l2norm == 'off' else a.group_l2norm,
-                               norm_linear=a.loss == 'ldam')
-
-    def _criterion(self):
-        """RIDE / LDAM-DRW loss, DRW from epoch 160 of 200 (CIFAR) or 80 of 100 (ImageNet-LT); None: plain CE."""
-        a = self.args
-        return ride.make_loss(a.loss, self.counts.tolist(), drw_epoch(a), a.ride_stage1, a.dataset == 'imagenet_lt')
 
     # -- the epoch loop and the step ------------------------------------------------------------------
     def steps(self):
@@ -858,35 +402,23 @@ class LTTask:
         return self.step % (self.args.eval_every * self.ipe) == 0 or self.step == self.total_steps
 
     def test_set(self):
-        return self.test_x, self.test_y
-
-    def eval_reduce(self):
-        return None                                 # every rank evaluates the whole (device-resident) test set
-
-    def sampling_record(self):
-        """Each finished epoch since the last record: δt and the realised per-class sampling frequency
-        (draws of class i / all draws of that epoch). One host copy per evaluation."""
-        out = []
-        for e, d, drawn in self.epoch_draws:
-            c = drawn.cpu().numpy()
-            out.append({'epoch': e, 'delta': round(float(d), 6), 'draws': int(c.sum()),
-                        'freq': [round(float(v), 6) for v in c / max(c.sum(), 1)]})
-        self.epoch_draws = []
-        return out
+        """(test data, reduce): every rank evaluates the whole device-resident test set, nothing to sum."""
+        return (self.test_x, self.test_y), None
 
     def evaluate(self):
         fn = (lambda out: out[0][None]) if self.ride else (lambda out: out[None])
-        top1, per_class = evaluate(self.model, self.test_set(), None, self.mean, self.std, self.C, fn,
-                                   bf16=self.args.eval_bf16, reduce=self.eval_reduce(),
-                                   channels_last=self.channels_last)
+        (test, reduce), cl = self.test_set(), self.channels_last
+        top1, per_class = evaluate(self.model, test, None, self.mean, self.std, self.C, fn, bf16=self.args.eval_bf16,
+                                   reduce=reduce, channels_last=cl)
         self.model.train()
         macc = float(per_class[0].mean())   # the paper's metric: mean per-class accuracy
+        self.epoch_draws, draws = [], self.epoch_draws
         self.last_acc = macc
         return {'step': self.step, 'epoch': self.step // self.ipe, 'acc': {'model': round(macc, 4)},
                 'top1': round(float(top1[0]), 4), 'per_class': {'model': per_class[0].round(3).tolist()},
                 'lr': self.sched.get_last_lr()[0], 'delta': self.deltas[-1] if self.deltas else 0.0,
                 'class_probs': [round(float(p), 5) for p in self.sampler.class_probs()],
-                'sampling': self.sampling_record(), 'train': runio.pop_logs(self)}
+                'sampling': runio.sampling_records(draws), 'train': runio.pop_logs(self)}
 
     def summary(self, history):
         stat = 'mean per-class accuracy (%) of the final model (jitter paper §4.1); many >100, few <20 training images'
@@ -940,11 +472,9 @@ class ImageNetLTTask(LTTask):
     def local(self, x):
         return x                             # already this rank's rows (JpegEpochs rows)
 
-    def eval_reduce(self):
-        return None if self.dist is None else ddp.all_sum
-
     def test_set(self):
-        return self.jpegs.test()
+        """This rank's rows of the test set; the per-class counts are summed over the ranks."""
+        return self.jpegs.test(), None if self.dist is None else ddp.all_sum
 
     def state_dict(self):
         s = super().state_dict()
@@ -1113,7 +643,7 @@ def train(args, log=print):
     write = dist is None or dist.main                  # only rank 0 writes
     log = log if write else (lambda *a, **k: None)
     if dist is not None:
-        _check_ddp(args, dist)
+        check_world(args, dist.world)
     if args.deterministic:
         os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
         torch.use_deterministic_algorithms(True)
@@ -1139,13 +669,6 @@ def train(args, log=print):
     finally:
         if tb is not None:
             tb.close()
-
-
-def _check_ddp(args, d):
-    if args.task == 'lt':   # shards may differ by one row (an epoch's partial last batch is uneven anyway)
-        _need(args.batch_size >= d.world, f'--batch-size {args.batch_size} is smaller than the {d.world} processes')
-    _need(args.task == 'lt' or args.batch_size % d.world == 0,
-          f'--batch-size {args.batch_size} must be divisible by the {d.world} processes')
 
 
 def loop(task, run_dir, history, args, log, write=True, tb=None):

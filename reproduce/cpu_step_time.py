@@ -10,13 +10,14 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 import data  # noqa: E402
+import flags  # noqa: E402
 import train  # noqa: E402
 torch.set_num_threads(2)
 ds = data.load_dataset('synthetic')
 res = {}
 for name, extra in [('fixmatch', ['--alg', 'fixmatch']), ('fixmatch+bem', ['--alg', 'fixmatch', '--bem']),
                     ('acr', ['--alg', 'acr']), ('acr+bem', ['--alg', 'acr', '--bem'])]:
-    a = train.resolve(train.build_parser().parse_args(['--dataset', 'synthetic', '--n1', '500', '--m1', '100', '--imb-l', '10',
+    a = flags.resolve(flags.build_parser().parse_args(['--dataset', 'synthetic', '--n1', '500', '--m1', '100', '--imb-l', '10',
          '--batch-size', '64', '--mu', '1', '--device', 'cpu', '--epoch-steps', '1'] + extra))
     t = train.LTSSLTask(a, ds, torch.device('cpu'), lambda *x: None)
     for _ in range(8):   # warm-up past BEM's est_start (6 * epoch_steps) so the bank is full and mixing is on

@@ -11,7 +11,6 @@ Driven by reproduce/gpu_check.sh (read its header). Stages, in this order, each 
 Writes $OUT/gpu_check.md, speed.json, fidelity.png, throughput.png (the log goes to gpu_check.log via the .sh).
 """
 import argparse
-import glob
 import json
 import math
 import os
@@ -483,10 +482,10 @@ def plan_commands(script, seeds=3):
 def _cell_cost(argv, c, cache):
     """(seconds, basis) of one run: steps x ms/step; ms/step = the measured step of the matching bench row,
     or FLOPs(cell) / the achieved FLOP rate of the nearest measured row (bench's FlopCounterMode count)."""
-    import train
-    a = train.build_parser().parse_args(argv)
+    import flags
+    a = flags.build_parser().parse_args(argv)
     try:
-        a = train.resolve(a)
+        a = flags.resolve(a)
     except Exception:   # noqa: BLE001 -- resolve checks against data; the flags are enough here
         pass
     if a.task == 'ltssl':

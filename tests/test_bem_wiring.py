@@ -4,7 +4,6 @@ ACR, the dynamics records and their figure.
 Oracles: losses written out by hand from log-sum-exp (CE(z, k) = log sum_j exp z_j - z_k); a hand count of
 the loss mass per class; the framework's loss without any mix (the unweighted reference); ACR's own u_py in
 the checkpoint."""
-import json
 import math
 
 import numpy as np

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 import augment
 import bem
 import models
+import flags
 import train
 
 DEVICES = ['cpu', pytest.param('cuda', marks=pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA'))]
@@ -116,7 +117,7 @@ def _task(device):
     ds = data.make_synthetic(n_per_class=100, n_test=4, seed=0)
     argv = ['--dataset', 'synthetic', '--alg', 'acr', '--bem', '--width', '1', '--batch-size', '8', '--n1', '40',
             '--m1', '50', '--iters', '10', '--device', device, '--seed', '0']
-    args = train.resolve(train.build_parser().parse_args(argv))
+    args = flags.resolve(flags.build_parser().parse_args(argv))
     torch.manual_seed(0)
     return train.LTSSLTask(args, ds, torch.device(device), lambda *a, **k: None)
 

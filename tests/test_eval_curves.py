@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import report
+import flags
 import train
 from conftest import LT_SYNTHETIC, TINY, TINY_LT, patch_small_data, read_json, read_metrics, run_train
 
@@ -309,7 +310,7 @@ def test_demo_fallback_without_root_fits_the_synthetic_set(tmp_path):
     have = np.bincount(data.make_synthetic().train_y)          # the set the fallback trains on
     for r in runs:
         argv = shlex.split(r)[1:]
-        a = train.resolve(train.build_parser().parse_args(argv), train.given_flags(argv))
+        a = flags.resolve(flags.build_parser().parse_args(argv), flags.given_flags(argv))
         assert a.dataset == 'synthetic' and '_synthetic/' in a.out
         n, m = data.setting_counts(a.n1, a.m1, a.imb_l, a.imb_u, a.setting, len(have))
         data.check_split(np.repeat(np.arange(len(have)), have), n, m if a.alg != 'supervised' else [0] * len(m), a.split)

@@ -272,17 +272,18 @@ def test_labeled_zero_padding_is_torchvision_random_crop(size):
 def test_labeled_pad_defaults_and_wiring(monkeypatch):
     """imagenet127 -> zeros (ACR), other sets -> reflect; LTSSLTask.train_step hands it to the labeled view."""
     import augment
+    import flags
     import train
     from conftest import patch_small_data
-    p = train.build_parser()
-    assert train.resolve(p.parse_args(['--dataset', 'imagenet127'])).labeled_pad == 'zeros'
-    assert train.resolve(p.parse_args(['--dataset', 'svhn'])).labeled_pad == 'reflect'
-    a = train.resolve(p.parse_args(['--alg', 'acr']))
+    p = flags.build_parser()
+    assert flags.resolve(p.parse_args(['--dataset', 'imagenet127'])).labeled_pad == 'zeros'
+    assert flags.resolve(p.parse_args(['--dataset', 'svhn'])).labeled_pad == 'reflect'
+    a = flags.resolve(p.parse_args(['--alg', 'acr']))
     assert (a.ema_u, a.tau1, a.tau12, a.tau2, a.est_epoch) == (0.99, 2.0, 2.0, 2.0, 5)
     seen, weak = [], augment.weak
     monkeypatch.setattr(augment, 'weak', lambda x, gen, padding='reflect': seen.append(padding) or weak(x, gen, padding))
     patch_small_data(monkeypatch)
-    task = train.make_task(train.resolve(p.parse_args(
+    task = train.make_task(flags.resolve(p.parse_args(
         ['--dataset', 'synthetic', '--width', '1', '--batch-size', '4', '--n1', '40', '--m1', '80', '--imb-l', '10',
          '--iters', '1', '--device', 'cpu', '--labeled-pad', 'zeros'])), torch.device('cpu'), lambda *a, **k: None)
     task.train_step()

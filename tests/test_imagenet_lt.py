@@ -17,6 +17,7 @@ from PIL import Image
 
 import conftest  # noqa: F401  (sys.path, one thread)
 import data
+import flags
 import train
 
 COLORS = [(220, 30, 30), (30, 220, 30), (30, 30, 220)]      # class c is painted in channel c % 3
@@ -133,9 +134,9 @@ TINY = ['--task', 'lt', '--dataset', 'imagenet_lt', '--model', 'ride', '--expert
 
 
 def test_defaults_are_ride_imagenet_lt_config():
-    a = train.resolve(train.build_parser().parse_args(['--task', 'lt', '--dataset', 'imagenet_lt', '--model', 'ride']))
+    a = flags.resolve(flags.build_parser().parse_args(['--task', 'lt', '--dataset', 'imagenet_lt', '--model', 'ride']))
     assert (a.batch_size, a.lr, a.wd, a.epochs, a.img_size, a.imb) == (256, 0.1, 2e-4, 100, 224, 256)
-    assert train.lr_steps(a) == (60, 80) and train.drw_epoch(a) == 80
+    assert flags.lr_steps(a) == (60, 80) and flags.drw_epoch(a) == 80
     assert a.sampler == 'jitter1' and (a.jitter_alpha, a.jitter_beta, a.jitter_gamma) == (0.05, 2.0, 0.01)
     assert (a.delta_fixed, a.delta_fixed_from) == (0.0, 80)          # jitter during epochs 0-80 only
 
@@ -175,7 +176,7 @@ def test_runs_end_to_end_and_reports_groups(tree, tmp_path):
 
 
 def _task(tree, argv):
-    a = train.resolve(train.build_parser().parse_args(TINY + ['--data-dir', tree] + argv))
+    a = flags.resolve(flags.build_parser().parse_args(TINY + ['--data-dir', tree] + argv))
     torch.manual_seed(a.seed)
     return train.make_task(a, torch.device('cpu'), lambda *k, **kw: None)
 

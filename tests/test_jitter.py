@@ -184,7 +184,7 @@ def test_schedule_defaults_have_one_source():
     """The paper's stated schedules (spec jitter.md §4.2 single expert, §4.3 RIDE; typed here, not read from the
     code) are what jitter.SETTINGS holds, what train.py resolves by default, and what make_sampler uses when no
     schedule keyword is given (the RIDE preset)."""
-    import train
+    import flags
     paper = {'single': dict(kind='jitter2', epochs=500, alpha=1.0, beta=1.5, gamma=0.01, delta_fixed=0.5,
                             delta_fixed_from=350),
              'ride': dict(kind='jitter1', epochs=200, alpha=0.05, beta=2.0, gamma=0.01, delta_fixed=0.0,
@@ -192,7 +192,7 @@ def test_schedule_defaults_have_one_source():
     for name, st in paper.items():
         assert {k: J.SETTINGS[name][k] for k in st} == st
         argv = ['--task', 'lt'] + (['--model', 'ride'] if name == 'ride' else [])
-        a = train.resolve(train.build_parser().parse_args(argv))
+        a = flags.resolve(flags.build_parser().parse_args(argv))
         assert (a.sampler, a.epochs, a.jitter_alpha, a.jitter_beta, a.jitter_gamma, a.delta_fixed,
                 a.delta_fixed_from) == tuple(st.values())
     y = torch.arange(60) % 6
@@ -422,6 +422,7 @@ def test_epoch_records_noreplace_follow_the_quota_formula(tmp_path):
 
 
 def test_evaluation_is_fp32_unless_eval_bf16(monkeypatch):
+    import flags
     import train
     seen = []
     real = train.autocast
@@ -433,8 +434,8 @@ def test_evaluation_is_fp32_unless_eval_bf16(monkeypatch):
         train.evaluate(model, x, y, (0.5,) * 3, (0.25,) * 3, 3, lambda out: out[None], batch=4, bf16=bf16)
         assert seen == [None if bf16 else False] * 3                 # 3 batches of <= 4; None = as training
     assert not torch.is_autocast_enabled()
-    assert train.build_parser().parse_args([]).eval_bf16 is False and \
-        train.build_parser().parse_args(['--eval-bf16']).eval_bf16 is True
+    assert flags.build_parser().parse_args([]).eval_bf16 is False and \
+        flags.build_parser().parse_args(['--eval-bf16']).eval_bf16 is True
 
 
 def test_report_sampler_figure(tmp_path):

@@ -307,7 +307,7 @@ def test_script_commands_parse_with_train_py(dry_runs):
     """Every command the scripts generate (full and SMOKE) passes train.py's own parser and resolve()."""
     sys.path.insert(0, str(ROOT))
     try:
-        import train
+        import flags
     except Exception as e:  # noqa: BLE001  train.py is written in parallel
         pytest.skip(f'train.py does not import yet: {type(e).__name__}: {e}')
     cmds = set()
@@ -316,7 +316,7 @@ def test_script_commands_parse_with_train_py(dry_runs):
             cmds |= set(re.findall(r'train\.py (--task .*)', text))
     assert len(cmds) > 400
     for cmd in sorted(cmds):
-        args = train.build_parser().parse_args(shlex.split(cmd))
-        if args.task == 'lt' and args.dataset not in train.LT_DATA:
+        args = flags.build_parser().parse_args(shlex.split(cmd))
+        if args.task == 'lt' and args.dataset not in flags.LT_DATA:
             continue  # e.g. imagenet_lt (jitter_table4) before train.py has its loader
-        train.resolve(args, train.given_flags(shlex.split(cmd)))   # also: no flag the run ignores
+        flags.resolve(args, flags.given_flags(shlex.split(cmd)))   # also: no flag the run ignores

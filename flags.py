@@ -1,0 +1,447 @@
+"""Every flag of train.py, its default and why, in one table (DEFAULTS, nanoGPT's config block; its
+configurator.py is likewise a file of its own): argparse, `--help` and docs/usage.md (defaults_markdown) read it.
+
+    args = resolve(build_parser().parse_args(argv), given_flags(argv))   # defaults filled, checked; UsageError
+
+resolve() fills the task-, dataset- and model-dependent defaults from the table, then applies the cross-flag
+rules (validate) and refuses a flag that would change nothing in the run (SCOPE). Single-flag ranges are
+argparse types, so a bad value fails at parse time with one line that names the flag, the value and the fix.
+"""
+import argparse
+import importlib.util
+import sys
+
+import jitter
+from runio import UsageError
+
+
+
+# ------------------------------------------------------------------------------------------------
+# Every default in one place, with why (nanoGPT's config block); argparse, --help and docs/usage.md
+# (defaults_markdown) read it. A value is one default, or {condition: default} where the first condition
+# that holds wins: its words must all name the run's task, dataset, model, ltssl --alg, or `bem` (--bem on);
+# none holding leaves None (the flag does not apply). Auto('...'): computed where it is used.
+# ------------------------------------------------------------------------------------------------
+
+class Auto(str):
+    """A default computed where it is used: argparse gets None, --help shows the text."""
+
+
+S1, SR = jitter.SETTINGS['single'], jitter.SETTINGS['ride']   # the jitter schedule's one source (§4.2, §4.3)
+ACR, LT42, LT43 = 'ACR train.py', 'jitter.md §4.2 (single expert)', 'jitter.md §4.3 (RIDE)'
+LT45 = "jitter.md §4.5: RIDE's ImageNet-LT config (reconstructed)"
+DEFAULTS = {
+    'task': ('ltssl', 'the first paper (BEM); lt = jitter sampling'),
+    'dataset': ({'lt': 'cifar100', 'ltssl': 'cifar10'}, "ACR's CIFAR-10-LT; the jitter paper's CIFAR-100-LT"),
+    'model': ({'imagenet_lt': 'ride', 'lt': 'resnet32', 'imagenet127': 'resnet50', 'ltssl': 'wrn'},
+              f'{ACR} (WRN-28-2; ResNet-50 on Small-ImageNet-127); {LT42}; {LT45}'),
+    'img_size': ({'imagenet_lt': 224, '': 32}, f'{LT45}; ACR Small-ImageNet-127 at 32 px'),
+    'workers': (Auto('CPUs - 1, at most 16'), 'engineering'),
+    'data_dir': ('./datasets', 'engineering'),
+    'out': (Auto('runs/NAME, NAME built from the arguments'), 'engineering'),
+    'runs_dir': ('runs', 'engineering'),
+    'resume': (False, 'engineering'),
+    'seed': (0, f'{ACR} --seed'),
+    'device': ('auto', 'engineering: cuda when visible'),
+    'check_data': (False, 'engineering'),
+    'iters': (250000, f'{ACR} --total-steps'),
+    'eval_every': ({'imagenet_lt': 10, 'lt': 1, 'ltssl': 500}, f'{ACR} --eval-step; LT: engineering'),
+    'epoch_steps': (500, f'{ACR} --eval-step'),
+    'batch_size': ({'ltssl': 64, 'imagenet_lt': 256, 'ride': 128, 'resnet32': 256}, f'{ACR}; {LT45}; {LT43}; {LT42}'),
+    'mu': (1, f'{ACR} (its README commands keep it)'),
+    'lr': ({'ltssl': 0.03, 'ride': 0.1, 'resnet32': 0.5}, f'{ACR}; {LT43}, also {LT45}; {LT42}'),
+    'wd': ({'imagenet_lt': 2e-4, '': 5e-4}, f'{LT45}; {ACR}, RIDE CIFAR config (jitter.md §4.2 inferred)'),
+    'momentum': (0.9, f'{ACR}; RIDE'),
+    'nesterov': (True, f'{ACR}; RIDE'),
+    'ema': (0.999, f'{ACR} --ema-decay'),
+    'threshold': (0.95, 'FixMatch, ACR --threshold'),
+    'alg': ('fixmatch', 'the first framework of BEM Table 1'),
+    'n1': (1500, "ACR's CIFAR-10-LT commands (spec anchors.md §1.2)"),
+    'm1': (3000, "ACR's CIFAR-10-LT commands (spec anchors.md §1.2)"),
+    'imb_l': (100, "ACR's CIFAR-10-LT commands (spec anchors.md §1.2)"),
+    'imb_u': (Auto('from --setting'), 'ACR: gamma_l consistent, 1 uniform, reversed gamma_l'),
+    'setting': ('consistent', "ACR's main setting"),
+    'split': ('acr', "ACR's first-k split, labeled inside unlabeled (spec anchors.md)"),
+    'width': (2, 'ACR public code (ACR paper, CIFAR-100: 8)'),
+    'bn_momentum': (0.001, 'ACR / kekmodel WRN'),
+    'acr_count': ('counts', 'reconstructed (README): confident pseudo-labels per class'),
+    'ema_u': ({'acr': 0.99}, "ACR's README commands (its argparse: 0.9)"),
+    'tau1': ({'acr': 2.0}, f'{ACR} argparse'),
+    'tau12': ({'acr': 2.0}, f'{ACR} argparse'),
+    'tau2': ({'acr': 2.0}, f'{ACR} argparse'),
+    'est_epoch': ({'acr': 5}, f'{ACR} argparse'),
+    'labeled_pad': ({'imagenet127': 'zeros', 'ltssl': 'reflect'}, "ACR's get_smallimagenet; ACR's CIFAR/SVHN/STL"),
+    'abc_views': (2, 'ABC code (DASO: 1)'),
+    'abc_hard': (False, 'ABC code: soft pseudo-labels (USB: hard)'),
+    'bem': (False, 'the baseline; --bem adds BEM'),
+    'mix': ({'bem': 'cammix', 'ltssl': 'none'}, 'BEM (CamMix)'),
+    'bank': ({'bem': True, 'ltssl': False}, 'BEM (class-balanced mix bank)'),
+    'ess': ({'bem': 'mul', 'ltssl': 'off'}, 'BEM; mul reconstructed (README)'),
+    'esm': ({'bem': 'class', 'ltssl': 'off'}, 'BEM; class reconstructed (README)'),
+    'ecb': ({'bem': 'on', 'ltssl': 'off'}, 'BEM'),
+    'ecb_scope': ('mixed', 'reconstructed (README)'),
+    'tau_c': (0.5, 'reconstructed: not recovered (spec bem.md)'),
+    'bank_size': ({'imagenet127': 32, 'ltssl': 64}, 'reconstructed: suggested, not recovered (spec bem.md)'),
+    'beta': (0.999, 'BEM §4.2 (Eq. 2)'),
+    'lambda_d': (0.99, "reconstructed: ACR's ema-u (spec bem.md)"),
+    'cam_refresh': (False, 'reconstructed: boxes of enqueue time'),
+    'mix_views': ('all', 'reconstructed (README)'),
+    'epochs': ({'imagenet_lt': 100, 'ride': SR['epochs'], 'resnet32': S1['epochs']}, f'{LT45}; jitter.SETTINGS'),
+    'imb': ({'imagenet_lt': 256, 'lt': 100}, 'the ImageNet-LT lists (1280 -> 5 images); LDAM-DRW'),
+    'iters_per_epoch': (Auto('ceil(N/B)'), 'jitter.py (reconstructed)'),
+    'sampler': ({'ride': SR['kind'], 'resnet32': S1['kind']}, 'jitter.SETTINGS'),
+    'experts': (4, LT43),
+    'reduce': (True, f'{LT43} (4 experts + reduce)'),
+    'loss': ({'ride': 'ride', 'resnet32': 'ce'}, f'{LT43}; {LT42}'),
+    'group_l2norm': ({'ride': 'off', 'resnet32': 'multi'}, f'{LT43} (removed); {LT42}, multi reconstructed'),
+    'jitter_alpha': ({'resnet32': S1['alpha'], 'ride': SR['alpha']}, 'jitter.SETTINGS'),
+    'jitter_beta': ({'resnet32': S1['beta'], 'ride': SR['beta']}, 'jitter.SETTINGS'),
+    'jitter_gamma': (S1['gamma'], 'jitter.SETTINGS (both presets)'),
+    'delta_fixed': ({'resnet32': S1['delta_fixed'], 'ride': SR['delta_fixed']},
+                    'jitter.SETTINGS (RIDE: reconstructed, DRW re-balances); not set with --delta-fixed-from alone'),
+    'delta_fixed_from': (Auto('the DRW epoch'), 'jitter.SETTINGS: 350 and 160 at the default lengths'),
+    'lr_steps': (Auto('160,180 of 200 epochs, 350,450 of 500, in proportion otherwise; 60,80 of 100 on imagenet_lt'),
+                 f'RIDE CustomLR ({LT42}, {LT43}, {LT45}); the proportion reconstructed'),
+    'ride_stage1': ('ce', 'jitter paper text (RIDE code: ldam)'),
+    'compile': (False, 'engineering'),
+    'eval_bf16': (False, 'fp32: with s = 30 cosine logits bf16 flips near-ties'),
+    'deterministic': (False, 'engineering'),
+    'log_every': (50, 'engineering'),
+    'nan_policy': ('stop', 'engineering'),
+    'progress': (Auto('on when stderr is a terminal'), 'engineering'),
+    'tensorboard': (False, 'engineering'),
+}
+ACR_DEFAULTS = {k: DEFAULTS[k][0]['acr'] for k in ('ema_u', 'tau1', 'tau12', 'tau2', 'est_epoch')}  # ACR's options
+LTSSL_DATA = ('cifar10', 'cifar100', 'stl10', 'svhn', 'fmnist', 'imagenet127', 'synthetic')
+LT_DATA = ('cifar10', 'cifar100', 'fmnist', 'imagenet_lt', 'synthetic')
+_SAY = {'': 'otherwise', 'bem': 'with --bem', 'acr': 'with --alg acr'}
+
+
+def _show(value):
+    """A table value as --help and the docs print it."""
+    if isinstance(value, dict):
+        return ', '.join(f'{_show(v)} {_SAY.get(w, "for " + w)}' for w, v in value.items())
+    return ('on' if value else 'off') if isinstance(value, bool) else str(value)
+
+
+def _holds(when, a):
+    """A table condition on the args resolved so far (the dataset and the model come first in the table)."""
+    run = {a.task, a.dataset, a.model} | ({'bem'} if a.bem else set()) | ({a.alg} if a.task == 'ltssl' else set())
+    return set(when.split()) <= run
+
+
+# ------------------------------------------------------------------------------------------------
+# argparse types: a single-flag rule fails at parse time with one line that names the flag, the value and the fix
+# ------------------------------------------------------------------------------------------------
+
+def _checked(kind, ok, rule, fix=''):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f'must be {rule}, got {text!r}' + (f'; {fix}' if fix else ''))
+        return value
+    return parse
+
+
+POS, NAT = _checked(int, lambda v: v > 0, 'a positive integer'), _checked(int, lambda v: v >= 0, 'an integer >= 0')
+POS_F, NONNEG_F = _checked(float, lambda v: v > 0, 'positive'), _checked(float, lambda v: v >= 0, '>= 0')
+GAMMA = _checked(float, lambda v: v >= 1, '>= 1 (an imbalance ratio N_1/N_C)')
+RATE = _checked(float, lambda v: 0 <= v < 1, 'in [0,1)')
+TAU = _checked(float, lambda v: v >= 0, '>= 0', 'ACR uses 2')
+
+
+def _lr_steps(text):
+    """Two increasing epochs like 160,180; kept as text (args.json records what was given)."""
+    v = text.split(',')
+    if len(v) != 2 or not all(s.strip().isdigit() for s in v) or int(v[0]) >= int(v[1]):
+        raise argparse.ArgumentTypeError(f'must be two increasing epochs like 160,180, got {text!r}')
+    return text
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse's default prints the whole usage)
+        print(f'error: {message}; see python train.py --help', file=sys.stderr)
+        sys.exit(2)
+
+
+def build_parser():
+    p = _Parser(description="train.py: one CLI for both papers' training runs; flags are the only config")
+
+    def a(*flags, help='', **kw):   # the default and '(default: ...; why)' come from DEFAULTS
+        value, why = DEFAULTS[kw.get('dest') or flags[0][2:].replace('-', '_')]
+        kw.setdefault('default', None if isinstance(value, (dict, Auto)) else value)
+        text = f'{help} (default: {_show(value)}; {why})'.lstrip().replace('%', '%%')
+        return p.add_argument(*flags, help=text, **kw)
+    a('--task', choices=['ltssl', 'lt'])
+    a('--dataset', choices=LTSSL_DATA + ('imagenet_lt',), help=f'ltssl: {"|".join(LTSSL_DATA)}; lt: {"|".join(LT_DATA)}')
+    a('--img-size', type=int, help='imagenet127: 32 or 64; imagenet_lt: crop size; 32 for the CIFAR-size sets')
+    a('--workers', type=NAT, help='imagenet_lt: JPEG-decoding DataLoader workers')
+    a('--data-dir')
+    a('--out', help='run directory')
+    a('--runs-dir')
+    a('--resume', action='store_true')
+    a('--seed', type=_checked(int, lambda v: 0 <= v < 2 ** 32, 'in [0, 2^32)'))
+    a('--device', choices=['auto', 'cpu', 'cuda'])
+    a('--check-data', action='store_true', help='only check that the dataset is present; exit 0 or 2')
+    # -- optimisation
+    a('--iters', type=POS, help='ltssl total steps')
+    a('--eval-every', type=POS, help='ltssl: steps; lt: epochs')
+    a('--epoch-steps', type=POS, help="ltssl: ACR's epoch (eval_step): the clock of ACR's adaptive tau, ABC's "
+      "schedule and BEM's d^u start; independent of --eval-every so evaluation never changes training")
+    a('--batch-size', type=POS)
+    a('--mu', type=POS, help='unlabeled/labeled batch ratio')
+    a('--lr', type=POS_F)
+    a('--wd', type=NONNEG_F)
+    a('--momentum', type=NONNEG_F)
+    a('--no-nesterov', dest='nesterov', action='store_false', help='plain momentum instead of Nesterov')
+    a('--ema', type=RATE, help='EMA decay of the evaluated model (ltssl)')
+    a('--threshold', type=_checked(float, lambda v: 0 < v < 1, 'in (0,1)', 'FixMatch uses 0.95'),
+      help='pseudo-label confidence tau')
+    # -- LTSSL data/splits (spec anchors.md §1.2, bem.md §4)
+    a('--alg', choices=['supervised', 'fixmatch', 'la', 'abc', 'acr'])
+    a('--n1', type=POS, help='labeled images of the head class')
+    a('--m1', type=NAT, help='unlabeled images of the head class')
+    a('--imb-l', type=GAMMA, help='labeled imbalance gamma_l = N_1/N_C')
+    a('--imb-u', type=_checked(float, lambda v: v >= 1, '>= 1', 'use --setting reversed to flip'),
+      help='unlabeled gamma_u')
+    a('--setting', choices=['consistent', 'uniform', 'reversed'])
+    a('--split', choices=['acr', 'random'], help='acr: first-k, labeled inside unlabeled')
+    a('--model', choices=['wrn', 'resnet50', 'resnet32', 'ride'], help='ltssl: wrn|resnet50; lt: resnet32|ride '
+      '(RIDE ResNet-32; ResNeXt-50 on imagenet_lt)')
+    a('--width', type=POS, help='WRN width')
+    a('--bn-momentum', type=float, help='WRN BatchNorm momentum')
+    # -- framework options (ltssl.py); ACR's only with --alg acr
+    a('--acr-count', choices=['counts', 'presence'], help="ACR's u_py histogram: counts = sum of the confident "
+      "pseudo-labels per class; presence = ACR's statement now_mask[q] += w (index_put: the last occurrence's "
+      "weight per class, CPU order)")
+    a('--ema-u', type=_checked(float, lambda v: 0 <= v < 1, 'in [0,1)', 'ACR uses 0.99'),
+      help='ACR: EMA rate of the unlabeled-distribution estimate u_py')
+    a('--tau1', type=TAU, help='ACR: tau_max of the adaptive tau1 (standard-head pseudo-labels)')
+    a('--tau12', type=TAU, help="ACR: tau of the balanced head's pseudo-label adjustment")
+    a('--tau2', type=TAU, help="ACR: tau of the balanced head's logit-adjusted labeled loss")
+    a('--est-epoch', type=_checked(int, lambda v: v >= 0, 'an integer >= 0', 'ACR uses 5'),
+      help='ACR: u_py is estimated and tau1 adapted in epochs > est_epoch (0-based epochs of --epoch-steps)')
+    a('--labeled-pad', choices=['zeros', 'reflect'], help="padding of the labeled view's RandomCrop")
+    a('--abc-views', type=POS, help='ABC strong views')
+    a('--abc-hard', action='store_true', help='hard ABC pseudo-labels instead of soft')
+    # -- BEM (bem.py; reconstructed choices in README)
+    a('--bem', action='store_true', help='CamMix + class-balanced mix bank + ESS + ESM + ECB')
+    a('--mix', choices=['none', 'mixup', 'cutmix', 'saliencymix', 'cammix'])
+    a('--bank', dest='bank', action='store_true', help='class-balanced mix bank')
+    a('--no-bank', dest='bank', action='store_false', help='in-batch mixing partners instead of the bank')
+    a('--ess', choices=['mul', 'add', 'off'])
+    a('--esm', choices=['class', 'batch', 'off'])
+    a('--ecb', choices=['on', 'cb', 'off'])
+    a('--ecb-scope', choices=['mixed', 'target', 'all'], help='where the ECB weights act: mixed = both labels of '
+      'mixed samples only (lam < 1; unmixed views, ACR L_u^b and ABC L_con keep their own loss); target = the target '
+      'label of mixed samples only (ESS already drew the pasted class); all = every unlabeled term')
+    a('--tau-c', type=_checked(float, lambda v: 0 <= v <= 1, 'in [0,1]'), help='CAM threshold')
+    a('--bank-size', type=POS, help='per class per queue')
+    a('--beta', type=_checked(float, lambda v: 0 < v < 1, 'in (0,1)', 'BEM uses 0.999'),
+      help='effective-number beta (BEM Eq. 2)')
+    a('--lambda-d', type=RATE, help='EMA of the unlabeled class distribution (BEM Eq. 3)')
+    a('--cam-refresh', action='store_true', help='recompute bank CAM boxes at draw time')
+    a('--mix-views', choices=['all', 'second'], help='ACR/ABC: mix both strong views or only the second')
+    # -- LT task (jitter.py / ride.py)
+    a('--epochs', type=POS)
+    a('--imb', type=GAMMA, help='lt imbalance factor (LDAM-DRW construction); ImageNet-LT: fixed by its lists')
+    a('--iters-per-epoch', type=POS, help='lt: cap the steps of an epoch (smoke tests, benchmarks)')
+    a('--sampler', choices=jitter.KINDS)
+    a('--experts', type=POS)
+    a('--reduce', dest='reduce', action='store_true', help='RIDE reduced-width experts')
+    a('--no-reduce', dest='reduce', action='store_false', help='full-width RIDE experts')
+    a('--loss', choices=['ce', 'ldam', 'ride'])
+    a('--group-l2norm', choices=['multi', 'single4', 'expand', 'off'])
+    a('--jitter-alpha', type=NONNEG_F, help='jitter schedule alpha')
+    a('--jitter-beta', type=POS_F, help='jitter schedule beta')
+    a('--jitter-gamma', type=float, help='jitter schedule floor gamma')
+    a('--delta-fixed', type=float, help='fixed delta_t from --delta-fixed-from on')
+    a('--delta-fixed-from', type=int, help='epoch')
+    a('--lr-steps', type=_lr_steps, help='lt: epochs of the two lr decays, e.g. 160,180')
+    a('--ride-stage1', choices=['ce', 'ldam'], help='RIDE loss before DRW')
+    # -- engineering
+    a('--compile', action='store_true', help='torch.compile the model')
+    a('--eval-bf16', action='store_true', help='evaluate under bf16 autocast on CUDA, as training does')
+    a('--deterministic', action='store_true', help='torch/cudnn deterministic algorithms')
+    a('--log-every', type=POS, help='steps between host-side logs/NaN checks')
+    a('--nan-policy', choices=['stop', 'skip'], help='skip: skip non-finite steps (syncs each step)')
+    a('--progress', dest='progress', action='store_true', help='progress bar')
+    a('--no-progress', dest='progress', action='store_false', help='no progress bar')
+    a('--tensorboard', action='store_true', help='mirror every metrics.jsonl record into RUN_DIR/tb/ (TensorBoard)')
+    p.add_argument('--inject-nan', type=int, default=None, help=argparse.SUPPRESS)   # tests only
+    return p
+
+
+def defaults_markdown():
+    """The defaults table of docs/usage.md (between its defaults-table markers; a test keeps the two equal)."""
+    flags = {}
+    for act in build_parser()._actions:
+        flags.setdefault(act.dest, []).extend(f'`{o}`' for o in act.option_strings)
+    rows = [(' '.join(flags[d]), _show(v), why) for d, (v, why) in DEFAULTS.items()]
+    return '\n'.join('| ' + ' | '.join(c.replace('|', r'\|') for c in row) + ' |'
+                     for row in [('flag', 'default', 'why'), ('---',) * 3] + rows)
+
+
+def resolve(args, given=()):
+    """Fill the table's task-, dataset- and model-dependent defaults (in table order: the dataset, then the model,
+    then what reads them), then validate. Raises UsageError.
+
+    given: dests of the flags on the command line (given_flags); one that changes nothing in this run is refused."""
+    for dest, (value, _) in DEFAULTS.items():
+        if isinstance(value, dict) and getattr(args, dest) is None:
+            if dest == 'delta_fixed' and args.delta_fixed_from is not None:
+                continue     # --delta-fixed-from alone sets no stage-2 override
+            setattr(args, dest, next((v for when, v in value.items() if _holds(when, args)), None))
+    validate(args)                # first: its messages are the more specific ones (e.g. ImageNet-LT needs RIDE)
+    check_scope(args, given)
+    if args.task == 'lt' and args.delta_fixed is not None and args.delta_fixed_from is None:
+        args.delta_fixed_from = drw_epoch(args)   # single expert: 350 (§4.2); RIDE: DRW (jitter.md §7 #7)
+    return args
+
+
+def _need(cond, msg):
+    if not cond:
+        raise UsageError(msg)
+
+
+        raise UsageError(msg)
+
+
+# ------------------------------------------------------------------------------------------------
+# No silently ignored flag: a flag given on the command line whose option is not chosen would change
+# nothing, so it is refused. One line per flag: dest -> (what it belongs to, test on the resolved args).
+# A new task-, model- or algorithm-specific flag adds its line here.
+# ------------------------------------------------------------------------------------------------
+
+def _ltssl(a):
+    return a.task == 'ltssl'
+
+
+def _lt(a):
+    return a.task == 'lt'
+
+
+def _ssl(a):
+    return _ltssl(a) and a.alg != 'supervised'
+
+
+def _mixing(a):   # LTSSLTask's condition for a bem.BEM: BEM or a mixing baseline is on (SSL only)
+    return _ssl(a) and (a.bem or a.mix != 'none' or a.bank or 'off' not in (a.ess, a.esm, a.ecb))
+
+
+_LTSSL, _LT = ('--task ltssl', _ltssl), ('--task lt', _lt)
+_BEM = ('BEM on an SSL --alg (fixmatch|la|abc|acr, --task ltssl)', _ssl)
+_WRN = ('--model wrn (--task ltssl)', lambda a: _ltssl(a) and a.model == 'wrn')
+_MIX = ('BEM or a mixing baseline (--task ltssl, an SSL --alg, with --bem or --mix)', _mixing)
+_ABC = ('--alg abc (--task ltssl)', lambda a: _ltssl(a) and a.alg == 'abc')
+_RIDE = ('--model ride (--task lt)', lambda a: _lt(a) and a.model == 'ride')
+_JITTER = ('a jitter sampler (--task lt, --sampler jitter1|jitter2|jitter-noreplace)',
+           lambda a: _lt(a) and a.sampler in ('jitter1', 'jitter2', 'jitter-noreplace'))
+_ACR = ('--alg acr (--task ltssl)', lambda a: _ltssl(a) and a.alg == 'acr')
+SCOPE = {
+    'iters': _LTSSL, 'epoch_steps': _LTSSL, 'mu': _LTSSL, 'ema': _LTSSL, 'threshold': _LTSSL, 'alg': _LTSSL,
+    'n1': _LTSSL, 'm1': _LTSSL, 'imb_l': _LTSSL, 'imb_u': _LTSSL, 'setting': _LTSSL, 'split': _LTSSL,
+    'bem': _BEM, 'mix': _BEM, 'bank': _BEM, 'ess': _BEM, 'esm': _BEM, 'ecb': _BEM,
+    'width': _WRN, 'bn_momentum': _WRN,
+    'acr_count': _ACR, 'ema_u': _ACR, 'tau1': _ACR, 'tau12': _ACR, 'tau2': _ACR, 'est_epoch': _ACR,
+    'labeled_pad': _LTSSL, 'ecb_scope': _BEM,
+    'abc_views': _ABC, 'abc_hard': _ABC,
+    'tau_c': _MIX, 'bank_size': _MIX, 'beta': _MIX, 'lambda_d': _MIX, 'cam_refresh': _MIX, 'mix_views': _MIX,
+    'epochs': _LT, 'imb': _LT, 'iters_per_epoch': _LT, 'sampler': _LT, 'loss': _LT, 'lr_steps': _LT,
+    'group_l2norm': ('--model resnet32 (--task lt)', lambda a: _lt(a) and a.model == 'resnet32'),
+    'experts': _RIDE, 'reduce': _RIDE,
+    'ride_stage1': ('--loss ride (--task lt)', lambda a: _lt(a) and a.loss == 'ride'),
+    'jitter_alpha': _JITTER, 'jitter_beta': _JITTER, 'jitter_gamma': _JITTER, 'delta_fixed': _JITTER,
+    'delta_fixed_from': _JITTER,
+    'workers': ('--dataset imagenet_lt (--task lt)', lambda a: a.dataset == 'imagenet_lt'),
+}
+
+
+def given_flags(argv=None):
+    """dests of the flags on the command line: a second parse in which no flag has a default."""
+    p = build_parser()
+    for act in p._actions:
+        act.default = argparse.SUPPRESS
+    return set(vars(p.parse_args(argv)))
+
+
+def check_scope(args, given):
+    for dest in sorted(set(given) & set(SCOPE)):
+        owner, applies = SCOPE[dest]
+        if not applies(args):
+            flag = '/'.join(o for act in build_parser()._actions if act.dest == dest for o in act.option_strings)
+            here = f'--task {args.task} --model {args.model}' + (f' --alg {args.alg}' if _ltssl(args) else '')
+            raise UsageError(f'{flag} belongs to {owner} and would change nothing in this run ({here}); drop it')
+
+
+def validate(args):
+    """The cross-flag rules; a single flag's range or name is checked by its argparse type or choices."""
+    lt, acr = args.task == 'lt', args.task == 'ltssl' and args.alg == 'acr'
+    data, models = (LT_DATA, ('resnet32', 'ride')) if lt else (LTSSL_DATA, ('wrn', 'resnet50'))
+    _need(args.dataset in data, f'unknown dataset {args.dataset!r} for --task {args.task}; choose one of {", ".join(data)}')
+    _need(args.model in models, f'unknown model {args.model!r} for --task {args.task}; choose one of {", ".join(models)}')
+    if args.dataset == 'imagenet_lt':
+        _need(args.img_size >= 32, f'--img-size must be >= 32 for ImageNet-LT, got {args.img_size}; RIDE uses 224')
+    elif args.dataset == 'imagenet127':
+        _need(args.img_size in (32, 64), f'--img-size must be 32 or 64 for imagenet127, got {args.img_size}')
+    else:
+        _need(args.img_size == 32, f'--img-size {args.img_size} does not apply to {args.dataset} (32 px); drop it')
+    _need(not args.tensorboard or importlib.util.find_spec('tensorboard') is not None,
+          '--tensorboard needs the tensorboard package: pip install tensorboard (it is in requirements.txt)')
+    for k in ACR_DEFAULTS:   # a flag that would do nothing is an error
+        _need(acr or getattr(args, k) is None, f'--{k.replace("_", "-")} is an ACR option; drop it or use --task '
+              'ltssl --alg acr')
+    _need(acr or args.acr_count == 'counts', '--acr-count is an ACR option; drop it or use --task ltssl --alg acr')
+    _need(not lt or args.labeled_pad is None, '--labeled-pad is an LTSSL option; drop it or use --task ltssl')
+    if lt:
+        _need(not args.bem, '--bem is a BEM (ltssl) option and does not apply to --task lt; drop --bem or use --task ltssl')
+        _need(args.loss != 'ride' or args.model == 'ride', '--loss ride needs --model ride')
+        _need(args.loss != 'ldam' or args.model == 'resnet32', '--loss ldam is the LDAM-DRW baseline on --model '
+              'resnet32; RIDE experts already scale by s=30 and carry LDAM margins in --loss ride')
+        _need(args.dataset != 'imagenet_lt' or args.model == 'ride', 'ImageNet-LT runs the RIDE ResNeXt-50 (jitter.md '
+              '§4.5); use --model ride (--experts 1 for a single expert)')
+        _need(args.dataset != 'imagenet_lt' or args.imb == 256, f'--imb does not apply to ImageNet-LT (its lists fix '
+              f'it at 256, 1280 -> 5 images); drop --imb {args.imb}')
+        return
+    _need(args.m1 > 0 or args.alg == 'supervised', f'--m1 must be positive, got {args.m1}')
+    _need(not (args.bem and args.alg == 'supervised'), '--bem needs unlabeled data; use --alg fixmatch|la|abc|acr')
+    _need(args.mix == 'none' or args.alg != 'supervised', f'--mix {args.mix} needs unlabeled data; use an SSL --alg')
+
+
+def check_world(args, world):
+    """torchrun: every process takes its share of each global batch (LT shards may differ by one row: an
+    epoch's partial last batch is uneven anyway)."""
+    _need(args.task != 'lt' or args.batch_size >= world, f'--batch-size {args.batch_size} is smaller than the '
+          f'{world} processes')
+    _need(args.task == 'lt' or args.batch_size % world == 0,
+          f'--batch-size {args.batch_size} must be divisible by the {world} processes')
+
+
+def lr_steps(args):
+    """RIDE CustomLR decay epochs (spec jitter.md §4.2-4.3); other lengths scale in proportion (reconstructed)."""
+    if args.lr_steps:
+        return tuple(int(v) for v in args.lr_steps.split(','))
+    if args.dataset == 'imagenet_lt':
+        base, ref = (60, 80), 100          # RIDE ImageNet-LT: x0.1 at 60 and 80 of 100 epochs (jitter.md §4.5)
+    else:
+        base, ref = ((160, 180), 200) if args.model == 'ride' or args.epochs <= 200 else ((350, 450), 500)
+    return tuple(int(round(s * args.epochs / ref)) for s in base)
+
+
+def drw_epoch(args):
+    """Epoch where DRW starts and the jitter stops: the first decay on CIFAR (reweight_epoch 160 of 200),
+    the second on ImageNet-LT (reweight_epoch 80 of 100, jitter during 0-80; jitter.md §4.3, §4.5)."""
+    return lr_steps(args)[1 if args.dataset == 'imagenet_lt' else 0]
+
+
+def run_name(args):
+    parts = [args.task, args.dataset, args.alg if args.task == 'ltssl' else args.model]
+    if args.task == 'ltssl':
+        parts += [f'n{args.n1}', f'm{args.m1}', f'g{args.imb_l:g}', args.setting]
+        parts += ['bem'] if args.bem else ([f'mix-{args.mix}'] if args.mix != 'none' else [])
+    else:
+        parts += [args.sampler, f'imb{args.imb:g}']
+    return '_'.join(parts + [f'seed{args.seed}'])
