@@ -82,7 +82,10 @@ class Feed:
 
 def _loss_a(task):
     task.log_sums, task.log_n = {}, 0
-    next(task.steps())                             # one step of the task's own loop (LT: inside its epoch)
+    if hasattr(task, 'ipe'):
+        next(task.steps())                         # LT: one step inside the task's own epoch loop
+    else:
+        task.train_step()                          # LTSSL: at step 3001 of --iters 1000, past the loop's end
     return float(task.log_sums['loss'])
 
 

@@ -222,7 +222,7 @@ def test_tensorboard_mirrors_and_resume_appends(tmp_path, monkeypatch):
     argv = TINY + ['--alg', 'fixmatch', '--iters', '4', '--tensorboard']
     calls = {'n': 0}
 
-    def stop_after_two(stop, boundary):
+    def stop_after_two(stop, boundary, dist):
         calls['n'] += 1
         return calls['n'] == 2
     monkeypatch.setattr(train, '_stop_requested', stop_after_two)
