@@ -20,7 +20,7 @@ demo: $(VENV)/.installed
 	PYTHON=$(PYTHON) bash reproduce/demo.sh
 
 test: $(VENV)/.installed
-	$(PYTHON) -m pytest -q tests
+	$(PYTHON) -m pytest -q --durations=15 tests
 
 smoke: $(VENV)/.installed
 	PYTHON=$(PYTHON) bash reproduce/smoke_all.sh
