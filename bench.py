@@ -9,7 +9,7 @@ Same process, same device, same batch, same model architecture, same framework l
       bem.py's device bank, so its BEM cost is a lower bound; tests/test_bench.py checks (a) and (b) give equal losses.
 Also: a breakdown of (a) (the real step's pieces, timed through task.clock; evaluation), the CPU augmentation
 micro-benchmark (batched augment.py vs per-image PIL), BEM's added ms/step, FLOPs (FlopCounterMode on a meta-device
-copy, i.e. the literal joint batch at zero cost) and % of peak. `python bench.py --quick`: ~75 s on 2 CPU cores;
+copy, i.e. the literal joint batch at zero cost) and % of peak. `python bench.py --quick`: about a minute on 2 CPU cores;
 `--json PATH` keeps every number (rewritten after each configuration: a run cut by --budget-s keeps what it
 measured). `--modes eager,compile` times (a) eager and compiled side by side ((b) once; both ratios against it).
 """
