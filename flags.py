@@ -98,7 +98,7 @@ DEFAULTS = {
     'jitter_beta': ({'resnet32': S1['beta'], 'ride': SR['beta']}, 'jitter.SETTINGS'),
     'jitter_gamma': (S1['gamma'], 'jitter.SETTINGS (both presets)'),
     'delta_fixed': ({'resnet32': S1['delta_fixed'], 'ride': SR['delta_fixed']},
-                    'jitter.SETTINGS (RIDE: reconstructed, DRW re-balances); not set with --delta-fixed-from alone'),
+                    'jitter.SETTINGS (RIDE: reconstructed, DRW re-balances)'),
     'delta_fixed_from': (Auto('the DRW epoch'), 'jitter.SETTINGS: 350 and 160 at the default lengths'),
     'lr_steps': (Auto('160,180 of 200 epochs, 350,450 of 500, in proportion otherwise; 60,80 of 100 on imagenet_lt'),
                  f'RIDE CustomLR ({LT42}, {LT43}, {LT45}); the proportion reconstructed'),
@@ -292,8 +292,6 @@ def resolve(args, given=()):
     given: dests of the flags on the command line (given_flags); one that changes nothing in this run is refused."""
     for dest, (value, _) in DEFAULTS.items():
         if isinstance(value, dict) and getattr(args, dest) is None:
-            if dest == 'delta_fixed' and args.delta_fixed_from is not None:
-                continue     # --delta-fixed-from alone sets no stage-2 override
             setattr(args, dest, next((v for when, v in value.items() if _holds(when, args)), None))
     validate(args)                # first: its messages are the more specific ones (e.g. ImageNet-LT needs RIDE)
     check_scope(args, given)

@@ -201,6 +201,22 @@ def test_schedule_defaults_have_one_source():
     assert s.p == pytest.approx((1 / 3, 1 / 3, 1 / 3))
 
 
+def test_delta_fixed_from_alone_moves_the_stage_2_start():
+    """--delta-fixed-from alone is not ignored: delta_t is fixed at the preset's value (single expert: 0.5, paper
+    §4.2) from the given epoch on, in the sampler the run builds; before that epoch the schedule still runs."""
+    import flags
+    a = flags.resolve(flags.build_parser().parse_args(['--task', 'lt', '--epochs', '20', '--delta-fixed-from', '12']))
+    assert (a.delta_fixed, a.delta_fixed_from) == (0.5, 12)
+    y = torch.arange(600) % 10
+    s = J.make_sampler(a.sampler, y, 10, 64, a.epochs, alpha=a.jitter_alpha, beta=a.jitter_beta, gamma=a.jitter_gamma,
+                       delta_fixed=a.delta_fixed, delta_fixed_from=a.delta_fixed_from, gen=torch.Generator().manual_seed(0))
+    deltas = []
+    for e in range(20):
+        s.set_epoch(e)
+        deltas.append(s.delta)
+    assert all(d == 0.5 for d in deltas[12:]) and any(d != 0.5 for d in deltas[:12]), deltas
+
+
 @pytest.mark.parametrize("kind,lo,hi", [("jitter1", 0.0, 1.0), ("jitter2", 1.0, 1.0), ("jitter-noreplace", -0.5, 0.5)])
 def test_sampler_delta_within_bounds(kind, lo, hi):
     labels = torch.randint(0, 5, (200,), generator=torch.Generator().manual_seed(0))
