@@ -13,14 +13,17 @@ $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m pip install -q -r requirements.txt
 	touch $@
 
-.PHONY: demo test smoke bench gpu_check clean
+.PHONY: demo test test-slow smoke bench gpu_check clean
 # Fashion-MNIST: Debian's dataset-fashion-mnist (installed by the demo as root with apt-get), else the synthetic
 # set. QUICK=1 (CI), FMNIST_DIR=<empty dir> (force the fallback), DRY_RUN=1: see reproduce/demo.sh.
 demo: $(VENV)/.installed
 	PYTHON=$(PYTHON) bash reproduce/demo.sh
 
-test: $(VENV)/.installed
-	$(PYTHON) -m pytest -q --durations=15 tests
+test: $(VENV)/.installed       # the README's test command: < 10 min on 2 cores
+	$(PYTHON) -m pytest -q -m "not slow" --durations=15 tests
+
+test-slow: $(VENV)/.installed  # end-to-end checks of 15 s or more each (torchrun, learning, bench); CI runs both
+	$(PYTHON) -m pytest -q -m slow --durations=15 tests
 
 smoke: $(VENV)/.installed
 	PYTHON=$(PYTHON) bash reproduce/smoke_all.sh

@@ -42,6 +42,12 @@ FMNIST_INSTALLED = all(os.path.exists(os.path.join(FMNIST_DIR, f)) for f in (
 needs_fmnist = pytest.mark.skipif(not FMNIST_INSTALLED, reason=f'Fashion-MNIST not installed at {FMNIST_DIR}')
 
 
+def pytest_configure(config):
+    # `make test` (the README's command, < 10 min on 2 cores) runs -m "not slow"; `make test-slow` runs the rest
+    # (multi-process torchrun runs, the learning run, bench --quick: each 15-60 s). .ci/run calls both.
+    config.addinivalue_line('markers', 'slow: an end-to-end check of 15 s or more (make test-slow)')
+
+
 @functools.lru_cache(maxsize=None)
 def _originals():
     """data's real builders, captured before any patch."""

@@ -28,6 +28,7 @@ import reference
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_quick_run_prints_both_pipelines_and_ratio(tmp_path):
     out = tmp_path / 'bench.json'
     p = subprocess.run([sys.executable, 'bench.py', '--quick', '--threads', '1', '--json', str(out)], cwd=ROOT,

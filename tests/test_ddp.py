@@ -26,6 +26,7 @@ def _losses(run):
     return [r['train']['loss'] for r in recs], [r['acc'] for r in recs]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != 'linux', reason='torchrun/gloo test written for Linux')
 def test_two_gloo_processes_match_one_process(tmp_path):
     one, two = tmp_path / 'one', tmp_path / 'two'
@@ -68,6 +69,7 @@ def _records(run):
     return [json.loads(line) for line in (run / 'metrics.jsonl').read_text().splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != 'linux', reason='torchrun/gloo test written for Linux')
 @pytest.mark.parametrize('extra,port', [
     (['--model', 'resnet32', '--sampler', 'jitter2', '--batch-size', '8'], 29521),
@@ -97,6 +99,7 @@ def test_lt_two_gloo_processes_match_one_process(tmp_path, extra, port):
     assert [r['acc']['model'] for r in r1] == pytest.approx([r['acc']['model'] for r in r2], abs=0.5)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != 'linux', reason='torchrun/gloo test written for Linux')
 def test_resnet50_gradcam_bem_two_processes_match_one_process(tmp_path):
     """ResNet-50 + BEM (Grad-CAM boxes from layer3) under torchrun: each rank takes the Grad-CAM weights of its

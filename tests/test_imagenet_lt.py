@@ -203,6 +203,7 @@ def test_mid_epoch_resume_is_exact(tree):
         assert torch.equal(p, q)
 
 
+@pytest.mark.slow
 def test_ctrl_c_with_decoding_workers_resumes_exactly(tree, tmp_path):
     """SIGINT to the whole process group (what Ctrl-C does) while 2 workers decode: exit 130 with a
     checkpoint, and the resumed run equals an uninterrupted in-process run with no workers."""

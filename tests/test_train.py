@@ -158,6 +158,7 @@ def learned(tmp_path_factory):
     return out, time.time() - t0, time.process_time() - c0
 
 
+@pytest.mark.slow
 def test_fixmatch_learns_synthetic(learned):
     run, wall, cpu = learned
     s, recs = read_json(run / 'summary.json'), read_metrics(run)
