@@ -14,8 +14,9 @@ Two execution paths with identical output (tests/test_augment.py checks both aga
   "select": per RandAugment slot, three whole-batch stages (affine gather, LUT gather, blend), each
             the identity for images whose op is of another kind; torch.where picks per sample.
             No host sync, static shapes: the CUDA default. torch.compile traces apply_randaugment
-            (mode="select") and flip_crop in one graph with no breaks (torch._dynamo.explain); keep
-            the draws (weak / draw_randaugment) outside: Dynamo cannot trace explicit generators.
+            (mode="select") and flip_crop in one graph with no breaks (torch._dynamo.explain); the draws
+            (draw_weak / draw_strong) stay outside: Dynamo cannot trace explicit generators, so weak() and
+            strong() also take the numbers drawn beforehand.
   "group" : sort the batch by op, run each op on its contiguous slice only, unsort (host-side
             bookkeeping is free on CPU). The CPU default: ~5x faster there than "select".
 No PIL, no DataLoader, no per-sample Python loop.
@@ -176,14 +177,26 @@ def flip_crop(x, flip, offset, pad, padding="reflect"):
     return out if inside is None else out * inside[:, None].to(out.dtype)
 
 
+def weak_pad(size):
+    """RandomCrop's padding: ACR int(32 * 0.125) = 4; 8 at 64 px (ImageNet-127: int(img_size / 8), the same)."""
+    return round(0.125 * size)
+
+
+def draw_weak(B, gen, device, size):
+    """The random numbers of B weak views: flip w.p. 0.5, then the crop's offset (torch RandomCrop)."""
+    pad = weak_pad(size)
+    flip = torch.rand(B, generator=gen, device=device) < 0.5
+    offset = torch.randint(0, 2 * pad + 1, (B, 2), generator=gen, device=device)
+    return dict(flip=flip, offset=offset)
+
+
 def weak(x, gen, padding="reflect"):
     """RandomHorizontalFlip(p=0.5) then RandomCrop(H, padding=round(H/8)), reflect-padded (ACR's weak views and
-    CIFAR/SVHN/STL labeled view) or zero-padded (ACR's ImageNet-127 labeled view, `--labeled-pad zeros`)."""
-    B, _, H, _ = x.shape
-    pad = round(0.125 * H)  # ACR: int(32 * 0.125) = 4; 8 at 64 px (ImageNet-127: int(img_size / 8), the same)
-    flip = torch.rand(B, generator=gen, device=x.device) < 0.5
-    offset = torch.randint(0, 2 * pad + 1, (B, 2), generator=gen, device=x.device)  # torch RandomCrop
-    return flip_crop(x, flip, offset, pad, padding)
+    CIFAR/SVHN/STL labeled view) or zero-padded (ACR's ImageNet-127 labeled view, `--labeled-pad zeros`).
+    gen: a torch.Generator, or draw_weak(...) drawn beforehand (the compiled step takes its draws as tensors)."""
+    H = x.shape[2]
+    r = gen if isinstance(gen, dict) else draw_weak(x.shape[0], gen, x.device, H)
+    return flip_crop(x, r["flip"], r["offset"], weak_pad(H), padding)
 
 
 # ----------------------------------------------------------------------------- LUT ops
@@ -394,11 +407,16 @@ def apply_randaugment(x, params, mode=None):
     return cutout(x, params["cutout_box"])
 
 
+def draw_strong(B, gen, device, size):
+    """The random numbers of B strong views: their own weak draw (flip + crop), then RandAugmentMC's."""
+    return dict(weak=draw_weak(B, gen, device, size), **draw_randaugment(B, gen, device, size=size))
+
+
 def strong(x, gen, mode=None):
-    """Its own weak draw (flip + crop), then RandAugmentMC(2, 10) + CutoutAbs(16)."""
-    x = weak(x, gen)
-    params = draw_randaugment(x.shape[0], gen, x.device, size=x.shape[-1])
-    return apply_randaugment(x, params, mode)
+    """Its own weak draw (flip + crop), then RandAugmentMC(2, 10) + CutoutAbs(16). gen: a torch.Generator, or
+    draw_strong(...) drawn beforehand."""
+    r = gen if isinstance(gen, dict) else draw_strong(x.shape[0], gen, x.device, x.shape[-1])
+    return apply_randaugment(weak(x, r["weak"]), r, mode)
 
 
 # ----------------------------------------------------------------------------- normalisation

@@ -1,14 +1,21 @@
 """BEM: Balanced and Entropy-based Mix (Zheng et al., CVPR 2024, arXiv 2404.01179): the core module.
 
 The file stands alone. It imports only torch, numpy, cv2 and the stdlib, so it can be copied by itself.
-The hot path (cam_boxes, BEM.draw / mix / update) runs in batches with fixed shapes and never syncs with
-the host. All randomness comes from the `gen` argument (a torch.Generator on the tensors' device).
+The hot path (cam_boxes, BEM.before_forward / after_forward) runs in batches with fixed shapes and never syncs with
+the host. All randomness comes from the `gen` argument (a torch.Generator on the tensors' device), or from the
+same numbers drawn beforehand (BEM.random_draws: the compiled step of train.py takes its random numbers as tensors).
+
+Use it in your own FixMatch-style loop with two calls per step (the whole loop: the BEM class docstring; a runnable
+copy: examples/fixmatch_bem.py):
+    u_s, mixes = bem.before_forward(u_s, gen)           # before the forward: bank draw + CamMix
+    loss_u = mixes[0].loss(logits_s, q, mask).mean()    # the loss: mixed labels + ECB weights (Mix)
+    bem.after_forward(step, x_l=..., ...)               # after it, before backward: bank push, Eq. 3, entropies
 
 Public API, in the paper's order:
-  §4.1 CamMix  cam, grad_cam_weights, grad_cam_split, cam_boxes, largest_component_box, fallback_box, paste, mixed_ce
+  §4.1 CamMix  cam, grad_cam_weights, grad_cam_split, cam_boxes, largest_component_box, fallback_box, paste
   §4.2 CBMB    effective_number (Eq. 2); class BEM (per-class device ring buffers, Eq. 3, Eq. 4)
-  §4.3 EL      entropy (E1); BEM.sampling_probs (ESS), BEM.labeled_ratio (ESM), BEM.class_weights (ECB)
-  in a step    BEM.draw_mix (bank draw + mix), view_mixes (the losses' mix records), BEM.update, BEM.add_loss_mass
+  §4.3 EL      entropy (E1); BEM.sampling_probs (ESS), BEM.labeled_ratio (ESM), BEM.class_weights (ECB); Mix (E5)
+  in a step    BEM.before_forward (draw + mix), Mix.loss (the unlabeled loss, the ECB rule), BEM.after_forward
   baselines    mixup, cutmix_box, saliency_box, in_batch_sources, mix_batch (MixUp/CutMix/SaliencyMix/CamMix)
 
 Reconstruction choices. The paper's text stops before §4.3; the defaults follow spec/bem.md §1.1-1.4 and §5:
@@ -19,7 +26,7 @@ Reconstruction choices. The paper's text stops before §4.3; the defaults follow
 | tau_c | 0.5 of the min-max-normalised CAM | 0.2-0.7 | paper stresses tight boxes; classic CAM boxes use 0.2 |
 | mixed-label ratio | lam = 1 - box area / image area | none | SaliencyMix authors' code recomputes lam from the pasted area |
 | degenerate box (empty / whole image) | CutMix box, lam ~ Beta(1,1), random centre | none | spec §1.2 step 7; stays on the device |
-| CAM box timing | cached at push time from the step's joint forward | `cam_refresh=True`: recomputed at draw time | no extra forward pass |
+| CAM box timing | cached at push time from the step's joint forward (after_forward, before the optimiser step) | `cam_refresh=True`: recomputed at draw time | no extra forward pass; one model state |
 | bank | 2 FIFO queues per class (labeled GT, confident unlabeled), `bank_size` 64 | 32 for ImageNet-127 | memory-bank practice; tail classes have 5-15 labels |
 | entry | uint8 weak view + label + CAM box | dataset index + replayed augmentation | simplest; it is the view whose fmap gave the box |
 | lambda_d, est_start | 0.99, step 3000 (ACR code: 0-based `epoch > est_epoch = 5`, 500-step epochs) | any | ACR's ema_u / est_epoch, which Eq. 3 duplicates |
@@ -32,9 +39,9 @@ Reconstruction choices. The paper's text stops before §4.3; the defaults follow
 | ESS | 'mul': s_c ∝ e~_c / E_c | 'add': alpha*norm(1/E) + (1-alpha)*norm(e~); 'off': Eq. 4 | E3, no new hyper-parameter |
 | ESM | 'class': r_c = e^u_c / (e^x_c + e^u_c) | 'batch': class means; 'off': r_c = esm_ratio (0.5) | E4 |
 | ECB | 'on': w_c = C (e~_c/E_c) / sum_k (e~_k/E_k) | 'cb': Cui's C (1/E_c)/sum(1/E); 'off': None | E5, sums to C like Cui et al. |
-| ECB use | ecb_scope 'mixed': w on both labels of mixed samples (lam < 1) only | 'target' (pasted label unweighted), 'all' | E5; ESS already draws the pasted class |
+| ECB use | ecb_scope 'mixed': w on both labels of mixed samples (lam < 1) only; none on re-balanced terms (Mix.loss) | 'target' (pasted label unweighted), 'all' | E5; ESS already draws the pasted class |
 | d^u under ACR | d_u_fn = ACR's u_py (train.py); entropies from its head and pseudo-labels (stat_*) | own Eq. 3 | one estimate |
-| what is mixed | every strong view (ACR: both; train.py) | only the second | spec §5 #11 |
+| what is mixed | every strong view (mix_views 'all'; ACR: both) | 'second': only the last | spec §5 #11 |
 | MixUp baseline | lam ~ Beta(1,1), uint8 output rounded | Beta(0.75) (MixMatch) | the same lam law as CutMix |
 | class draw | inverse-CDF (searchsorted) on s_c | torch.multinomial | multinomial's 1-sample path calls .item() |
 | empty queue / class | other queue of the class, then renormalise s_c over non-empty classes | none | spec E4; equals redrawing |
@@ -167,13 +174,19 @@ def cam_boxes(cam_map, size, tau_c=0.5, mode=None):
     return largest_component_box(m >= tau_c, mode)  # reconstructed: tau_c = 0.5, see README
 
 
-def cutmix_box(B, H, W, gen):
-    """CutMix's rand_bbox per sample: lam ~ Beta(1,1) = U(0,1), side = int(S*sqrt(1-lam)), uniform centre."""
+def cutmix_draws(B, H, W, gen):
+    """CutMix's random numbers for B boxes: lam ~ U(0,1) (Beta(1,1)) and a uniform centre (cx, cy)."""
     dev = gen.device
-    cut = torch.sqrt(1 - torch.rand(B, generator=gen, device=dev))
+    return dict(u=torch.rand(B, generator=gen, device=dev), cx=torch.randint(0, W, (B,), generator=gen, device=dev),
+                cy=torch.randint(0, H, (B,), generator=gen, device=dev))
+
+
+def cutmix_box(B, H, W, gen):
+    """CutMix's rand_bbox per sample: side = int(S*sqrt(1-lam)), lam ~ U(0,1), uniform centre.
+    gen: a torch.Generator, or cutmix_draws(...) drawn beforehand (the compiled step takes its draws as tensors)."""
+    r = gen if isinstance(gen, dict) else cutmix_draws(B, H, W, gen)
+    cut, cx, cy = torch.sqrt(1 - r['u']), r['cx'], r['cy']
     cw, ch = (W * cut).long(), (H * cut).long()
-    cx = torch.randint(0, W, (B,), generator=gen, device=dev)
-    cy = torch.randint(0, H, (B,), generator=gen, device=dev)
     return torch.stack([(cx - cw // 2).clamp(0, W), (cy - ch // 2).clamp(0, H),
                         (cx + cw // 2).clamp(0, W), (cy + ch // 2).clamp(0, H)], 1)
 
@@ -185,7 +198,7 @@ def _degenerate(box, H, W):
 
 def fallback_box(box, H, W, gen, valid=None):
     """Replace degenerate boxes (empty or the whole image) with CutMix boxes (spec §1.2 step 7).
-    Always draws B boxes, so the generator advances the same way whatever the data."""
+    Always draws B boxes, so the generator advances the same way whatever the data. gen: as cutmix_box's."""
     bad = _degenerate(box, H, W)
     if valid is not None:
         bad = bad & valid
@@ -212,25 +225,44 @@ def _ce(logits, target):
 ECB_SCOPES = ('mixed', 'target', 'all')
 
 
-def mixed_ce_terms(logits, target, mask, mix=None):
-    """The per-sample loss [B] split into its target-label and source-label parts (t, s); mixed_ce = t + s.
+class Mix:
+    """What BEM did to one strong view, and what that view's unlabeled loss takes (E5): lam [B] (the target label's
+    share; 1 = unmixed), y_src [B] (the pasted label), w [C] (the ECB weights; None = ECB off) and ecb_scope (where
+    they act). BEM.before_forward makes one per strong view; `mix.loss(logits, q, mask)` is that view's loss.
 
-    mix=None: (mask * CE(logits, target), 0).
-    mix=dict(lam=[B], y_src=[B] long, w=[C] or None, ecb_scope='mixed'|'target'|'all'):
-      a mixed sample (lam < 1):  t = mask * lam * w[target] * CE(target),  s = mask * (1 - lam) * w[y_src] * CE(y_src)
-      ecb_scope  'mixed'  (default) the ECB weights act on mixed samples only; an unmixed sample (lam = 1) gets
-                          exactly mask * CE(target), s = 0 (bit for bit the framework's own loss)
-                 'target' as 'mixed', but the pasted label is not weighted (w[y_src] -> 1): ESS already drew the
-                          source class ∝ e~_c/E_c, so weighting it again corrects the same imbalance twice
-                 'all'    every sample, unmixed ones included: lam * w[target] * CE + (1 - lam) * w[y_src] * CE
-    target is long [B] or a soft float [B,C]; a soft target indexes w by its argmax."""
+    The ECB rule (reconstructed, see README), applied here and nowhere else:
+      - the weights act on mixed samples (lam < 1) only; an unmixed sample keeps the framework's own loss, bit for
+        bit (ecb_scope 'mixed'; 'target' also leaves the pasted label unweighted: ESS already drew its class
+        ∝ e~_c/E_c; 'all' weights every sample, unmixed ones too);
+      - a term that already re-balances (ACR's L_u^b, whose targets are logit-adjusted; ABC's L_con, whose Bernoulli
+        mask balances) passes rebalanced=True and gets the mixed labels without the weights, so one imbalance is not
+        corrected twice ('all' keeps them there too);
+      - the loss mass of every term that is not re-balanced is added to the BEM's dynamics records (stats())."""
+
+    def __init__(self, lam, y_src, w=None, ecb_scope='mixed', bem=None):
+        if ecb_scope not in ECB_SCOPES:
+            raise ValueError(f'unknown ecb_scope {ecb_scope!r}; choose one of {ECB_SCOPES}')
+        self.lam, self.y_src, self.w, self.ecb_scope, self.bem = lam, y_src, w, ecb_scope, bem
+
+    def loss(self, logits, target, mask, rebalanced=False):
+        """Per-sample loss [B] of this view (E5); target long [B] or soft [B,C]; mask [B] (the confidence mask)."""
+        w = self.w if not rebalanced or self.ecb_scope == 'all' else None
+        t, s = _mixed_terms(logits, target, mask, self.lam, self.y_src, w, self.ecb_scope)
+        if self.bem is not None and not rebalanced:
+            self.bem.acc_mass += _mass(t.detach(), s.detach(), target, self.lam, self.y_src, logits.shape[-1])
+        return t + s
+
+
+def _as_mix(mix):
+    """A Mix, or the same fields as a dict (lam, y_src, w, ecb_scope); None stays None."""
+    if mix is None or isinstance(mix, Mix):
+        return mix
+    return Mix(mix['lam'], mix['y_src'], mix.get('w'), mix.get('ecb_scope', 'mixed'))
+
+
+def _mixed_terms(logits, target, mask, lam, y_src, w, scope):
     logits = logits.float()
     loss = _ce(logits, target)
-    if mix is None:
-        return mask * loss, torch.zeros_like(loss)
-    w, scope, lam, y_src = mix.get('w'), mix.get('ecb_scope', 'mixed'), mix['lam'], mix['y_src']
-    if scope not in ECB_SCOPES:
-        raise ValueError(f'unknown ecb_scope {scope!r}; choose one of {ECB_SCOPES}')
     hard = target.argmax(1) if target.dtype.is_floating_point else target
     w_t = 1.0 if w is None else w[hard]
     w_s = 1.0 if w is None or scope == 'target' else w[y_src]
@@ -242,10 +274,39 @@ def mixed_ce_terms(logits, target, mask, mix=None):
     return mask * t, mask * s
 
 
+def mixed_ce_terms(logits, target, mask, mix=None):
+    """The per-sample loss [B] split into its target-label and source-label parts (t, s); mixed_ce = t + s.
+
+    mix=None: (mask * CE(logits, target), 0).
+    mix = a Mix (or a dict of its fields: lam [B], y_src [B] long, w [C] or None, ecb_scope):
+      a mixed sample (lam < 1):  t = mask * lam * w[target] * CE(target),  s = mask * (1 - lam) * w[y_src] * CE(y_src)
+      ecb_scope  'mixed'  (default) the ECB weights act on mixed samples only; an unmixed sample (lam = 1) gets
+                          exactly mask * CE(target), s = 0 (bit for bit the framework's own loss)
+                 'target' as 'mixed', but the pasted label is not weighted (w[y_src] -> 1)
+                 'all'    every sample, unmixed ones included: lam * w[target] * CE + (1 - lam) * w[y_src] * CE
+    target is long [B] or a soft float [B,C]; a soft target indexes w by its argmax."""
+    mix = _as_mix(mix)
+    if mix is None:
+        loss = _ce(logits.float(), target)
+        return mask * loss, torch.zeros_like(loss)
+    return _mixed_terms(logits, target, mask, mix.lam, mix.y_src, mix.w, mix.ecb_scope)
+
+
 def mixed_ce(logits, target, mask, mix=None):
     """Per-sample (mixed) CE [B] (spec E5): the sum of mixed_ce_terms (see there for mix and ecb_scope)."""
     t, s = mixed_ce_terms(logits, target, mask, mix)
     return t + s
+
+
+def _mass(t, s, target, lam, y_src, C):
+    hard = target.argmax(1) if target.dtype.is_floating_point else target
+    t, s = t.double(), s.double()
+    mixed = lam < 1
+    out = torch.zeros(3, C, dtype=torch.float64, device=t.device)
+    out[0].index_add_(0, hard, torch.where(mixed, 0.0, t))
+    out[1].index_add_(0, hard, torch.where(mixed, t, 0.0))
+    out[2].index_add_(0, y_src, s)
+    return out
 
 
 @torch.no_grad()
@@ -254,16 +315,11 @@ def loss_mass(logits, target, mask, mix=None):
     Row 0: unmixed samples (at their target class); row 1: target-label part of mixed samples (at the target
     class); row 2: source-label part of mixed samples (at the pasted class). Sum over rows and classes = sum of
     mixed_ce. Scatter-adds on the device, no host sync."""
-    t, s = (v.double() for v in mixed_ce_terms(logits, target, mask, mix))
-    C = logits.shape[-1]
+    t, s = mixed_ce_terms(logits, target, mask, mix)
+    mix = _as_mix(mix)
     hard = target.argmax(1) if target.dtype.is_floating_point else target
-    mixed = torch.zeros_like(t, dtype=torch.bool) if mix is None else mix['lam'] < 1
-    y_src = hard if mix is None else mix['y_src']
-    out = torch.zeros(3, C, dtype=torch.float64, device=t.device)
-    out[0].index_add_(0, hard, torch.where(mixed, 0.0, t))
-    out[1].index_add_(0, hard, torch.where(mixed, t, 0.0))
-    out[2].index_add_(0, y_src, s)
-    return out
+    lam = torch.ones_like(t) if mix is None else mix.lam
+    return _mass(t, s, target, lam, hard if mix is None else mix.y_src, logits.shape[-1])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -290,30 +346,33 @@ def _class_mean(values, labels, sel, C):
 
 
 class BEM:
-    """Class-balanced mix bank + Eq. 3 estimate + entropy statistics (ESS / ESM / ECB).
+    """BEM as a plug-in: the class-balanced mix bank (CBMB), the Eq. 3 estimate and the entropy statistics (ESS, ESM,
+    ECB), called twice per step of any FixMatch-style loop (examples/fixmatch_bem.py; train.py's LTSSLTask does the same):
 
-    Constructor: BEM(num_classes, image_shape=(3,H,W), labeled_counts=[N_c] (list/tensor), unlabeled_size=M,
-    device, **flags). All flags are keyword-only; see __init__. Everything lives on `device`.
+        bem = BEM(num_classes=C, image_shape=(3, 32, 32), labeled_counts=counts, unlabeled_size=len(unlabeled_set),
+                  device=dev)
+        for step, ((x_l, y_l), (u_w, u_s)) in enumerate(zip(labeled_loader, unlabeled_loader)):
+            u_s, mixes = bem.before_forward(u_s, gen)                  # 1. a bank partner CamMixed into each strong view
+            logits, fmap = model(torch.cat([x_l, u_w, u_s]))           # one forward; fmap: the CAM layer's map
+            z_l, z_w, z_s = logits.split([len(x_l), len(u_w), len(u_s)])
+            conf, q = z_w.detach().softmax(1).max(1)
+            mask = (conf >= 0.95).float()
+            loss = F.cross_entropy(z_l, y_l) + mixes[0].loss(z_s, q, mask).mean()   # 2. mixed labels, ECB weights
+            f_l, f_w, _ = fmap.split([len(x_l), len(u_w), len(u_s)])
+            bem.after_forward(step, x_l=x_l, y_l=y_l, u_w=u_w, logits_l=z_l, logits_w=z_w, q_u=q, mask_u=mask,
+                              fmap_l=f_l, fmap_w=f_w, head_weight=model.fc.weight)   # 3. bank push, Eq. 3, entropies
+            opt.zero_grad(); loss.backward(); opt.step()
 
-    Call protocol per training step t (a 0-based Python int); n = strong views to mix (ACR: both, n = 2*B_u):
-      (1+2 in one call: u_s_mix, lam, y_src = bem.draw_mix(u_s, gen), an invalid draw left unmixed)
-      1. src, y_src, box, from_l = bem.draw(n, gen)      # BEFORE the forward; bank as of step t-1
-            src uint8 [n,3,H,W], y_src long [n], box long [n,4] (fallback already applied), from_l bool [n].
-            With cam_refresh=True pass cam_fn=f(src uint8, y_src) -> (fmap [n,K,h,w], weights [n,K]).
-      2. u_s_mix, lam = bem.mix(u_s, src, box, gen)      # u_s uint8 [n,3,H,W] -> uint8, lam float [n]
-      3. joint forward on cat(x_l, u_w, u_s_mix) -> logits, fmap; pseudo-labels q_u and mask_u as usual.
-      4. bem.update(t, x_l=x_l, y_l=y_l, logits_l=logits_l, fmap_l=fmap_l, u_w=u_w, logits_w=logits_w,
-                    q_u=q_u, mask_u=mask_u, u_real=u_real, fmap_w=fmap_w, head_weights=head.weight)
-            x_l, u_w: uint8 weak views [B,3,H,W] (the images that produced fmap_l / fmap_w);
-            y_l, q_u: long [B]; logits_*: [B,C]; mask_u: bool or 0/1 float [B] (the confidence mask);
-            u_real: bool [B], False for labeled images inside the unlabeled set (ACR split);
-            fmap_*: [B,K,h,w] (detached inside); head_weights: [C,K] of the head that made q_u.
-            Grad-CAM (ResNet-50): pass cam_w_l / cam_w_u [B,K] from grad_cam_weights instead of head_weights.
-      5. w = bem.class_weights()   # ECB [C] or None;  q_u repeated to n if needed:
-         mix = dict(lam=lam, y_src=y_src, w=w, ecb_scope='mixed')   # per strong view: view_mixes(...)
-         loss_u = mixed_ce(logits_s, q_u, mask_u, mix).mean();  bem.add_loss_mass(logits_s, q_u, mask_u, mix)
-    At step 0 the bank is empty: draw returns zero boxes, so mix leaves the targets unchanged (lam = 1).
-    draw / mix / update never call .item(), .cpu() or nonzero. stats() and state_dict() are for log/ckpt time.
+    x_l, u_w, u_s are the augmented images in any dtype (uint8 or normalised float: `image_dtype`), u_s the V strong
+    views stacked view-major ([V*B, 3, H, W]; `views=2` for ACR/ABC, mixes[v] is view v's record). At step 0 the
+    bank is empty and nothing is mixed (lam = 1). after_forward goes before backward: the boxes come from this
+    forward's feature map and head, one model state. Nothing here calls .item(), .cpu() or nonzero.
+
+    Lower-level parts, in the paper's order: effective_numbers (Eq. 2), unlabeled_dist (Eq. 3), sampling_probs (Eq. 4,
+    ESS), labeled_ratio (ESM), class_weights (ECB), push / draw (the bank), Mix (the loss, E5), stats (logs, Fig. 1).
+    Random numbers come from `gen` (a torch.Generator on `device`), or from random_draws(n, gen) drawn beforehand and
+    passed as before_forward(..., rand=...): torch.compile cannot trace explicit generators, so train.py's compiled
+    step draws every random number first and passes tensors (eager and compiled then take the same numbers).
     """
 
     def __init__(self, num_classes, image_shape, labeled_counts, unlabeled_size, device, *,
@@ -326,22 +385,33 @@ class BEM:
                  ess='mul', alpha=0.5,  # reconstructed: 'mul' | 'add' | 'off' (E3)
                  esm='class', esm_ratio=0.5,  # reconstructed: 'class' | 'batch' | 'off' (fixed ratio) (E4)
                  ecb='on',              # reconstructed: 'on' | 'cb' | 'off' (E5)
+                 ecb_scope='mixed',     # reconstructed: where the ECB weights act, see Mix
                  tau_c=0.5,             # reconstructed: CAM threshold (spec §5 #9)
-                 mix='cammix',          # mixing method used with the bank: cammix | cutmix | saliencymix | mixup
-                 cam_refresh=False,     # reconstructed: cache boxes at push time; True = recompute at draw
+                 mix='cammix',          # cammix | cutmix | saliencymix | mixup | none (the ablations)
+                 bank=True,             # False: in-batch partners (the ablation); needs before_forward's teacher
+                 views=1,               # strong views per sample (ACR, ABC: 2)
+                 mix_views='all',       # reconstructed: 'all' strong views mixed, or only the 'second' (spec §5 #11)
+                 cam_refresh=False,     # reconstructed: cache boxes at push time; True = recompute at draw (teacher)
+                 image_dtype=torch.uint8,   # what the bank stores: the dtype of x_l / u_w
+                 box_mode=None,         # connected components: 'device' | 'cv2' | None (cv2 on CPU, device on CUDA)
                  d_u_fn=None):          # callable -> [C]: an external Eq. 3 estimate (ACR's u_py); None = own
         C, K = num_classes, bank_size
         self.C, self.K, self.shape, self.device = C, K, tuple(image_shape), torch.device(device)
         self.M, self.beta, self.lambda_d, self.est_start = unlabeled_size, beta, lambda_d, est_start
         self.lambda_e = lambda_d if lambda_e is None else lambda_e
         self.entropy_set, self.ess, self.alpha, self.esm, self.esm_ratio = entropy_set, ess, alpha, esm, esm_ratio
-        self.ecb, self.tau_c, self.mix_method, self.cam_refresh = ecb, tau_c, mix, cam_refresh
+        self.ecb, self.ecb_scope, self.tau_c, self.mix_method, self.cam_refresh = ecb, ecb_scope, tau_c, mix, cam_refresh
+        if ecb_scope not in ECB_SCOPES:
+            raise ValueError(f'unknown ecb_scope {ecb_scope!r}; choose one of {ECB_SCOPES}')
+        if mix_views not in ('all', 'second') or (mix_views == 'second' and views < 2):
+            raise ValueError(f"mix_views={mix_views!r} with views={views}: 'second' needs 2 strong views")
+        self.bank, self.views, self.mix_views, self.box_mode = bank, views, mix_views, box_mode
         self.d_u_fn = d_u_fn   # when set, BEM keeps no d^u of its own: one estimate, one EMA, one checkpoint entry
         kw = dict(device=self.device)
         self.N_x = torch.as_tensor(labeled_counts, dtype=torch.float64, **kw)
         # bank: queue q (0 = labeled, 1 = unlabeled), class c, slot k -> row q*C*K + c*K + k; the last row is a
         # trash row that absorbs writes of unselected samples, so pushes keep a fixed shape
-        self.bank_img = torch.zeros(2 * C * K + 1, *self.shape, dtype=torch.uint8, **kw)
+        self.bank_img = torch.zeros(2 * C * K + 1, *self.shape, dtype=image_dtype, **kw)
         self.bank_box = torch.zeros(2 * C * K + 1, 4, dtype=torch.long, **kw)
         self.ptr = torch.zeros(2, C, dtype=torch.long, **kw)     # next slot to overwrite (the oldest when full)
         self.filled = torch.zeros(2, C, dtype=torch.long, **kw)
@@ -406,61 +476,145 @@ class BEM:
         self.ptr[q] = (self.ptr[q] + count) % K
         self.filled[q] = (self.filled[q] + count).clamp(max=K)
 
-    def _sample_classes(self, p, n, gen):
-        """Inverse-CDF sampling of n classes from p (sync-free; torch.multinomial's 1-sample path syncs)."""
+    def _sample_classes(self, p, u):
+        """Inverse-CDF sampling of len(u) classes from p, u ~ U(0,1) (sync-free; torch.multinomial's 1-sample
+        path syncs)."""
         cdf = p.cumsum(0)
-        u = torch.rand(n, generator=gen, device=self.device, dtype=torch.float64) * cdf[-1]
         last = torch.where(p > 0, torch.arange(self.C, device=self.device), 0).amax()
-        return torch.searchsorted(cdf, u, right=True).clamp(max=last)
+        return torch.searchsorted(cdf, u * cdf[-1], right=True).clamp(max=last)
 
-    def draw(self, n, gen, cam_fn=None):
-        """Draw n mixing partners: class c ~ s_c, queue labeled w.p. r_c, uniform slot. See class docstring."""
+    # ---- the step's random numbers: one seam (a generator now, or tensors drawn beforehand) ----
+    def mixed_rows(self, n):
+        """How many of n strong-view rows (V views x B) get a partner: all, or the last view's ('second')."""
+        return n if self.mix_method == 'none' or self.mix_views == 'all' else n // self.views
+
+    def random_draws(self, n, gen):
+        """Every random number before_forward takes for n = len(u_s) strong-view rows, in a dict of tensors on gen's
+        device (draw it beforehand for a compiled step; the same numbers give the same result)."""
+        return self._draws(self.mixed_rows(n), gen)
+
+    def _draws(self, n, gen):
+        """The numbers of n partners. The bank always draws its fallback boxes, so its stream does not depend on data."""
+        dev, (H, W) = gen.device, self.shape[1:]
+        u = lambda dt=torch.float32: torch.rand(n, generator=gen, device=dev, dtype=dt)  # noqa: E731
+        if self.mix_method == 'none':
+            return {}
+        if self.bank:
+            r = dict(u_class=u(torch.float64), u_queue=u(torch.float64), u_slot=u(), fallback=cutmix_draws(n, H, W, gen))
+        else:
+            r = dict(perm=torch.randperm(n, generator=gen, device=dev))
+            if self.mix_method == 'cammix':
+                r['fallback'] = cutmix_draws(n, H, W, gen)
+        if self.mix_method == 'cutmix':
+            r['box'] = cutmix_draws(n, H, W, gen)
+        elif self.mix_method in ('mixup', 'saliencymix'):
+            r['lam'] = u()
+        return r
+
+    # ---- the bank: draw partners ----
+    def _bank_draw(self, r, teacher=None):
+        """Partners from the bank for the draws r: (src, class, cached box, from_l, valid). See draw."""
         nx, nu = self.filled[0] > 0, self.filled[1] > 0
         avail = nx | nu
         p = self.sampling_probs() * avail                    # renormalised over non-empty classes
         p = torch.where(avail.any(), p, torch.ones_like(p))  # empty bank: anything; flagged invalid below
-        c = self._sample_classes(p, n, gen)
-        from_l = torch.rand(n, generator=gen, device=self.device, dtype=torch.float64) < self.labeled_ratio()[c]
+        c = self._sample_classes(p, r['u_class'])
+        from_l = r['u_queue'] < self.labeled_ratio()[c]                                        # ESM (E4)
         from_l = torch.where(nx[c] & ~nu[c], True, torch.where(nu[c] & ~nx[c], False, from_l))  # E4 fallback
         q = (~from_l).long()
         filled = self.filled[q, c]
-        u = torch.rand(n, generator=gen, device=self.device)
-        slot = torch.minimum((u * filled).long(), (filled - 1).clamp_min(0))
+        slot = torch.minimum((r['u_slot'] * filled).long(), (filled - 1).clamp_min(0))
         row = q * self.C * self.K + c * self.K + slot
-        src, box, valid = self.bank_img[row], self.bank_box[row], avail[c]
+        src, box = self.bank_img[row], self.bank_box[row]
+        if self.cam_refresh:            # reconstructed option: the box of the partner's CAM now, not at push time
+            box = self._teacher_boxes(teacher, src, c)
+        return src, c, box, from_l, avail[c]
+
+    def draw(self, n, gen, teacher=None):
+        """Draw n mixing partners: class c ~ s_c (Eq. 4 / ESS), queue labeled w.p. r_c (ESM), a uniform filled slot.
+        -> src [n,3,H,W], y_src [n], box [n,4] (degenerate CAM boxes replaced by CutMix boxes; all zeros where the
+        class has no entry, i.e. an empty bank), from_l [n]. gen: a torch.Generator or random_draws(n, gen)."""
+        r = gen if isinstance(gen, dict) else self._draws(n, gen)
+        src, c, box, from_l, valid = self._bank_draw(r, teacher)
         H, W = self.shape[1:]
-        if self.cam_refresh:
-            box = cam_boxes(cam(*cam_fn(src, c)), (H, W), self.tau_c)
-        n_fallback = (_degenerate(box, H, W) & valid).sum()
-        box = torch.where(valid[:, None], fallback_box(box, H, W, gen, valid), 0)
-        area = (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])
-        self.acc_box += torch.stack([valid.sum().double(), area.sum().double() / (H * W), n_fallback.double()])
-        return src, c, box, from_l
+        return src, c, torch.where(valid[:, None], fallback_box(box, H, W, r['fallback'], valid), 0), from_l
 
-    def mix(self, targets, src, box, gen=None):
-        """Mix targets with drawn sources using self.mix_method (default CamMix paste). -> (mixed, lam [n])."""
-        return mix_batch(self.mix_method, targets, src, gen, box=box)
+    def _teacher_boxes(self, teacher, images, labels):
+        """CamMix boxes of images from a teacher(images) -> (logits [n,C], fmap [n,K,h,w], head_weight [C,K])."""
+        _, fmap, head_w = teacher(images)
+        return cam_boxes(cam(fmap.float(), head_w[labels]), self.shape[1:], self.tau_c, self.box_mode)
 
-    def draw_mix(self, u_s, gen, cam_fn=None):
-        """Steps 1-2 in one call: draw a partner per view of u_s and mix it in -> (mixed, lam [n], y_src [n]).
-        An invalid draw (empty bank: an all-zero box) leaves its view unmixed, lam = 1: MixUp / CutMix would
-        otherwise paste a blank bank row."""
-        src, y_src, box, _ = self.draw(len(u_s), gen, cam_fn)
-        mixed, lam = self.mix(u_s, src, box, gen)
-        valid = (box[:, 2:] > box[:, :2]).all(1)
-        return torch.where(valid[:, None, None, None], mixed, u_s), torch.where(valid, lam, 1.0), y_src
+    def _in_batch(self, u_w, r, reps, teacher):
+        """--no-bank partners: a permutation of this batch's weak views (repeated for each mixed view),
+        pseudo-labelled (and CAM-boxed) by the teacher, e.g. a no-grad pass of the EMA model: the batch's own
+        labels exist only after the forward. -> (src, y_src, box, valid)."""
+        logits, fmap, head_w = teacher(u_w)
+        q = logits.float().argmax(-1)
+        box = (cam_boxes(cam(fmap.float(), head_w[q]), self.shape[1:], self.tau_c, self.box_mode)
+               if self.mix_method == 'cammix' else None)
+        rep = lambda z: None if z is None else z.repeat(reps, *[1] * (z.dim() - 1))  # noqa: E731
+        src, y_src, box = in_batch_sources(rep(u_w), rep(q), r, rep(box))
+        return src, y_src, box, torch.ones_like(y_src, dtype=torch.bool)
 
-    # ---- per-step statistics (Eq. 3, E2) and bank push ----
+    # ---- the plug-in, call 1 of 2: before the forward ----
+    def before_forward(self, u_s, gen=None, *, rand=None, u_w=None, teacher=None):
+        """Steps 1-2: a mixing partner per strong view (the bank: class ~ s_c, queue ~ r_c; or in-batch), mixed in
+        (CamMix paste, or the ablation's method). -> (mixed u_s, mixes): mixes[v] is the Mix record of strong view
+        v, whose .loss(logits, q, mask) is that view's unlabeled loss term (E5).
+
+        u_s [V*B,3,H,W]: the V = `views` strong views, view-major. gen: a torch.Generator on u_s's device, or
+        rand = random_draws(n, gen) drawn beforehand (n = B x the mixed views). u_w, teacher: the weak views and
+        teacher(images) -> (logits [n,C], fmap [n,K,h,w], head_weight [C,K]) for in-batch partners (bank=False)
+        and for cam_refresh. An invalid draw (an empty bank) leaves its sample unmixed (lam = 1)."""
+        V, n = self.views, len(u_s)
+        B, k = n // V, self.mixed_rows(n) // (n // V)     # k mixed views: all, or the last one ('second')
+        r = self.random_draws(n, gen) if rand is None else rand
+        target, lam, y_src = u_s[n - k * B:], torch.ones(k * B, device=u_s.device), torch.zeros(
+            k * B, dtype=torch.long, device=u_s.device)
+        if self.mix_method != 'none':
+            target, lam, y_src = self._mix_in(target, r, u_w, teacher, k)
+        out = target if k == V else torch.cat([u_s[:n - k * B], target])
+        w, one = self.class_weights(), torch.ones(B, device=u_s.device)
+        mixes = [Mix(one, torch.zeros_like(y_src[:B]), w, self.ecb_scope, self) for _ in range(V - k)]
+        mixes += [Mix(lam[v * B:(v + 1) * B], y_src[v * B:(v + 1) * B], w, self.ecb_scope, self) for v in range(k)]
+        return out, mixes
+
+    def _mix_in(self, target, r, u_w, teacher, reps):
+        H, W = self.shape[1:]
+        if self.bank:
+            src, y_src, box, _, valid = self._bank_draw(r, teacher)
+        else:
+            src, y_src, box, valid = self._in_batch(u_w, r, reps, teacher)
+        if self.mix_method == 'cammix':
+            n_fallback = (_degenerate(box, H, W) & valid).sum()
+            box = torch.where(valid[:, None], fallback_box(box, H, W, r['fallback'], valid), 0)
+        mixed, lam, box = _mix_batch(self.mix_method, target, src, r, box)
+        if box is not None:                          # box stats: the boxes actually pasted
+            area = (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1]) * valid
+            fb = n_fallback.double() if self.mix_method == 'cammix' else torch.zeros((), dtype=torch.float64,
+                                                                                        device=area.device)
+            self.acc_box += torch.stack([valid.sum().double(), area.sum().double() / (H * W), fb])
+        return (torch.where(valid[:, None, None, None], mixed, target), torch.where(valid, lam, 1.0), y_src)
+
+    # ---- the plug-in, call 2 of 2: after the forward (before backward) ----
     @torch.no_grad()
-    def update(self, step, *, x_l, y_l, logits_l, fmap_l, u_w, logits_w, q_u, mask_u, u_real, fmap_w,
-               head_weights=None, cam_w_l=None, cam_w_u=None, stat_logits_l=None, stat_logits_w=None,
-               stat_q=None, stat_mask=None):
-        """Once per step, after the forward; see the class docstring for shapes.
-        stat_*: the head the statistics (Eq. 3, E2 entropies, Fig. 1 counts) come from when it is not the one
-        that labels the bank (ACR: the balanced head's raw softmax, argmax and confidence mask, the inputs of
-        its u_py). Default: logits_l, logits_w, q_u, mask_u. The entropies are grouped by the same
-        pseudo-labels, from the same probabilities, as the estimate they sit beside."""
+    def after_forward(self, step, *, x_l, y_l, logits_l, fmap_l, u_w, logits_w, q_u, mask_u, fmap_w,
+                      u_real=None, head_weight=None, cam_weights=None, stat_logits_l=None, stat_logits_w=None,
+                      stat_q=None, stat_mask=None):
+        """Steps 3-4, once per step after the forward and before backward (so the CAM boxes come from this forward's
+        feature map and head, one model state): Eq. 3 (d^u), the E2 entropies, and the bank push of this step's
+        labeled and confident unlabeled weak views with their CAM boxes.
+
+        step: the 0-based step (int or 0-d tensor). x_l, u_w [B,3,H,W]: the weak views that produced fmap_l /
+        fmap_w [B,K,h,w]; y_l, q_u long [B]; logits_* [B,C]; mask_u bool or 0/1 float [B] (the confidence mask);
+        u_real bool [B] (False: a labeled image inside the unlabeled set, ACR's split; default all True).
+        head_weight [C,K]: the head that made q_u (plain CAM); or cam_weights = (w_l [B,K], w_u [B,K]) from
+        grad_cam_split (Grad-CAM: ResNet-50, whose CAM layer does not feed the head).
+        stat_*: the head the statistics (Eq. 3, E2 entropies, Fig. 1 counts) come from when it is not the one that
+        labels the bank (ACR: the balanced head's raw softmax, argmax and confidence mask, the inputs of its
+        u_py). Default: logits_l, logits_w, q_u, mask_u."""
         C, lam_e = self.C, self.lambda_e
+        u_real = torch.ones_like(q_u, dtype=torch.bool) if u_real is None else u_real
         logits_l = logits_l if stat_logits_l is None else stat_logits_l
         logits_e = logits_w if stat_logits_w is None else stat_logits_w
         q_e = q_u if stat_q is None else stat_q
@@ -468,10 +622,11 @@ class BEM:
         mask = mask_u > 0.5 if mask_u.dtype.is_floating_point else mask_u.bool()
         mask_e = m_e > 0.5 if m_e.dtype.is_floating_point else m_e.bool()
         real = u_real.bool()
-        if step >= self.est_start and self.d_u_fn is None:  # Eq. 3, "once the training status stabilizes"
+        if self.d_u_fn is None:   # Eq. 3, "once the training status stabilizes" (step >= est_start; no host branch)
             _, hist = _class_mean(torch.ones_like(q_e, dtype=torch.float64), q_e, mask_e & real, C)
             d_t = hist / hist.sum().clamp_min(1)
-            self.d_u.copy_(torch.where(hist.sum() > 0, self.lambda_d * self.d_u + (1 - self.lambda_d) * d_t, self.d_u))
+            on = (torch.as_tensor(step, device=self.device) >= self.est_start) & (hist.sum() > 0)
+            self.d_u.copy_(torch.where(on, self.lambda_d * self.d_u + (1 - self.lambda_d) * d_t, self.d_u))
         H_l, H_u = entropy(logits_l).double(), entropy(logits_e).double()
         sel_u = real & mask_e if self.entropy_set == 'masked' else real
         all_l = torch.ones_like(y_l, dtype=torch.bool)
@@ -482,21 +637,18 @@ class BEM:
         self.acc['u_H'] += s
         self.acc['u_count'] += n
         self.acc['u_count_masked'] += _class_mean(H_u, q_e, real & mask_e, C)[1]
-        box = self._boxes(fmap_l, fmap_w, torch.cat([y_l, q_u]), head_weights, cam_w_l, cam_w_u)
+        box = self._boxes(fmap_l, fmap_w, torch.cat([y_l, q_u]), head_weight, cam_weights)
         self.push(x_l, y_l, box[:len(y_l)], all_l, labeled=True)
         self.push(u_w, q_u, box[len(y_l):], mask, labeled=False)
 
-    def _boxes(self, fmap_l, fmap_w, labels, head_weights, cam_w_l, cam_w_u):
-        """CAM boxes of the labeled and unlabeled weak views in one call (one CCL launch sequence)."""
-        if self.cam_refresh:  # boxes are recomputed at draw time
+    def _boxes(self, fmap_l, fmap_w, labels, head_weight, cam_weights):
+        """CAM boxes of the labeled and unlabeled weak views in one call (one CCL launch sequence); zeros when the
+        bank does not need them (cam_refresh recomputes at draw time; other mixing methods paste other boxes)."""
+        if self.cam_refresh or self.mix_method != 'cammix':
             return torch.zeros(labels.shape[0], 4, dtype=torch.long, device=self.device)
-        w = head_weights[labels] if cam_w_l is None else torch.cat([cam_w_l, cam_w_u])
+        w = head_weight[labels] if cam_weights is None else torch.cat(cam_weights)
         fmap = torch.cat([fmap_l, fmap_w]).detach()
-        return cam_boxes(cam(fmap, w.detach()), self.shape[1:], self.tau_c)
-
-    def add_loss_mass(self, logits, target, mask, mix=None):
-        """Accumulate loss_mass of one unlabeled loss term (on the device) until the next stats(reset=True)."""
-        self.acc_mass += loss_mass(logits, target, mask, mix)
+        return cam_boxes(cam(fmap, w.detach()), self.shape[1:], self.tau_c, self.box_mode)
 
     # ---- logging and checkpoints ----
     def stats(self, reset=False):
@@ -565,21 +717,25 @@ def saliency_box(images, lam):
 
 
 def in_batch_sources(images, labels, gen, boxes=None):
-    """In-batch mixing partners: a random permutation of the batch's own weak views and pseudo-labels.
-    For in-batch CamMix pass the views' CAM boxes. They must come from a forward run before the mixed batch
-    is built, e.g. a no-grad pass of the EMA model. Degenerate boxes fall back to CutMix boxes."""
-    B, _, H, W = images.shape
-    perm = torch.randperm(B, generator=gen, device=images.device)
-    box = None if boxes is None else fallback_box(boxes[perm], H, W, gen)
-    return images[perm], labels[perm], box
+    """In-batch mixing partners: a random permutation of the batch's own weak views and pseudo-labels (and their
+    CAM boxes for in-batch CamMix: they must come from a forward run before the mixed batch is built, e.g. a no-grad
+    pass of the EMA model; pass degenerate ones through fallback_box). gen: a torch.Generator, or {'perm': ...}."""
+    perm = gen['perm'] if isinstance(gen, dict) else torch.randperm(len(images), generator=gen, device=images.device)
+    return images[perm], labels[perm], None if boxes is None else boxes[perm]
 
 
-def view_mixes(lam, y_src, w, views, ecb_scope='mixed'):
-    """Step 5's mix records, one per strong view (views stacked view-major): lam and pasted label of the view's
-    samples, the ECB weights w [C] (or None) and where they act (mixed_ce_terms)."""
-    b = len(lam) // views
-    return [dict(lam=lam[v * b:(v + 1) * b], y_src=y_src[v * b:(v + 1) * b], w=w, ecb_scope=ecb_scope)
-            for v in range(views)]
+def _mix_batch(method, target, source, r, box=None):
+    """Mix with pre-drawn numbers r (BEM.random_draws' 'box' / 'lam') -> (mixed, lam [B], pasted box or None)."""
+    B, _, H, W = target.shape
+    if method == 'mixup':  # lam ~ Beta(1,1) = U(0,1), CutMix's default alpha
+        return mixup(target, source, r['lam']), r['lam'], None
+    if method == 'cutmix':
+        box = cutmix_box(B, H, W, r['box'])
+    elif method == 'saliencymix':
+        box = saliency_box(source, r['lam'])
+    elif method != 'cammix':
+        raise ValueError(f'unknown mixing method {method!r}')
+    return (*paste(target, source, box), box)
 
 
 def mix_batch(method, target, source, gen, box=None):
@@ -588,13 +744,9 @@ def mix_batch(method, target, source, gen, box=None):
     B, _, H, W = target.shape
     if method == 'none':
         return target, torch.ones(B, device=target.device)
-    if method == 'mixup':  # lam ~ Beta(1,1) = U(0,1), CutMix's default alpha
-        lam = torch.rand(B, generator=gen, device=target.device)
-        return mixup(target, source, lam), lam
+    r = {}
     if method == 'cutmix':
-        box = cutmix_box(B, H, W, gen)
-    elif method == 'saliencymix':
-        box = saliency_box(source, torch.rand(B, generator=gen, device=target.device))
-    elif method != 'cammix':
-        raise ValueError(f'unknown mixing method {method!r}')
-    return paste(target, source, box)
+        r['box'] = cutmix_draws(B, H, W, gen)
+    elif method in ('mixup', 'saliencymix'):
+        r['lam'] = torch.rand(B, generator=gen, device=target.device)
+    return _mix_batch(method, target, source, r, box)[:2]

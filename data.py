@@ -686,25 +686,30 @@ class EpochSampler:
         self.perm, self.pos = d['perm'].to(self.device), d['pos']
 
 
+def draw_lt_view(B, gen, device, pad=4):
+    """The random numbers of B RIDE/LDAM-DRW training views: crop shift, flip, rotation angle in [-1, 1)."""
+    shift = torch.randint(0, 2 * pad + 1, (B, 2), generator=gen, device=device)
+    flip = torch.rand(B, generator=gen, device=device) < 0.5
+    return dict(shift=shift, flip=flip, angle=torch.rand(B, generator=gen, device=device) * 2 - 1)
+
+
 def lt_view(x, gen, pad=4, degrees=15.0):
     """RIDE CIFAR-LT training view: RandomCrop(32, padding=4) (zero fill), HorizontalFlip, then
     RandomRotation(15) (NEAREST, zero fill), as ONE batched affine resample on the device.
 
     Composition (output pixel -> source pixel): rotate, then flip, then the crop's integer shift.
     degrees=0 gives the LDAM-DRW pipeline (crop + flip only); pure integer shifts and flips land on
-    pixel centres, so that part is exact.
+    pixel centres, so that part is exact. gen: a torch.Generator, or draw_lt_view(...) drawn beforehand.
     """
     B, _, H, W = x.shape
     dev = x.device
-    shift = torch.randint(0, 2 * pad + 1, (B, 2), generator=gen, device=dev).float() - pad
-    flip = torch.rand(B, generator=gen, device=dev) < 0.5
-    ang = (torch.rand(B, generator=gen, device=dev) * 2 - 1) * math.radians(degrees)
+    r = gen if isinstance(gen, dict) else draw_lt_view(B, gen, dev, pad)
+    shift, flip = r['shift'].float() - pad, r['flip']
+    ang = r['angle'] * math.radians(degrees)
     cos, sin = torch.cos(ang), torch.sin(ang)
     sx = torch.where(flip, -1.0, 1.0)
-    theta = torch.zeros(B, 2, 3, device=dev)
-    theta[:, 0, 0], theta[:, 0, 1] = sx * cos, -sx * sin        # flip applied after rotation
-    theta[:, 1, 0], theta[:, 1, 1] = sin, cos
-    theta[:, 0, 2], theta[:, 1, 2] = -2 * shift[:, 0] / W, -2 * shift[:, 1] / H
+    theta = torch.stack([torch.stack([sx * cos, -sx * sin, -2 * shift[:, 0] / W], 1),   # flip applied after rotation
+                         torch.stack([sin, cos, -2 * shift[:, 1] / H], 1)], 1)
     grid = torch.nn.functional.affine_grid(theta, (B, 3, H, W), align_corners=False)
     out = torch.nn.functional.grid_sample(x.float(), grid, mode='nearest', padding_mode='zeros', align_corners=False)
     return out.round().to(torch.uint8)

@@ -12,6 +12,7 @@ import importlib.util
 import sys
 
 import jitter
+import ltssl
 from runio import UsageError
 
 
@@ -64,15 +65,9 @@ DEFAULTS = {
     'split': ('acr', "ACR's first-k split, labeled inside unlabeled (spec anchors.md)"),
     'width': (2, 'ACR public code (ACR paper, CIFAR-100: 8)'),
     'bn_momentum': (0.001, 'ACR / kekmodel WRN'),
-    'acr_count': ('counts', 'reconstructed (README): confident pseudo-labels per class'),
-    'ema_u': ({'acr': 0.99}, "ACR's README commands (its argparse: 0.9)"),
-    'tau1': ({'acr': 2.0}, f'{ACR} argparse'),
-    'tau12': ({'acr': 2.0}, f'{ACR} argparse'),
-    'tau2': ({'acr': 2.0}, f'{ACR} argparse'),
-    'est_epoch': ({'acr': 5}, f'{ACR} argparse'),
+    # each framework's own flags, declared once on the framework (ltssl.py `options`): default and source
+    **{name: ({alg: value}, why) for alg, fw in ltssl.FRAMEWORK.items() for name, (value, why) in fw.options.items()},
     'labeled_pad': ({'imagenet127': 'zeros', 'ltssl': 'reflect'}, "ACR's get_smallimagenet; ACR's CIFAR/SVHN/STL"),
-    'abc_views': (2, 'ABC code (DASO: 1)'),
-    'abc_hard': (False, 'ABC code: soft pseudo-labels (USB: hard)'),
     'bem': (False, 'the baseline; --bem adds BEM'),
     'mix': ({'bem': 'cammix', 'ltssl': 'none'}, 'BEM (CamMix)'),
     'bank': ({'bem': True, 'ltssl': False}, 'BEM (class-balanced mix bank)'),
@@ -103,7 +98,8 @@ DEFAULTS = {
     'lr_steps': (Auto('160,180 of 200 epochs, 350,450 of 500, in proportion otherwise; 60,80 of 100 on imagenet_lt'),
                  f'RIDE CustomLR ({LT42}, {LT43}, {LT45}); the proportion reconstructed'),
     'ride_stage1': ('ce', 'jitter paper text (RIDE code: ldam)'),
-    'compile': (False, 'engineering'),
+    'compile': ('off', 'engineering: model = the network alone; step = the whole step (augmentation, BEM, losses, '
+                'SGD, EMA) as 2 graphs, CUDA graphs on CUDA'),
     'eval_bf16': (False, 'fp32: with s = 30 cosine logits bf16 flips near-ties'),
     'deterministic': (False, 'engineering'),
     'log_every': (50, 'engineering'),
@@ -111,7 +107,6 @@ DEFAULTS = {
     'progress': (Auto('on when stderr is a terminal'), 'engineering'),
     'tensorboard': (False, 'engineering'),
 }
-ACR_DEFAULTS = {k: DEFAULTS[k][0]['acr'] for k in ('ema_u', 'tau1', 'tau12', 'tau2', 'est_epoch')}  # ACR's options
 LTSSL_DATA = ('cifar10', 'cifar100', 'stl10', 'svhn', 'fmnist', 'imagenet127', 'synthetic')
 LT_DATA = ('cifar10', 'cifar100', 'fmnist', 'imagenet_lt', 'synthetic')
 _SAY = {'': 'otherwise', 'bem': 'with --bem', 'acr': 'with --alg acr'}
@@ -263,7 +258,8 @@ def build_parser():
     a('--lr-steps', type=_lr_steps, help='lt: epochs of the two lr decays, e.g. 160,180')
     a('--ride-stage1', choices=['ce', 'ldam'], help='RIDE loss before DRW')
     # -- engineering
-    a('--compile', action='store_true', help='torch.compile the model')
+    a('--compile', nargs='?', const='step', choices=['off', 'model', 'step'],
+      help='torch.compile: `--compile` alone = step')
     a('--eval-bf16', action='store_true', help='evaluate under bf16 autocast on CUDA, as training does')
     a('--deterministic', action='store_true', help='torch/cudnn deterministic algorithms')
     a('--log-every', type=POS, help='steps between host-side logs/NaN checks')
@@ -326,28 +322,62 @@ def _ssl(a):
     return _ltssl(a) and a.alg != 'supervised'
 
 
-def _mixing(a):   # LTSSLTask's condition for a bem.BEM: BEM or a mixing baseline is on (SSL only)
-    return _ssl(a) and (a.bem or a.mix != 'none' or a.bank or 'off' not in (a.ess, a.esm, a.ecb))
+def _mixing(a):   # a mixing partner per strong view: BEM's CamMix, or a mixing baseline (SSL only)
+    return _ssl(a) and a.mix != 'none'
+
+
+def _bank_mixing(a):
+    return _mixing(a) and a.bank
+
+
+def _ecb_place(a):   # where ECB weights can act: on mixed samples, or on every unlabeled term with --ecb-scope all
+    return _ssl(a) and (a.mix != 'none' or a.ecb_scope == 'all')
+
+
+def _ecb_acts(a):
+    return _ecb_place(a) and a.ecb != 'off'
+
+
+def bem_built(a):
+    """Whether LTSSLTask builds a bem.BEM: mixing (BEM or a mixing baseline), or the ECB weights acting without it
+    (--ecb-scope all). The one statement of this rule: train.py builds by it, SCOPE refuses by its parts."""
+    return _mixing(a) or _ecb_acts(a)
+
+
+def _views(a):   # strong views of the run's framework
+    return {'acr': ltssl.ACR.strong_views, 'abc': a.abc_views}.get(a.alg, 1)
 
 
 _LTSSL, _LT = ('--task ltssl', _ltssl), ('--task lt', _lt)
 _BEM = ('BEM on an SSL --alg (fixmatch|la|abc|acr, --task ltssl)', _ssl)
 _WRN = ('--model wrn (--task ltssl)', lambda a: _ltssl(a) and a.model == 'wrn')
-_MIX = ('BEM or a mixing baseline (--task ltssl, an SSL --alg, with --bem or --mix)', _mixing)
+_MIX = ('mixing (--task ltssl, an SSL --alg, with --bem or --mix)', _mixing)
+_BANK = ('mixing from the class-balanced bank (--task ltssl, an SSL --alg, with --bem or --mix X --bank)', _bank_mixing)
+_CAMMIX = ('CamMix (--task ltssl, an SSL --alg, with --bem or --mix cammix)', lambda a: _mixing(a) and a.mix == 'cammix')
+_ECB = ('the ECB weights (--task ltssl, an SSL --alg), which act on mixed samples (--bem or --mix) or, with '
+        '--ecb-scope all, on every unlabeled term', _ecb_acts)
 _ABC = ('--alg abc (--task ltssl)', lambda a: _ltssl(a) and a.alg == 'abc')
 _RIDE = ('--model ride (--task lt)', lambda a: _lt(a) and a.model == 'ride')
 _JITTER = ('a jitter sampler (--task lt, --sampler jitter1|jitter2|jitter-noreplace)',
            lambda a: _lt(a) and a.sampler in ('jitter1', 'jitter2', 'jitter-noreplace'))
-_ACR = ('--alg acr (--task ltssl)', lambda a: _ltssl(a) and a.alg == 'acr')
 SCOPE = {
     'iters': _LTSSL, 'epoch_steps': _LTSSL, 'mu': _LTSSL, 'ema': _LTSSL, 'threshold': _LTSSL, 'alg': _LTSSL,
     'n1': _LTSSL, 'm1': _LTSSL, 'imb_l': _LTSSL, 'imb_u': _LTSSL, 'setting': _LTSSL, 'split': _LTSSL,
-    'bem': _BEM, 'mix': _BEM, 'bank': _BEM, 'ess': _BEM, 'esm': _BEM, 'ecb': _BEM,
+    'bem': _BEM, 'mix': _BEM, 'bank': _MIX, 'ess': _BANK, 'esm': _BANK, 'ecb_scope': _ECB,
+    'ecb': ('mixing (--task ltssl, an SSL --alg, with --bem or --mix), or --ecb-scope all (ECB on every unlabeled '
+            'term)', _ecb_place),
     'width': _WRN, 'bn_momentum': _WRN,
-    'acr_count': _ACR, 'ema_u': _ACR, 'tau1': _ACR, 'tau12': _ACR, 'tau2': _ACR, 'est_epoch': _ACR,
-    'labeled_pad': _LTSSL, 'ecb_scope': _BEM,
-    'abc_views': _ABC, 'abc_hard': _ABC,
-    'tau_c': _MIX, 'bank_size': _MIX, 'beta': _MIX, 'lambda_d': _MIX, 'cam_refresh': _MIX, 'mix_views': _MIX,
+    # each framework's own flags (ltssl.py `options`) belong to it
+    **{name: (f'--alg {alg} (--task ltssl)', lambda a, alg=alg: _ltssl(a) and a.alg == alg)
+       for alg, fw in ltssl.FRAMEWORK.items() for name in fw.options},
+    'labeled_pad': _LTSSL,
+    'tau_c': _CAMMIX, 'cam_refresh': _CAMMIX, 'bank_size': _BANK,
+    'beta': ('the effective numbers of the bank draws or the ECB weights (--task ltssl, --bem)', lambda a: _bank_mixing(a) or
+             _ecb_acts(a)),
+    'lambda_d': ("BEM's own Eq. 3 estimate (--task ltssl, --bem; under --alg acr, d^u is ACR's u_py)", lambda a: a.alg != 'acr' and
+                 (_bank_mixing(a) or _ecb_acts(a))),
+    'mix_views': ('mixing with two strong views (--task ltssl, --bem or --mix, --alg acr or abc with --abc-views >= 2)',
+                  lambda a: _mixing(a) and _views(a) >= 2),
     'epochs': _LT, 'imb': _LT, 'iters_per_epoch': _LT, 'sampler': _LT, 'loss': _LT, 'lr_steps': _LT,
     'group_l2norm': ('--model resnet32 (--task lt)', lambda a: _lt(a) and a.model == 'resnet32'),
     'experts': _RIDE, 'reduce': _RIDE,
@@ -377,7 +407,7 @@ def check_scope(args, given):
 
 def validate(args):
     """The cross-flag rules; a single flag's range or name is checked by its argparse type or choices."""
-    lt, acr = args.task == 'lt', args.task == 'ltssl' and args.alg == 'acr'
+    lt = args.task == 'lt'
     data, models = (LT_DATA, ('resnet32', 'ride')) if lt else (LTSSL_DATA, ('wrn', 'resnet50'))
     _need(args.dataset in data, f'unknown dataset {args.dataset!r} for --task {args.task}; choose one of {", ".join(data)}')
     _need(args.model in models, f'unknown model {args.model!r} for --task {args.task}; choose one of {", ".join(models)}')
@@ -389,10 +419,6 @@ def validate(args):
         _need(args.img_size == 32, f'--img-size {args.img_size} does not apply to {args.dataset} (32 px); drop it')
     _need(not args.tensorboard or importlib.util.find_spec('tensorboard') is not None,
           '--tensorboard needs the tensorboard package: pip install tensorboard (it is in requirements.txt)')
-    for k in ACR_DEFAULTS:   # a flag that would do nothing is an error
-        _need(acr or getattr(args, k) is None, f'--{k.replace("_", "-")} is an ACR option; drop it or use --task '
-              'ltssl --alg acr')
-    _need(acr or args.acr_count == 'counts', '--acr-count is an ACR option; drop it or use --task ltssl --alg acr')
     _need(not lt or args.labeled_pad is None, '--labeled-pad is an LTSSL option; drop it or use --task ltssl')
     if lt:
         _need(not args.bem, '--bem is a BEM (ltssl) option and does not apply to --task lt; drop --bem or use --task ltssl')
@@ -407,6 +433,10 @@ def validate(args):
     _need(args.m1 > 0 or args.alg == 'supervised', f'--m1 must be positive, got {args.m1}')
     _need(not (args.bem and args.alg == 'supervised'), '--bem needs unlabeled data; use --alg fixmatch|la|abc|acr')
     _need(args.mix == 'none' or args.alg != 'supervised', f'--mix {args.mix} needs unlabeled data; use an SSL --alg')
+    _need(not args.bem or bem_built(args), '--bem --mix none leaves BEM nothing to do (its ECB weights act on mixed '
+          'samples); drop --mix none, or add --ecb-scope all to weight every unlabeled term')
+    _need(args.model == 'wrn' or not (args.cam_refresh or (args.mix == 'cammix' and not args.bank)), '--cam-refresh '
+          'and in-batch CamMix (--no-bank) take the CAM from the EMA model\'s head: they need --model wrn')
 
 
 def check_world(args, world):

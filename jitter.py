@@ -5,7 +5,8 @@ Sections follow the paper:
   1. Theory (§3.1; App. A.1): E_{i,n}, S_n, R_{i,n}, Q_{i,j,n}, optimal u, G(x), utilisation KL.
   2. The jitter factor schedule delta_t (§3.2.1).
   3. Samplers (§3.2.1): instance | balanced | reversed | jitter1 | jitter2 | jitter-noreplace | shuffle.
-     Batches of indices are drawn on the device of `labels` with an explicit torch.Generator.
+     Batches of indices are drawn on the device of `labels` with an explicit torch.Generator (sampler.next_batch());
+     BatchSampler puts any of them into a torch DataLoader (batch_sampler=..., examples/lt_jitter.py).
   4. Models (§4.2): LDAM-DRW's CIFAR ResNet-32 and the group L2norm head.
 Symbols: m classes, n_i class sizes, N = sum n_i, a_i effective proportion, u_i sampling frequency,
 n number of draws so far. Reconstructed choices are keywords marked "# reconstructed:" (see README).
@@ -182,11 +183,12 @@ def utilisation_kl(R):
 XI_DEFAULT = {"jitter1": "uniform", "jitter2": "one", "jitter-noreplace": "symmetric"}  # random factor ξ
 
 
-def draw_xi(xi, gen):
-    """ξ: 'uniform' U(0,1) (Method 1), 'one' (Method 2), 'symmetric' U(-0.5,0.5) (no replacement)."""
+def draw_xi(xi, seed, epoch):
+    """ξ of epoch `epoch`: 'uniform' U(0,1) (Method 1), 'one' (Method 2), 'symmetric' U(-0.5,0.5) (no replacement).
+    A host draw from (seed, epoch) alone: no device sync, and a resumed run draws the same ξ."""
     if xi == "one":
         return 1.0
-    r = torch.rand((), generator=gen, device=gen.device).item()  # one host sync per epoch, not per batch
+    r = float(np.random.default_rng([seed, epoch]).random())
     return r if xi == "uniform" else r - 0.5
 
 
@@ -217,10 +219,13 @@ SETTINGS = {
 class _Sampler:
     """Common epoch bookkeeping. Call set_epoch(e) before each epoch (next_batch advances on its own too)."""
 
-    def __init__(self, kind, labels, num_classes, batch_size, epochs, gen, schedule):
+    def __init__(self, kind, labels, num_classes, batch_size, epochs, gen, schedule, counts=None):
         self.kind, self.labels, self.device, self.gen = kind, labels, labels.device, gen
         self.C, self.B, self.N = num_classes, batch_size, len(labels)
-        self.n = torch.bincount(labels, minlength=num_classes).double().cpu()  # n_i (one sync, at init)
+        if counts is None:   # n_i on the host: one copy at init (pass counts to skip it)
+            counts = torch.zeros(num_classes, dtype=torch.long, device=labels.device).index_add_(
+                0, labels, torch.ones_like(labels)).cpu()
+        self.n = torch.as_tensor(counts, dtype=torch.float64)
         self.u = self.n / self.N                                                 # original u_i ∝ n_i
         self.iters_per_epoch = math.ceil(self.N / batch_size)  # reconstructed: ceil(N/B) for every kind
         self.epochs, self.schedule = epochs, schedule
@@ -235,7 +240,7 @@ class _Sampler:
         if xi is not None:
             sched = {k: v for k, v in self.schedule.items() if k != "xi"}
             fixed = sched["delta_fixed"] is not None and e >= (sched["delta_fixed_from"] or 0)
-            self.delta = delta_t(e, xi=1.0 if fixed else draw_xi(xi, self.gen), **sched)
+            self.delta = delta_t(e, xi=1.0 if fixed else draw_xi(xi, self.gen.initial_seed(), e), **sched)
         self._build()
 
     def next_batch(self):
@@ -389,9 +394,10 @@ KINDS = ("instance", "balanced", "reversed", "jitter1", "jitter2", "jitter-norep
 
 
 def make_sampler(kind, labels, num_classes, batch_size, epochs, *, alpha=None, beta=None, gamma=None,
-                 p=None, delta_fixed=None, delta_fixed_from=None, gen,
+                 p=None, delta_fixed=None, delta_fixed_from=None, gen, counts=None,
                  e_total=None, xi=None, floor="max", exponent_on="ratio", quota_rounding="round"):
-    """Build a sampler of index batches on labels.device; `gen` must live on that device.
+    """Build a sampler of index batches on labels.device; `gen` must live on that device. counts: the class sizes
+    n_i on the host if known (else one device -> host copy here). For a torch DataLoader wrap it in BatchSampler.
 
     alpha/beta/gamma/p left None take the RIDE CIFAR preset SETTINGS["ride"] (§4.3), the one source of these
     defaults. Reconstructed keywords (see README): e_total (None: total `epochs`), xi (None: per-kind ξ), floor,
@@ -409,10 +415,57 @@ def make_sampler(kind, labels, num_classes, batch_size, epochs, *, alpha=None, b
                         exponent_on=exponent_on)
     args = (kind, labels, num_classes, batch_size, epochs, gen, schedule)
     if kind == "shuffle":
-        return Shuffle(*args)
+        return Shuffle(*args, counts=counts)
     if kind == "jitter-noreplace":
-        return NoReplace(*args, quota_rounding=quota_rounding)
-    return WithReplacement(*args, p=p)
+        return NoReplace(*args, quota_rounding=quota_rounding, counts=counts)
+    return WithReplacement(*args, p=p, counts=counts)
+
+
+class BatchSampler(torch.utils.data.Sampler):
+    """Any sampler above as a torch DataLoader batch sampler (LDAM-DRW's and RIDE's loops build DataLoaders):
+
+        sampler = jitter.BatchSampler(jitter.make_sampler("jitter1", labels, C, 128, epochs, gen=torch.Generator()))
+        loader = DataLoader(train_set, batch_sampler=sampler, num_workers=4)
+        for epoch in range(epochs):
+            sampler.set_epoch(epoch)          # δt of this epoch (without it, each pass takes the next epoch)
+            for x, y in loader: ...
+
+    One pass = one epoch of len(self) batches: lists of dataset indices, the same batches as the wrapped sampler's
+    next_batch() gives from the same generator state. state_dict(done=k) / load_state_dict resume mid-epoch: the
+    epoch is re-drawn from its start state and its first k batches skipped (k: the batches your loop finished;
+    default the batches yielded, which a prefetching DataLoader has taken ahead of the loop)."""
+
+    def __init__(self, sampler):
+        self.sampler, self.epoch = sampler, 0
+        self._start, self._yielded, self._resume = None, 0, None
+
+    def __len__(self):
+        return self.sampler.iters_per_epoch
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __iter__(self):
+        s, skip = self.sampler, 0
+        if self._resume is not None:            # the interrupted epoch, re-drawn from its start
+            (self.epoch, start, skip), self._resume = self._resume, None
+            s.load_state_dict(start)
+        else:
+            if s.epoch == self.epoch and s.it >= len(self):   # no set_epoch since the last pass: the next epoch
+                self.epoch += 1
+            s.set_epoch(self.epoch)
+        self._start, self._yielded = s.state_dict(), 0
+        for i in range(len(self)):
+            batch = s.next_batch()
+            self._yielded = i + 1
+            if i >= skip:
+                yield batch.tolist()
+
+    def state_dict(self, done=None):
+        return dict(epoch=self.epoch, start=self._start, done=self._yielded if done is None else done)
+
+    def load_state_dict(self, sd):
+        self._resume = (sd["epoch"], sd["start"], sd["done"])
 
 
 # ================================================================================================

@@ -3,14 +3,19 @@
     fw = make_framework("acr", num_classes=10, labeled_counts=counts, total_steps=250_000)
     loss, logs, pl = fw.loss(logits_l, y_l, logits_w, logits_s, u_real, step, gen, mix)
 
-Shapes: logits_l [H,Bl,C], logits_w [H,Bu,C], logits_s [V,H,Bu,C] (V strong views, H heads).
+Shapes: logits_l [H,Bl,C], logits_w [H,Bu,C], logits_s [V,H,Bu,C] (V strong views, H heads). step: the 0-based step,
+an int or a 0-d device tensor (the compiled step passes a tensor: everything step-dependent is tensor arithmetic, no
+host branch). gen: a torch.Generator, or fw.random_draws(Bl, Bu, gen) drawn beforehand (ABC's Bernoulli masks; the
+compiled step takes its random numbers as tensors). mix: BEM's per-view records (bem.Mix), or None.
+Each framework declares what it reads from the command line in `options` (name -> default, source): flags.py builds
+its flags and defaults from them, train.py passes them back.
 Sources (spec/baselines.md, spec/anchors.md §1.5):
   FixMatch   kekmodel/FixMatch-pytorch train.py (as forked by ACR); mask = max p >= 0.95 (`.ge`, also TF FixMatch)
   LA         DASO lib/algorithm/fixmatch.py: labeled logits + tau*log(pi), tau = 1, unlabeled loss untouched
   ABC        LeeHyuck/ABC ABCcode0920/ABCfix.py (FixMatch+ABC); DASO fm_abc.py / USB abc.py as flagged variants
   ACR        Gank0078/ACR train.py L467-L586
 Every step is free of host syncs (no .item(), no bool-mask indexing): masks are float tensors, running
-estimates are updated with torch.where. Python-side branching only on `step`.
+estimates are updated in place with torch.where (no branch on the step, no new state tensors: CUDA-graph safe).
 loss() updates running estimates (ACR): call it exactly once per training step.
 """
 import math
@@ -33,11 +38,11 @@ def adj(pi, tau):
     return torch.log(pi ** tau + 1e-12)
 
 
-def ce(logits, target, mask, mix=None):
-    """Per-sample mask * CE. Hard (long [B]) or soft (float [B,C]) targets; BEM's mixed form when mix is given."""
+def ce(logits, target, mask, mix=None, rebalanced=False):
+    """Per-sample mask * CE. Hard (long [B]) or soft (float [B,C]) targets; BEM's mixed form when mix (a bem.Mix)
+    is given, without its ECB weights on a term that is already re-balanced (the rule lives in bem.Mix.loss)."""
     if mix is not None:
-        from bem import mixed_ce  # lazy: bem.py is only needed when BEM mixes the strong views
-        return mixed_ce(logits, target, mask, mix)
+        return mix.loss(logits, target, mask, rebalanced)
     if target.dtype.is_floating_point:
         loss = -(target * F.log_softmax(logits.float(), dim=1)).sum(1)
     else:
@@ -45,19 +50,12 @@ def ce(logits, target, mask, mix=None):
     return mask * loss
 
 
-def views_ce(logits_v, target, mask, mix):
+def views_ce(logits_v, target, mask, mix, rebalanced=False):
     """Unlabeled CE over V strong views [V,B,C]: mean over the V*B terms (ACR/ABC `cat` of the views, then `.mean()`).
     mix[v] (BEM) mixes strong view v."""
-    terms = [ce(logits_v[v], target, mask, None if mix is None else mix[v]).mean() for v in range(len(logits_v))]
+    terms = [ce(logits_v[v], target, mask, None if mix is None else mix[v], rebalanced).mean()
+             for v in range(len(logits_v))]
     return torch.stack(terms).mean()
-
-
-def rebalanced(mix):
-    """The mix of a loss term that is already re-balanced (ACR's L_u^b, ABC's L_con): the mixed labels (lam,
-    y_src) without BEM's ECB weights, so the same imbalance is not corrected twice; ecb_scope='all' keeps them."""
-    if mix is None:
-        return None
-    return [m if m.get("ecb_scope") == "all" else dict(m, w=None) for m in mix]
 
 
 def confident(probs, threshold):
@@ -79,6 +77,7 @@ class Framework:
     strong_views = 1
     eval_heads = {"standard": 0}
     eval_head = 0
+    options = {}     # the flags this framework reads: name -> (default, source); flags.py builds them from this
     _state = ()      # names of running estimates that state_dict() saves (bit-exact resume)
     _buffers = ("pi",)
 
@@ -99,6 +98,13 @@ class Framework:
         """Move the buffers to the training device on first use (make_framework takes no device)."""
         if self.pi.device != t.device:
             self.to(t.device)
+
+    def random_draws(self, Bl, Bu, gen):
+        """Every random number loss() takes (none here; ABC's Bernoulli masks), as a dict of tensors."""
+        return {}
+
+    def _draws(self, gen, Bl, Bu):
+        return gen if isinstance(gen, dict) else self.random_draws(Bl, Bu, gen)
 
     def test_logits(self, logits):
         """What each head predicts at test. All frameworks here use raw logits (DASO reports LA train-time only)."""
@@ -151,33 +157,41 @@ class ABC(FixMatch):
     num_heads = 2
     eval_heads = {"standard": 0, "abc": 1}
     eval_head = 1
+    options = {"abc_views": (2, "ABC code (DASO: 1)"), "abc_hard": (False, "ABC code: soft pseudo-labels (USB: hard)")}
     _buffers = ("pi", "la_offset", "p_l")
 
-    def __init__(self, *, abc_views=2, abc_soft=True, **kw):
+    def __init__(self, *, abc_views=2, abc_hard=False, **kw):
         super().__init__(**kw)
-        self.strong_views, self.abc_soft = abc_views, abc_soft
+        self.strong_views, self.abc_soft = abc_views, not abc_hard
         # ABCfix.py L92-L94: ir2 = N_last / N_c; the last class is the smallest here, min() says what is meant
         self.p_l = self.counts.min() / self.counts
 
     def p_u(self, step):
         """ABCfix.py L256: Bernoulli parameter of unlabeled samples, linear in the epoch from 1 (epoch 0) to
-        N_min/N_c (epoch = total_epochs; ABC hard-codes 500 = its total epochs). [C] tensor."""
-        frac = min(step // self.steps_per_epoch / self.total_epochs, 1.0)
+        N_min/N_c (epoch = total_epochs; ABC hard-codes 500 = its total epochs). [C] tensor; step int or tensor."""
+        epoch = torch.as_tensor(step, device=self.p_l.device) // self.steps_per_epoch
+        frac = (epoch / self.total_epochs).clamp(max=1.0)
         return 1 - frac * (1 - self.p_l)
+
+    def random_draws(self, Bl, Bu, gen):
+        """U(0,1) per labeled and unlabeled sample: Bernoulli(p) = (u < p), p known only in loss()."""
+        kw = dict(generator=gen, device=gen.device)
+        return {"u_l": torch.rand(Bl, **kw), "u_u": torch.rand(Bu, **kw)}
 
     def abc_losses(self, logits_l, y_l, logits_w, logits_s, step, gen, mix):
         """L_cls (labeled, Eq. 1-2) and L_con (unlabeled, Eq. 3-4) on the ABC head."""
+        r = self._draws(gen, len(y_l), logits_w.shape[1])
         # ABCfix.py L244, L261: one Bernoulli(N_min/N_y) draw per labeled sample, mean over the full batch
-        m_l = torch.bernoulli(self.p_l[y_l], generator=gen)
+        m_l = (r["u_l"] < self.p_l[y_l]).float()
         L_cls = ce(logits_l[1], y_l, m_l).mean()
         # ABCfix.py L220-L257: soft pseudo-label from the ABC head's weak view, its own confidence, decaying Bernoulli
         q_abc = torch.softmax(logits_w[1].detach().float(), dim=1)
         _, q_hat, conf = confident(q_abc, self.threshold)
-        m_u = conf * torch.bernoulli(self.p_u(step)[q_hat], generator=gen)
+        m_u = conf * (r["u_u"] < self.p_u(step)[q_hat]).float()
         target = q_abc if self.abc_soft else q_hat
-        # ABCfix.py L262-L266: one term per strong view, each a batch mean, SUMMED (not averaged) over views
-        mix = rebalanced(mix)   # ABC's Bernoulli mask already balances L_con: no ECB weights on top
-        L_con = sum(ce(logits_s[v, 1], target, m_u, None if mix is None else mix[v]).mean()
+        # ABCfix.py L262-L266: one term per strong view, each a batch mean, SUMMED (not averaged) over views;
+        # ABC's Bernoulli mask already balances L_con: BEM's mixed labels, no ECB weights on top (rebalanced)
+        L_con = sum(ce(logits_s[v, 1], target, m_u, None if mix is None else mix[v], rebalanced=True).mean()
                     for v in range(self.strong_views))
         return L_cls, L_con, m_u
 
@@ -243,6 +257,10 @@ class ACR(Framework):
     strong_views = 2  # TransformFixMatch: weak + 2 strong
     eval_heads = {"standard": 0, "balanced": 1}
     eval_head = 1
+    options = {"acr_count": ("counts", "reconstructed (README): confident pseudo-labels per class"),
+               "ema_u": (0.99, "ACR's README commands (its argparse: 0.9)"), "tau1": (2.0, "ACR train.py argparse"),
+               "tau12": (2.0, "ACR train.py argparse"), "tau2": (2.0, "ACR train.py argparse"),
+               "est_epoch": (5, "ACR train.py argparse")}
     _state = ("u_py", "count_KL", "tau1")
     _buffers = ("pi", "pi_uni", "pi_rev", "adj2", "adj12")
 
@@ -257,48 +275,49 @@ class ACR(Framework):
         self.count_KL = torch.zeros(3)                    # epoch sums of [KL_con, KL_uni, KL_rev]
         self.tau1 = torch.tensor(float(tau1))           # tau1 as a device tensor: no host sync when it changes
 
-    def update_tau1(self):
+    def update_tau1(self, when=True):
         """ACR train.py L467-L474, at the start of every epoch > est_epoch: tau1 = tau_min + (tau_max - tau_min) *
         softmax(mean KL)[consistent]. The mean divides by steps_per_epoch even for steps that added nothing, and
         the first update sees the all-zero sums of epoch est_epoch: tau1 = 2/3. exp/sum (not a stable softmax):
-        an overflow gives NaN, which ACR's isnan check skips; we skip any non-finite value the same way."""
+        an overflow gives NaN, which ACR's isnan check skips; we skip any non-finite value the same way.
+        when: a bool tensor (the loss's epoch-start test); the update is a torch.where, in place."""
         k = torch.exp(self.count_KL / self.steps_per_epoch)
         tau = self.tau_min + (self.tau_max - self.tau_min) * k[0] / k.sum()
-        self.tau1 = torch.where(torch.isfinite(tau), tau, self.tau1)
+        self.tau1.copy_(torch.where(torch.isfinite(tau) & when, tau, self.tau1))
 
     @torch.no_grad()
-    def estimate(self, q_b, w):
+    def estimate(self, q_b, w, when=True):
         """ACR train.py L559-L571 (BEM Eq. 3): EMA of the per-step distribution of the balanced head's confident
         pseudo-labels of truly unlabeled samples (w = mask_b * u_real), then accumulate the symmetric KL to the anchors.
-        Skipped (torch.where, no sync) when no sample counts, like ACR's `if now_mask.sum() > 0`."""
+        Skipped (torch.where, no sync) when no sample counts, like ACR's `if now_mask.sum() > 0`, and when `when`
+        (epoch > est_epoch) is false."""
         now = class_histogram(q_b, w, self.C, self.acr_count)
         total = now.sum()
-        has = total > 0
+        has = (total > 0) & when
         u_new = self.ema_u * self.u_py + (1 - self.ema_u) * now / total.clamp_min(1e-12)
-        self.u_py = torch.where(has, u_new, self.u_py)
+        self.u_py.copy_(torch.where(has, u_new, self.u_py))
         kl = torch.stack([sym_kl(self.u_py, a) for a in (self.pi, self.pi_uni, self.pi_rev)])
-        self.count_KL = self.count_KL + torch.where(has, kl, torch.zeros_like(kl))
+        self.count_KL.add_(torch.where(has, kl, torch.zeros_like(kl)))
 
     def loss(self, logits_l, y_l, logits_w, logits_s, u_real, step, gen, mix=None):
         self._follow(logits_l)
         assert logits_s.shape[0] == 2 and logits_l.shape[0] == 2, "ACR needs 2 heads and 2 strong views"
-        epoch = step // self.steps_per_epoch
-        if step % self.steps_per_epoch == 0:   # epoch start, before this step's pseudo-labels (ACR L467)
-            if epoch > self.est_epoch:
-                self.update_tau1()
-            self.count_KL = torch.zeros_like(self.count_KL)
+        step = torch.as_tensor(step, device=self.u_py.device)
+        estimating = step // self.steps_per_epoch > self.est_epoch      # ACR: `epoch > est_epoch`, 0-based epochs
+        start = step % self.steps_per_epoch == 0   # epoch start, before this step's pseudo-labels (ACR L467)
+        self.update_tau1(start & estimating)
+        self.count_KL.copy_(torch.where(start, 0.0, self.count_KL))
         Lx = F.cross_entropy(logits_l[0].float(), y_l)                 # ACR L512: L_x
         Lx_b = F.cross_entropy(logits_l[1].float() + self.adj2, y_l)   # ACR L520: L_x^b, logit-adjusted, tau2
         z, z_b = logits_w[0].detach().float(), logits_w[1].detach().float()
         r = acr_pseudo_labels(z, z_b, adj(self.pi, self.tau1), self.adj12, self.threshold)
         Lu = views_ce(logits_s[:, 0], r["q"], r["mask_ss_t"], mix)     # ACR L537-L574: L_u over 2B terms
-        # ACR L575-L576: L_u^b; its targets are already logit-adjusted (tau12): no ECB weights on top
-        Lu_b = views_ce(logits_s[:, 1], r["q_h2"], r["mask_b_h2"], rebalanced(mix))
-        if epoch > self.est_epoch:
-            real = torch.ones_like(r["m_b"]) if u_real is None else u_real.float()
-            self.estimate(r["q_b"], r["m_b"] * real)   # u_real False: a labeled image inside the unlabeled set
+        # ACR L575-L576: L_u^b; its targets are already logit-adjusted (tau12): no ECB weights on top (rebalanced)
+        Lu_b = views_ce(logits_s[:, 1], r["q_h2"], r["mask_b_h2"], mix, rebalanced=True)
+        real = torch.ones_like(r["m_b"]) if u_real is None else u_real.float()
+        self.estimate(r["q_b"], r["m_b"] * real, estimating)   # u_real False: a labeled image in the unlabeled set
         logs = {"Lx": Lx, "Lu": Lu, "Lx_b": Lx_b, "Lu_b": Lu_b, "mask": r["mask_ss_t"].mean(),
-                "mask_b": r["mask_b_h2"].mean(), "tau1": self.tau1}
+                "mask_b": r["mask_b_h2"].mean(), "tau1": self.tau1.clone()}
         # BEM: the bank takes L_u's pseudo-labels (q, mask); its statistics (entropies beside the d^u estimate)
         # take the estimate's own inputs: the balanced head's raw argmax q_b and confidence m_b (u_py below)
         pl = {"q": r["q"], "mask": r["mask_ss_t"], "probs": r["p"], "q_bal": r["q_h2"], "mask_bal": r["mask_b_h2"],
@@ -309,29 +328,25 @@ class ACR(Framework):
 # -----------------------------------------------------------------------------
 
 
-OPTIONS = {"supervised": {"la_tau"}, "fixmatch": {"la_tau"}, "la": {"la_tau"}, "abc": {"abc_views", "abc_soft"},
-           "acr": {"tau1", "tau12", "tau2", "ema_u", "est_epoch", "acr_count"}}
+ALGS = {"supervised": (lambda **kw: FixMatch(unlabeled=False, **kw)), "fixmatch": FixMatch,
+        "la": (lambda **kw: FixMatch(**{"la_tau": 1.0, **kw})),   # DASO App. C.3: tau = 1
+        "abc": ABC, "acr": ACR}
+FRAMEWORK = {"supervised": FixMatch, "fixmatch": FixMatch, "la": FixMatch, "abc": ABC, "acr": ACR}  # alg -> class
 
 
 def make_framework(alg, *, num_classes, labeled_counts, total_steps, steps_per_epoch=500, threshold=0.95, **opts):
-    """alg in {supervised, fixmatch, la, abc, acr}. opts: la_tau (la: 1.0; supervised: 0.0, 1.0 = 'Supervised w/ LA'),
-    abc_views/abc_soft (abc), tau1/tau12/tau2/ema_u/est_epoch/acr_count (acr), device (all).
-    Options of the other frameworks are ignored (train.py passes one flag set to all); unknown names raise."""
-    if alg not in OPTIONS:
+    """alg in {supervised, fixmatch, la, abc, acr}. opts: the framework's `options` (abc_views/abc_hard for abc;
+    acr_count/ema_u/tau1/tau12/tau2/est_epoch for acr), la_tau (la: 1.0; supervised: 0.0, 1.0 = 'Supervised w/ LA'),
+    device (all). Options of the other frameworks are ignored; unknown names raise."""
+    if alg not in ALGS:
         raise ValueError(f"unknown alg {alg!r}")
-    known = set().union(*OPTIONS.values()) | {"device"}
+    known = {k for c in FRAMEWORK.values() for k in c.options} | {"la_tau", "device"}
     unknown = set(opts) - known
     if unknown:
         raise TypeError(f"unknown framework options {sorted(unknown)}")
-    kw = dict(num_classes=num_classes, labeled_counts=labeled_counts, total_steps=total_steps,
-              steps_per_epoch=steps_per_epoch, threshold=threshold,
-              **{k: v for k, v in opts.items() if k in OPTIONS[alg]})
-    if alg == "supervised":
-        fw = FixMatch(unlabeled=False, **kw)
-    elif alg == "la":
-        fw = FixMatch(**{"la_tau": 1.0, **kw})   # DASO App. C.3: tau = 1
-    else:
-        fw = {"fixmatch": FixMatch, "abc": ABC, "acr": ACR}[alg](**kw)
+    own = set(FRAMEWORK[alg].options) | ({"la_tau"} if FRAMEWORK[alg] is FixMatch else set())
+    fw = ALGS[alg](num_classes=num_classes, labeled_counts=labeled_counts, total_steps=total_steps,
+                   steps_per_epoch=steps_per_epoch, threshold=threshold, **{k: v for k, v in opts.items() if k in own})
     # move after construction: subclasses create their buffers after Framework.__init__
     return fw.to(opts["device"]) if opts.get("device") is not None else fw
 

@@ -245,8 +245,8 @@ class HostBoxBEM(bem.BEM):
     (cv2 CCL_WU, one mask at a time in a host loop).
     The bank holds the normalised float views the reference DataLoader yields."""
 
-    def _boxes(self, fmap_l, fmap_w, labels, head_weights, cam_w_l, cam_w_u):
-        cam_map = bem.cam(torch.cat([fmap_l, fmap_w]).detach(), head_weights[labels].detach())
+    def _boxes(self, fmap_l, fmap_w, labels, head_weight, cam_weights):
+        cam_map = bem.cam(torch.cat([fmap_l, fmap_w]).detach(), head_weight[labels].detach())
         return bem.cam_boxes(cam_map.cpu(), self.shape[1:], self.tau_c, mode='cv2').to(self.device)
 
 
@@ -339,31 +339,33 @@ class RefLTSSL:
         return self.step_on(*self.next_batch())
 
     def step_on(self, xl, yl, uw, us, u_real):
-        """One reference step on given normalised views (us = the V strong views, view-major). -> (loss, logs)."""
+        """One reference step on given normalised views (us = the V strong views, view-major). -> (loss, logs).
+        BEM enters with the plug-in's two calls, as in any user's loop (bem.BEM's docstring)."""
         Bl, Bu, V = len(xl), len(uw), self.V
-        mix = None
+        mixes = None
         if self.bem is not None:
-            src, y_src, box, _ = self.bem.draw(len(us), self.gen)
-            us, lam = self.bem.mix(us, src, box, self.gen)
-            w = self.bem.class_weights()
-            mix = [dict(lam=lam[v * Bu:(v + 1) * Bu], y_src=y_src[v * Bu:(v + 1) * Bu], w=w) for v in range(V)]
+            us, mixes = self.bem.before_forward(us, self.gen)
         x = torch.cat([xl, uw, us])
         size = len(x) // Bl
         logits, fmap = self.model(interleave(x, size))
         logits = de_interleave(logits.transpose(0, 1), size).transpose(0, 1)   # [H,N,C]
         fmap = de_interleave(fmap, size)
         ls = logits[:, Bl + Bu:].reshape(len(logits), V, Bu, -1).transpose(0, 1)
-        loss, logs, pl = self.fw.loss(logits[:, :Bl], yl, logits[:, Bl:Bl + Bu], ls, u_real, self.step, self.gen, mix)
+        loss, logs, pl = self.fw.loss(logits[:, :Bl], yl, logits[:, Bl:Bl + Bu], ls, u_real, self.step, self.gen, mixes)
+        if self.bem is not None:
+            kw = {}
+            if 'q_est' in pl:   # ACR: the statistics beside u_py come from its balanced head
+                kw = dict(stat_logits_l=logits[1, :Bl].detach(), stat_logits_w=logits[1, Bl:Bl + Bu].detach(),
+                          stat_q=pl['q_est'], stat_mask=pl['mask_est'])
+            self.bem.after_forward(self.step, x_l=xl, y_l=yl, logits_l=logits[0, :Bl].detach(),
+                                   fmap_l=fmap[:Bl].detach(), u_w=uw, logits_w=logits[0, Bl:Bl + Bu].detach(),
+                                   q_u=pl['q'], mask_u=pl['mask'], u_real=u_real, fmap_w=fmap[Bl:Bl + Bu].detach(),
+                                   head_weight=self.model.heads[0].weight.detach(), **kw)
         self.opt.zero_grad()
         loss.backward()
         self.opt.step()
         self.sched.step()
         self.ema.update(self.model)
-        if self.bem is not None:
-            self.bem.update(self.step, x_l=xl, y_l=yl, logits_l=logits[0, :Bl].detach(), fmap_l=fmap[:Bl].detach(),
-                            u_w=uw, logits_w=logits[0, Bl:Bl + Bu].detach(), q_u=pl['q'], mask_u=pl['mask'],
-                            u_real=u_real, fmap_w=fmap[Bl:Bl + Bu].detach(),
-                            head_weights=self.model.heads[0].weight.detach())
         self.step += 1
         # ACR's AverageMeters: loss.item() and the terms' .item() every step (host syncs)
         return loss.item(), {k: float(v.item()) for k, v in list(logs.items())[:3]}

@@ -251,7 +251,9 @@ def head_stats(history, per_class, counts):
 def pop_logs(task):
     """Mean of each loss term since the last evaluation (one host copy per evaluation)."""
     out = {k: round(float(v) / max(task.log_n, 1), 5) for k, v in task.log_sums.items()}
-    task.log_sums, task.log_n = {}, 0
+    for v in task.log_sums.values():   # zeroed in place: a compiled step's CUDA graph adds into the same memory
+        v.zero_()
+    task.log_n = 0
     return out
 
 
@@ -302,14 +304,15 @@ def task_state(task):
 
 def load_task_state(task, s):
     task.step, task.elapsed = s['step'], s['elapsed']
+    task.step_t.fill_(task.step)
     task.gen.set_state(s['gen'])
     task.model.load_state_dict(s['model'])
     task.opt.load_state_dict(s['opt'])
     task.sched.load_state_dict(s['sched'])
     dev = task.device
-    task.first_bad = s['first_bad'].to(dev)
+    task.first_bad.copy_(s['first_bad'])
     task.bad_terms = {k: v.to(dev) for k, v in s['bad_terms'].items()}
-    task.log_sums = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in s['log_sums'].items()}
+    task.log_sums = {k: torch.as_tensor(v, dtype=torch.float32).to(dev) for k, v in s['log_sums'].items()}
     task.log_n = s['log_n']
 
 

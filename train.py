@@ -36,6 +36,7 @@ import ltssl
 import models
 import ride
 import runio
+import flags
 from flags import _need, build_parser, check_world, drw_epoch, given_flags, lr_steps, resolve, run_name
 from runio import UsageError
 
@@ -51,7 +52,8 @@ def split_joint(z, Bl, Bu, dim=1):
 
 class LTSSLTask:
     """FixMatch-style LTSSL on device-resident uint8 data; a step reads as DESIGN.md's data flow:
-    augment -> [BEM: bank draw + mix] -> one forward -> framework loss -> SGD + EMA -> [BEM: update]."""
+    draw -> augment -> [BEM: before_forward] -> one forward -> framework loss -> [BEM: after_forward] -> backward ->
+    SGD + EMA. BEM is called exactly as a user's loop calls it (bem.BEM's docstring, examples/fixmatch_bem.py)."""
 
     def __init__(self, args, ds, device, log, dist=None):
         init_common(self, args, device, dist, log)
@@ -60,16 +62,17 @@ class LTSSLTask:
         n_unl = self._data(ds)
         self.fw = ltssl.make_framework(
             args.alg, num_classes=self.C, labeled_counts=self.counts.tolist(), total_steps=args.iters,
-            steps_per_epoch=args.epoch_steps, threshold=args.threshold, device=device, **self._fw_options())
+            steps_per_epoch=args.epoch_steps, threshold=args.threshold, device=device,
+            **{k: getattr(args, k) for k in ltssl.FRAMEWORK[args.alg].options})
         self.V = self.fw.strong_views
         self._model()
         self.total_steps = args.iters
         self.lab_sampler = data.EpochSampler(len(self.lab_x), args.batch_size, device, self.gen)
         self.unl_sampler = data.EpochSampler(n_unl, args.mu * args.batch_size, device, self.gen) if self.ssl else None
-        # BEM, a mixing baseline, or one of ESS/ESM/ECB alone: the step draws, mixes and updates a bem.BEM
-        mixing = args.bem or args.mix != 'none' or args.bank or 'off' not in (args.ess, args.esm, args.ecb)
-        self.bem = self._bem(n_unl) if self.ssl and mixing else None
+        # BEM, a mixing baseline, or ECB alone (flags.bem_built: the one rule)
+        self.bem = self._bem(n_unl) if flags.bem_built(args) else None
         self.images_per_step = args.batch_size + (args.mu * args.batch_size * (1 + self.V) if self.ssl else 0)
+        self.step_fn = compile_step(self, self.math_step)
         c = self.counts.tolist()
         log(f'{ds.name}: labeled {len(self.lab_x)} {c[:10]}{"..." if self.C > 10 else ""}, unlabeled {n_unl}, '
             f'test {len(ds.test_y)}; {args.alg}{" + BEM" if args.bem else ""} on {device}')
@@ -90,33 +93,26 @@ class LTSSLTask:
         self.test_x, self.test_y = to(ds.test_x), to(ds.test_y, torch.long)
         return len(unl) if self.ssl else 0
 
-    def _fw_options(self):
-        a = self.args
-        return {'abc': dict(abc_views=a.abc_views, abc_soft=not a.abc_hard),
-                'acr': dict(acr_count=a.acr_count, ema_u=a.ema_u, tau1=a.tau1, tau12=a.tau12, tau2=a.tau2,
-                            est_epoch=a.est_epoch)}.get(a.alg, {})
-
     def _model(self):
         """WRN-28 (ResNet-50 on ImageNet-127), two heads for ACR; SGD without decay on BN/bias, ACR's cosine."""
         a, two = self.args, self.fw.num_heads == 2
         net = (models.wrn28(self.C, a.width, two, a.bn_momentum) if a.model == 'wrn'
-               else models.resnet50(self.C, two)).to(self.device)
+               else models.resnet50(self.C, two))
         self.model = wrap_model(self, net, find_unused=a.model == 'wrn')
         self.ema = EMA(self.model, a.ema)
-        self.opt = torch.optim.SGD(models.no_decay_groups(self.model, a.wd), lr=a.lr, momentum=a.momentum,
-                                   nesterov=a.nesterov, **_foreach(self.device))
+        self.opt = torch.optim.SGD(models.no_decay_groups(self.model, a.wd), lr=learning_rate(self, a.lr),
+                                   momentum=a.momentum, nesterov=a.nesterov, **_foreach(self.device))
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, ltssl.acr_cosine(a.iters))
 
     def _bem(self, n_unl):
         a = self.args
         self.plain_cam = self.model.cam_layer_matches_head      # WRN: CAM from the head; ResNet-50: Grad-CAM
-        _need(self.plain_cam or not a.cam_refresh, '--cam-refresh needs a model whose CAM layer feeds the head '
-              '(--model wrn)')
+        # under ACR, Eq. 3's d^u IS ACR's u_py (same EMA, same start): one estimate, saved once (in the framework)
         return bem.BEM(self.C, tuple(self.lab_x.shape[1:]), self.counts.tolist(), n_unl, self.device,
                        bank_size=a.bank_size, beta=a.beta, lambda_d=a.lambda_d, est_start=6 * a.epoch_steps,
-                       ess=a.ess, esm=a.esm, ecb=a.ecb, tau_c=a.tau_c, mix=a.mix if a.mix != 'none' else 'cammix',
-                       cam_refresh=a.cam_refresh, d_u_fn=(lambda: self.fw.u_py) if a.alg == 'acr' else None)
-        # under ACR, Eq. 3's d^u IS ACR's u_py (same EMA, same start): one estimate, saved once (in the framework)
+                       ess=a.ess, esm=a.esm, ecb=a.ecb, ecb_scope=a.ecb_scope, tau_c=a.tau_c, mix=a.mix,
+                       bank=a.bank, views=self.V, mix_views=a.mix_views, cam_refresh=a.cam_refresh,
+                       box_mode=self.graph_mode, d_u_fn=(lambda: self.fw.u_py) if a.alg == 'acr' else None)
 
     # -- the step --------------------------------------------------------------------------------
     def steps(self):
@@ -125,41 +121,63 @@ class LTSSLTask:
             yield
 
     def train_step(self):
+        """Draw the step's random numbers (eager), run its math (eager, or compiled: --compile step), step the lr."""
+        if not self.step_fn(self.draw()):
+            self.sched.step()
+        self.step, self.log_n = self.step + 1, self.log_n + 1
+
+    def draw(self):
+        """Every random number of one step, in one place: the index samplers, the augmentation, BEM's draws and the
+        framework's (ABC's masks), from the task's one generator. torch.compile cannot trace explicit generators,
+        so the step's math takes these tensors, eager and compiled alike (the same numbers either way)."""
+        g, dev, size = self.gen, self.device, self.lab_x.shape[-1]
+        il = self.lab_sampler.next()
+        r = dict(il=il, weak_l=augment.draw_weak(len(il), g, dev, size))
+        if self.ssl:
+            iu = self.unl_sampler.next()
+            r.update(iu=iu, weak_u=augment.draw_weak(len(iu), g, dev, size),
+                     strong=augment.draw_strong(self.V * len(iu), g, dev, size))
+            r['bem'] = self.bem.random_draws(self.V * len(iu), g) if self.bem is not None else None
+            r['fw'] = self.fw.random_draws(len(il), len(iu), g)
+        return r
+
+    def math_step(self, r):
+        """One step's math on its random numbers r. Returns whether the NaN guard skipped it (--nan-policy skip)."""
         clock, ssl = self.clock, self.ssl            # clock: bench.py times these pieces; a no-op in training
         with clock('augmentation'):
-            xl, yl, uw, us, u_real = self.augment()
-        mixes = None                                 # per strong view: lam, pasted label, ECB weights
+            xl, yl, uw, us, u_real = self.augment(r)
+        mixes = None                                 # per strong view: bem.Mix (lam, pasted label, ECB weights)
         if self.bem is not None:
             with clock('bem_draw_mix'):
-                us, mixes = self.bem_draw_mix(us, uw)
-        with clock('fwd_bwd'):
+                us, mixes = self.bem.before_forward(us, rand=r['bem'], u_w=uw, teacher=self.teacher)
+        with clock('forward'):
             Bl, Bu = len(xl), len(uw) if ssl else 0
             logits, fmap = self.forward([xl, uw, us] if ssl else [xl], Bl, Bu)
             logits = logits.float()                                  # losses, softmax, thresholds in fp32
             zl, zw, zs = split_joint(logits, Bl, Bu) if ssl else (logits, None, None)
             zs = zs.reshape(len(logits), self.V, Bu, -1).transpose(0, 1) if ssl else None   # [V, H, Bu, C]
-            loss, logs, pl = self.fw.loss(zl, yl, zw, zs, u_real, self.step, self.gen, mixes)
-            cam_w = self.loss_side(zl, zw, zs, yl, pl, mixes, fmap) if self.bem is not None else None
+            loss, logs, pl = self.fw.loss(zl, yl, zw, zs, u_real, self.step_t, r.get('fw'), mixes)
+        if self.bem is not None:
+            with clock('bem_update'):               # before backward: the boxes come from this forward's model state
+                self.bem_update(xl, yl, uw, u_real, zl, zw, fmap, pl)
+        with clock('backward'):
             skip = backward(self, loss, dict(logs, loss=loss.detach()))
         with clock('opt_ema'):
             if not skip:
                 self.opt.step()
-                self.sched.step()
                 self.ema.update()
-        if self.bem is not None:
-            with clock('bem_update'):
-                self.bem_update(xl, yl, uw, u_real, zl, zw, fmap.detach().float(), pl, cam_w)
-        self.step += 1
+            self.step_t.add_(1)
+        return skip
 
-    def augment(self):
+    def augment(self, r):
         """Labeled weak view; unlabeled weak view and V strong views (RandAugment, each with its own draws)."""
-        g, il = self.gen, self.lab_sampler.next()
-        xl, yl = augment.weak(self.lab_x[il], g, self.args.labeled_pad), self.lab_y[il]
+        xl, yl = augment.weak(self.lab_x[r['il']], r['weak_l'], self.args.labeled_pad), self.lab_y[r['il']]
         if not self.ssl:
             return xl, yl, None, None, None
-        iu = self.unl_sampler.next()
-        u = self.unl_x[iu]
-        return xl, yl, augment.weak(u, g), augment.strong(u.repeat(self.V, 1, 1, 1), g), self.u_real[iu]
+        u = self.unl_x[r['iu']]
+        uw = augment.weak(u, r['weak_u'])
+        us = augment.strong(u.repeat(self.V, 1, 1, 1), r['strong'], 'select' if self.graph_mode else None)
+        return xl, yl, uw, us, self.u_real[r['iu']]
 
     def forward(self, parts, Bl, Bu):
         """One joint forward over labeled + weak + strong views (BN statistics over all of them, as in
@@ -177,73 +195,45 @@ class LTSSLTask:
         fmap = ddp.gather(fmap.detach(), sizes, self.dist, dim=0, autograd=False) if self.bem is not None else fmap
         return ddp.gather(logits, sizes, self.dist, dim=1), fmap
 
-    # -- BEM, called directly (bem.BEM's call protocol, steps 1-5) ---------------------------------
-    def bem_draw_mix(self, us, uw):
-        """Steps 1-2: a partner per strong view (the class-balanced bank, or in-batch), mixed in; and the
-        per-view records (lam, pasted label, ECB weights) the losses take (step 5)."""
-        a, g = self.args, self.gen
-        if a.mix == 'none':                         # ESS/ESM/ECB statistics without mixing
-            return us, None
-        if a.bank:
-            mixed, lam, y_src = self.bem.draw_mix(us, g, self._cam_fn if a.cam_refresh else None)
-        else:
-            src, y_src, box = self._in_batch(uw)
-            mixed, lam = bem.mix_batch(a.mix, us, src, g, box=box)
-        if a.mix_views == 'second' and self.V == 2:   # ACR/ABC option: the first strong view stays unmixed
-            first = torch.arange(len(us), device=us.device) < len(uw)
-            mixed, lam = torch.where(first[:, None, None, None], us, mixed), torch.where(first, 1.0, lam)
-        return mixed, bem.view_mixes(lam, y_src, self.bem.class_weights(), self.V, a.ecb_scope)
-
-    def _ema_forward(self, x):
+    def teacher(self, x):
+        """The EMA model, no grad: (head 0's logits, feature map, head 0's weight) of images x. BEM's in-batch
+        partners (--no-bank) and --cam-refresh boxes: labels and CAMs that exist before the step's forward."""
         with torch.no_grad(), autocast(self.device):
-            return self.ema.model(prep_input(augment.normalize(x, self.mean, self.std), self.channels_last))
+            logits, fmap = self.ema.model(prep_input(augment.normalize(x, self.mean, self.std), self.channels_last))
+        return logits[0].float(), fmap.float(), self.ema.model.heads[0].weight
 
-    def _cam_fn(self, src, c):
-        """--cam-refresh: CAM of the bank image from the EMA model, at draw time."""
-        return self._ema_forward(src)[1].float(), self.ema.model.heads[0].weight[c]
-
-    def _in_batch(self, uw):
-        """--no-bank: partners = a permutation of this batch's weak views, pseudo-labelled (and CAM-boxed) by a
-        no-grad pass of the EMA model: the current batch's own labels exist only after the forward."""
-        logits, fmap = self._ema_forward(uw)
-        q = logits[0].float().argmax(-1)
-        box = (bem.cam_boxes(bem.cam(fmap.float(), self.ema.model.heads[0].weight[q]), uw.shape[2:],
-                             self.args.tau_c) if self.args.mix == 'cammix' else None)
-        rep = lambda z: None if z is None else z.repeat(self.V, *[1] * (z.dim() - 1))  # noqa: E731
-        return bem.in_batch_sources(rep(uw), rep(q), self.gen, rep(box))
-
-    def loss_side(self, zl, zw, zs, yl, pl, mixes, fmap):
-        """Before backward: L_u's loss mass per class (head 0, the term ECB weights; the dynamics records) and,
-        on ResNet-50, the Grad-CAM weights (its CAM layer, layer3, is not the head's input)."""
-        for v in range(self.V):
-            self.bem.add_loss_mass(zs[v, 0].detach(), pl['q'], pl['mask'], None if mixes is None else mixes[v])
-        if self.plain_cam:
-            return None
-        if self.dist is not None:   # each rank differentiates its own rows, then the weights are gathered
-            (z, f), self.local_out = self.local_out, None
-            return ddp.grad_cam_local(z[0].float(), f, yl, pl['q'], self.dist, bem.grad_cam_split)
-        return bem.grad_cam_split(zl[0], yl, zw[0], pl['q'], fmap)
-
-    def bem_update(self, xl, yl, uw, u_real, zl, zw, fmap, pl, cam_w=None):
-        """Step 4: Eq. 3, the E2 entropies, and the bank push with CAM boxes from this step's forward."""
-        fl, fw, _ = split_joint(fmap, len(xl), len(uw), dim=0)
-        kw = (dict(head_weights=self.model.heads[0].weight.detach()) if cam_w is None
-              else dict(cam_w_l=cam_w[0], cam_w_u=cam_w[1]))
+    def bem_update(self, xl, yl, uw, u_real, zl, zw, fmap, pl):
+        """bem.after_forward: Eq. 3, the E2 entropies, the bank push with CAM boxes from this step's forward (plain CAM
+        from head 0's weights; Grad-CAM weights on ResNet-50, whose CAM layer is not the head's input)."""
+        fl, fw, _ = split_joint(fmap.detach().float(), len(xl), len(uw), dim=0)
+        kw = dict(head_weight=self.model.heads[0].weight.detach())
+        if not self.plain_cam:
+            kw = dict(cam_weights=self._grad_cam(zl, yl, zw, pl['q'], fmap))
         if 'q_est' in pl:   # ACR: entropies from the balanced head, grouped by u_py's own pseudo-labels
             kw.update(stat_logits_l=zl[1].detach(), stat_logits_w=zw[1].detach(), stat_q=pl['q_est'],
                       stat_mask=pl['mask_est'])
-        self.bem.update(self.step, x_l=xl, y_l=yl, logits_l=zl[0].detach(), fmap_l=fl, u_w=uw,
-                        logits_w=zw[0].detach(), q_u=pl['q'], mask_u=pl['mask'], u_real=u_real, fmap_w=fw, **kw)
+        self.bem.after_forward(self.step_t, x_l=xl, y_l=yl, logits_l=zl[0].detach(), fmap_l=fl, u_w=uw,
+                               logits_w=zw[0].detach(), q_u=pl['q'], mask_u=pl['mask'], u_real=u_real, fmap_w=fw, **kw)
+
+    def _grad_cam(self, zl, yl, zw, q, fmap):
+        if self.dist is not None:   # each rank differentiates its own rows, then the weights are gathered
+            (z, f), self.local_out = self.local_out, None
+            return ddp.grad_cam_local(z[0].float(), f, yl, q, self.dist, bem.grad_cam_split)
+        return bem.grad_cam_split(zl[0], yl, zw[0], q, fmap)
 
     # -- evaluation, summary, checkpoint ------------------------------------------------------------
     def at_eval(self):
         return self.step % self.args.eval_every == 0 or self.step == self.total_steps
 
+    def eval_counts(self):
+        """The EMA model on the test set, every head: (correct [H,C], images per class [C]) on the device."""
+        return eval_counts(self.ema.model, self.test_x, self.test_y, self.mean, self.std, self.C,
+                           lambda out: self.fw.test_logits(out[0].float()), bf16=self.args.eval_bf16,
+                           channels_last=self.channels_last)
+
     def evaluate(self):
         names = {v: k for k, v in self.fw.eval_heads.items()}
-        top1, per_class = evaluate(self.ema.model, self.test_x, self.test_y, self.mean, self.std, self.C,
-                                   lambda out: self.fw.test_logits(out[0].float()), bf16=self.args.eval_bf16,
-                                   channels_last=self.channels_last)
+        top1, per_class = accuracies(*self.eval_counts())
         self.model.train()
         rec = {'step': self.step, 'acc': {names[h]: round(float(top1[h]), 4) for h in names},
                'per_class': {names[h]: per_class[h].round(3).tolist() for h in names},
@@ -298,25 +288,28 @@ class LTTask:
         self.degrees = 0.0 if (args.loss == 'ldam' and not self.ride) else 15.0
         inet = args.dataset == 'imagenet_lt'
         net = ride.make_model(args.model, self.C, inet, args.experts, args.reduce, args.group_l2norm, args.loss)
-        self.model = wrap_model(self, net.to(device), find_unused=False, channels_last=False)
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=args.lr, momentum=args.momentum,
+        self.model = wrap_model(self, net, find_unused=False, channels_last=False)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=learning_rate(self, args.lr), momentum=args.momentum,
                                    weight_decay=args.wd, nesterov=args.nesterov, **_foreach(device))
         self.lr_steps = steps = lr_steps(args)
-        # RIDE / LDAM-DRW loss with DRW from epoch 160 of 200 (CIFAR), 80 of 100 (ImageNet-LT); None: plain CE
-        self.criterion = ride.make_loss(args.loss, self.counts.tolist(), drw_epoch(args), args.ride_stage1, inet)
+        # RIDE / LDAM-DRW loss with DRW from epoch 160 of 200 (CIFAR), 80 of 100 (ImageNet-LT); None: plain CE.
+        # Its margins, DRW weights and class temperatures are buffers: on the training device
+        crit = ride.make_loss(args.loss, self.counts.tolist(), drw_epoch(args), args.ride_stage1, inet)
+        self.criterion = None if crit is None else crit.to(device)
         g = 0.1 if inet else 0.01                 # lr x0.1 per step on ImageNet-LT, x0.01 on CIFAR
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda e: ride.lr_lambda(e, warmup=5, steps=steps, gamma=g))
         self.sampler = jitter.make_sampler(
             args.sampler, self.train_y, self.C, args.batch_size, args.epochs, alpha=args.jitter_alpha,
             beta=args.jitter_beta, gamma=args.jitter_gamma, delta_fixed=args.delta_fixed,
-            delta_fixed_from=args.delta_fixed_from, gen=self.gen)
+            delta_fixed_from=args.delta_fixed_from, gen=self.gen, counts=self.counts)
         self.ipe = min(self.sampler.iters_per_epoch, args.iters_per_epoch or self.sampler.iters_per_epoch)
         self.total_steps, self.images_per_step = args.epochs * self.ipe, args.batch_size
         # the sampler, visible: δt per epoch, this epoch's draws per class (counted on the device, no sync per
         # step), and the finished epochs' (epoch, δt, draws) not yet written to metrics.jsonl
         self.deltas, self.epoch_draws = [], []
         self.drawn = torch.zeros(self.C, dtype=torch.long, device=device)
+        self.step_fn = compile_step(self, self.math_step)
         for note in ds.notes:
             log(f'warning: {note}')
         c = self.counts.tolist()
@@ -356,31 +349,44 @@ class LTTask:
         self.drawn.zero_()
 
     def train_step(self):
+        """Draw the batch and its view's random numbers (eager), then the step's math (eager or compiled)."""
+        self.step_fn(self.draw())
+        self.step, self.log_n = self.step + 1, self.log_n + 1
+
+    def math_step(self, r):
         clock = self.clock                          # bench.py times these pieces; a no-op in training
         with clock('augmentation'):
-            x, y = self.batch()
+            x, y = self.batch(r)
             x = augment.normalize(x, self.mean, self.std)
-        with clock('fwd_bwd'):
+        with clock('forward'):
             out = self.forward(x, len(y))
             out = tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
             loss = self.criterion(out, y) if self.criterion is not None else F.cross_entropy(
                 out[0] if isinstance(out, tuple) else out, y)
+        with clock('backward'):
             skip = backward(self, loss, {'loss': loss.detach()})
         with clock('opt_ema'):
             if not skip:
                 self.opt.step()
-        self.step += 1
+            self.step_t.add_(1)
+        return skip
 
     def count(self, y):
         """Add a global batch's labels to this epoch's per-class draws (index_add_: no host sync, unlike bincount)."""
         self.drawn.index_add_(0, y, torch.ones_like(y))
 
-    def batch(self):
-        """uint8 training view and labels of the GLOBAL batch (every rank draws the same indices and
-        augmentation from the same generator): RIDE's crop/flip/rotation as one batched resample on the device."""
+    def draw(self):
+        """The step's random numbers: the jitter sampler's index batch (the GLOBAL batch: every rank draws the same
+        indices and augmentation from the same generator) and its view's crop / flip / rotation."""
         idx = self.sampler.next_batch()
-        self.count(self.train_y[idx])
-        return data.lt_view(self.train_x[idx], self.gen, degrees=self.degrees), self.train_y[idx]
+        return dict(idx=idx, view=data.draw_lt_view(len(idx), self.gen, self.device))
+
+    def batch(self, r):
+        """uint8 training view and labels of the global batch: RIDE's crop/flip/rotation as one batched resample on
+        the device; the labels are counted for the sampler's records."""
+        y = self.train_y[r['idx']]
+        self.count(y)
+        return data.lt_view(self.train_x[r['idx']], r['view'], degrees=self.degrees), y
 
     def local(self, x):
         """This rank's rows of the global batch (ImageNet-LT's ranks decode only their rows: no-op there)."""
@@ -405,11 +411,15 @@ class LTTask:
         """(test data, reduce): every rank evaluates the whole device-resident test set, nothing to sum."""
         return (self.test_x, self.test_y), None
 
-    def evaluate(self):
+    def eval_counts(self):
+        """The model on the test set (RIDE: the experts' mean): (correct [1,C], images per class [C]) on the device."""
         fn = (lambda out: out[0][None]) if self.ride else (lambda out: out[None])
-        (test, reduce), cl = self.test_set(), self.channels_last
-        top1, per_class = evaluate(self.model, test, None, self.mean, self.std, self.C, fn, bf16=self.args.eval_bf16,
-                                   reduce=reduce, channels_last=cl)
+        test, reduce = self.test_set()
+        return eval_counts(self.model, test, None, self.mean, self.std, self.C, fn, bf16=self.args.eval_bf16,
+                           reduce=reduce, channels_last=self.channels_last)
+
+    def evaluate(self):
+        top1, per_class = accuracies(*self.eval_counts())
         self.model.train()
         macc = float(per_class[0].mean())   # the paper's metric: mean per-class accuracy
         self.epoch_draws, draws = [], self.epoch_draws
@@ -465,9 +475,13 @@ class ImageNetLTTask(LTTask):
         self.epoch_x = self.jpegs.train(idx, self.step - done, skip=done)
         self.epoch_y = iter([self.train_y[b] for b in idx[done:]])   # the global batches' labels
 
-    def batch(self):
-        """This rank's decoded rows and the GLOBAL batch's labels (the loss is taken on the global batch)."""
-        return next(self.epoch_x), next(self.epoch_y)
+    def draw(self):
+        """This rank's decoded rows (PIL-augmented in the workers) and the GLOBAL batch's labels (the loss is taken
+        on the global batch): the sampler drew the whole epoch at its start, so the step draws nothing."""
+        return dict(x=next(self.epoch_x), y=next(self.epoch_y))
+
+    def batch(self, r):
+        return r['x'], r['y']
 
     def local(self, x):
         return x                             # already this rank's rows (JpegEpochs rows)
@@ -521,24 +535,52 @@ def _untimed(piece):
     return contextlib.nullcontext()
 
 
+def make_generator(device, seed):
+    """The task's one generator, on its device: every random number of a step comes from it (task.draw). The seam
+    tests/test_cuda_standin.py swaps: a CUDA generator cannot be made without a GPU, even under fake tensors."""
+    return torch.Generator(device).manual_seed(seed)
+
+
 def init_common(task, args, device, dist, log):
-    """What both tasks carry: step counter, generator, NaN guard, loss-log accumulators, torchrun state."""
+    """What both tasks carry: step counter (a host int, and step_t on the device for the step's math), generator,
+    NaN guard, loss-log accumulators, torchrun state, and whether the step is compiled whole (--compile step)."""
     task.args, task.device, task.dist, task.log = args, device, dist, log
     task.channels_last = use_channels_last(device)
+    task.graph_mode = args.compile == 'step'       # traceable paths: select-mode augmentation, device CCL boxes
     task.step, task.elapsed, task.images, task.clock = 0, 0.0, 0, _untimed
-    task.gen = torch.Generator(device).manual_seed(args.seed)
+    task.step_t = torch.zeros((), dtype=torch.long, device=device)
+    task.gen = make_generator(device, args.seed)
     task.first_bad = torch.full((), -1, dtype=torch.long, device=device)
     task.bad_terms, task.log_sums, task.log_n = {}, {}, 0
 
 
+def learning_rate(task, lr):
+    """The optimiser's lr: a device tensor under --compile step (the schedule fills it in place, so the compiled
+    step neither recompiles nor re-captures its CUDA graph when the lr changes), a float otherwise."""
+    return torch.tensor(lr, device=task.device) if task.graph_mode else lr
+
+
+def compile_step(task, math_step):
+    """--compile step: the step's math (augmentation, BEM, forward, losses, NaN guard | backward | SGD, EMA) as one
+    torch.compile'd function: Dynamo splits it at loss.backward() (AOTAutograd compiles the backward), so a step is
+    2 graphs (tests/test_compile.py counts them). CUDA: mode='reduce-overhead' (CUDA graphs; the shapes are static).
+    --compile model compiles the network alone (wrap_model); off: eager."""
+    if task.args.compile != 'step':
+        return math_step
+    _need(task.dist is None, '--compile step runs in one process; under torchrun use --compile model')
+    return torch.compile(math_step, mode='reduce-overhead' if task.device.type == 'cuda' else None)
+
+
 def wrap_model(task, net, find_unused, channels_last=None):
-    """The trained module (global BN under torchrun) and task.fwd, what the step calls (DDP, torch.compile)."""
+    """The trained module on the task's device (channels_last on CUDA; global BN under torchrun) and task.fwd,
+    what the step calls (DDP; torch.compile of the network alone under --compile model). One move: a module that
+    is already on the device is not moved again (fake tensors cannot be swapped twice: test_cuda_standin.py)."""
     cl = task.channels_last if channels_last is None else channels_last
-    net = net.to(memory_format=torch.channels_last) if cl else net
+    net = net.to(task.device, memory_format=torch.channels_last if cl else torch.preserve_format)
     if task.dist is not None:
         net = ddp.convert_bn(net, task.device)              # BatchNorm over the global batch
     task.fwd = ddp.wrap(net, task.dist, find_unused=find_unused) if task.dist is not None else net
-    task.fwd = torch.compile(task.fwd) if task.args.compile else task.fwd
+    task.fwd = torch.compile(task.fwd) if task.args.compile == 'model' else task.fwd
     return net
 
 
@@ -565,18 +607,21 @@ class NonFinite(Exception):
 
 
 def guard(task, loss, logs):
-    """Record (on the device, no sync) the first step whose loss or a loss term is non-finite; sum the logs."""
-    if task.args.inject_nan is not None and task.step == task.args.inject_nan:
+    """Record (on the device, no sync) the first step whose loss or a loss term is non-finite; sum the logs. Every
+    accumulator is updated in place (a compiled step's CUDA graph replays into the same memory)."""
+    if task.args.inject_nan is not None:         # tests: NaN at step --inject-nan (a tensor test, no host branch)
+        nan = torch.where(task.step_t == task.args.inject_nan, float('nan'), 1.0)
         k = next(iter(logs))
-        logs[k], loss = logs[k] * float('nan'), loss * float('nan')
+        logs[k], loss = logs[k] * nan, loss * nan
     bad = ~torch.isfinite(loss)
-    task.first_bad = torch.where(bad & (task.first_bad < 0), task.step, task.first_bad)
+    task.first_bad.copy_(torch.where(bad & (task.first_bad < 0), task.step_t, task.first_bad))
     for k, v in logs.items():
-        t = ~torch.isfinite(v)
-        task.bad_terms[k] = t if k not in task.bad_terms else task.bad_terms[k] | t
-    for k, v in logs.items():
-        task.log_sums[k] = v.detach().float() + task.log_sums.get(k, 0.0)
-    task.log_n += 1
+        if k not in task.bad_terms:
+            task.bad_terms[k] = torch.zeros((), dtype=torch.bool, device=task.device)
+        if k not in task.log_sums:
+            task.log_sums[k] = torch.zeros((), device=task.device)
+        task.bad_terms[k] |= ~torch.isfinite(v)
+        task.log_sums[k] += v.detach().float()     # log_n (a host int) is counted by train_step, outside the math
     return bool(bad.item()) if task.args.nan_policy == 'skip' else False   # opt-in: one host sync per step
 
 
@@ -598,9 +643,10 @@ def check_finite(task):
 
 
 @torch.no_grad()
-def evaluate(model, x_u8, y, mean, std, num_classes, head_fn, batch=1024, bf16=False, reduce=None,
-             channels_last=False):
-    """Per-head top-1 and per-class accuracy (%) of `model` on uint8 test images, on the device.
+def eval_counts(model, x_u8, y, mean, std, num_classes, head_fn, batch=1024, bf16=False, reduce=None,
+                channels_last=False):
+    """Per head, the correctly classified test images of each class [H,C], and the test images per class [C]: on
+    the device, no host copy (train.py's tasks and report.py eval share this one evaluation loop).
 
     x_u8, y: device tensors; or x_u8 = an iterable of (uint8 images, labels) device batches and y = None.
     fp32 unless bf16 (--eval-bf16): training runs under bf16 autocast, evaluation does not by default.
@@ -615,14 +661,17 @@ def evaluate(model, x_u8, y, mean, std, num_classes, head_fn, batch=1024, bf16=F
         with autocast(xb.device, bf16=None if bf16 else False):  # fp32 by default; --eval-bf16: as training
             logits = head_fn(model(prep_input(augment.normalize(xb, mean, std), channels_last))).float()  # [H,B,C]
         ok = (logits.argmax(-1) == yb).float()                                           # [H,B]
-        cls = F.one_hot(yb, num_classes).float()
+        cls = (yb[:, None] == torch.arange(num_classes, device=yb.device)).float()       # one-hot, no range check
         c, n = ok @ cls, cls.sum(0)                                                      # [H,C], [C]
         correct, total = (c, n) if correct is None else (correct + c, total + n)
     if reduce is not None:
         correct, total = reduce(correct), reduce(total)
-    per_class = (100 * correct / total.clamp(min=1)).cpu().numpy()
-    top1 = (100 * correct.sum(1) / total.sum()).cpu().numpy()
-    return top1, per_class
+    return correct, total
+
+
+def accuracies(correct, total):
+    """(top-1 [H], per-class accuracy [H,C]) in %, as numpy: the evaluation's one host copy."""
+    return ((100 * correct.sum(1) / total.sum()).cpu().numpy(), (100 * correct / total.clamp(min=1)).cpu().numpy())
 
 
 # ================================================================================================

@@ -21,7 +21,7 @@ OFF=$ABL_OFF
 
 begin bem_table4
 share "bem_table1/fixmatch+acr/$S" fixmatch+acr "$S" $ACR
-cell fixmatch+acr+cammix-inbatch "$S" $ACR --bem --mix cammix --no-bank $OFF
+cell fixmatch+acr+cammix-inbatch "$S" $ACR --bem --mix cammix --no-bank $ABL_OFF_INBATCH
 cell fixmatch+acr+cammix+bank "$S" $ACR --bem --mix cammix --bank $OFF
 cell fixmatch+acr+cammix+bank+ess "$S" $ACR --bem --mix cammix --bank --ess mul --esm off --ecb off
 cell fixmatch+acr+cammix+bank+ess+esm "$S" $ACR --bem --mix cammix --bank --ess mul --esm class --ecb off

@@ -21,12 +21,12 @@ begin bem_table5
 share "bem_table1/fixmatch+acr/$S" fixmatch+acr "$S" $ACR
 for mix in mixup cutmix saliencymix cammix; do
   for bank in inbatch bank; do
-    flag=--bank; row=fixmatch+acr+$mix+bank
-    if [ "$bank" = inbatch ]; then flag=--no-bank; row=fixmatch+acr+$mix-inbatch; fi
+    flag=--bank; row=fixmatch+acr+$mix+bank; off=$OFF
+    if [ "$bank" = inbatch ]; then flag=--no-bank; row=fixmatch+acr+$mix-inbatch; off=$ABL_OFF_INBATCH; fi
     if [ "$mix" = cammix ]; then
-      share "bem_table4/$row/$S" "$row" "$S" $ACR --bem --mix "$mix" "$flag" $OFF
+      share "bem_table4/$row/$S" "$row" "$S" $ACR --bem --mix "$mix" "$flag" $off
     else
-      cell "$row" "$S" $ACR --bem --mix "$mix" "$flag" $OFF
+      cell "$row" "$S" $ACR --bem --mix "$mix" "$flag" $off
     fi
   done
 done

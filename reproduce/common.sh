@@ -59,6 +59,7 @@ ABL_SETTING=c10-g100-n1500-m3000                                   # BEM ablatio
 ABL_DATA="--dataset cifar10 --n1 1500 --m1 3000 --imb-l 100 --setting consistent"
 ABL_ACR="--task ltssl --alg acr $ABL_DATA"                        # base of both BEM ablation tables
 ABL_OFF="--ess off --esm off --ecb off"                            # entropy parts off
+ABL_OFF_INBATCH="--ecb off"      # in-batch rows: ESS/ESM shape bank draws only, so with --no-bank they are refused
 
 # The rows of jitter Tables 1 and 2: jitter_main_rows <setting> <dataset flags...>
 # Baselines = RIDE's public code as the paper ran it ("*: results reported by their public code of sampling with

@@ -258,7 +258,7 @@ def test_flags_that_apply_are_accepted():
           ['--task', 'lt', '--model', 'ride', '--experts', '2', '--no-reduce', '--loss', 'ride', '--ride-stage1', 'ldam'],
           ['--alg', 'acr', '--acr-count', 'presence', '--bem', '--tau-c', '0.3', '--bank-size', '8', '--mix-views',
            'second', '--width', '1', '--bn-momentum', '0.01', '--iters', '5', '--mu', '2', '--ema', '0.9'],
-          ['--alg', 'abc', '--abc-views', '1', '--abc-hard', '--mix', 'cutmix', '--no-bank', '--beta', '0.99'],
+          ['--alg', 'abc', '--abc-views', '1', '--abc-hard', '--bem', '--mix', 'cutmix', '--no-bank', '--beta', '0.99'],
           ['--task', 'lt', '--dataset', 'imagenet_lt', '--workers', '2']]
     for argv in ok:
         flags.resolve(flags.build_parser().parse_args(argv), flags.given_flags(argv))

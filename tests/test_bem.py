@@ -20,7 +20,7 @@ BEM_PATH = os.path.abspath(bem.__file__)
 
 
 def fake_step(g, B=8, C=4, S=16, K=8, h=4):
-    """Random inputs for BEM.update (kwargs); labels and pseudo-labels cover the classes at random."""
+    """Random inputs for BEM.after_forward (kwargs); labels and pseudo-labels cover the classes at random."""
     logits_w = torch.randn(B, C, generator=g) * 3
     return dict(x_l=torch.randint(0, 256, (B, 3, S, S), generator=g, dtype=torch.uint8),
                 y_l=torch.randint(0, C, (B,), generator=g), logits_l=torch.randn(B, C, generator=g),
@@ -28,7 +28,7 @@ def fake_step(g, B=8, C=4, S=16, K=8, h=4):
                 u_w=torch.randint(0, 256, (B, 3, S, S), generator=g, dtype=torch.uint8),
                 logits_w=logits_w, q_u=logits_w.argmax(1), mask_u=logits_w.softmax(1).amax(1) > 0.6,
                 u_real=torch.rand(B, generator=g) > 0.2, fmap_w=torch.rand(B, K, h, h, generator=g),
-                head_weights=torch.randn(C, K, generator=g))
+                head_weight=torch.randn(C, K, generator=g))
 
 
 # ---------------------------------------------------------------- Eq. 2-4, E2-E5 by hand
@@ -77,7 +77,7 @@ def test_ecb_sums_to_C_after_updates():
     g = torch.Generator().manual_seed(0)
     b = bem.BEM(4, (3, 16, 16), [50, 20, 5, 1], 300, 'cpu', est_start=0, bank_size=8)
     for t in range(3):
-        b.update(t, **fake_step(g))
+        b.after_forward(t, **fake_step(g))
     assert abs(b.class_weights().sum().item() - 4) < 1e-5
     assert abs(b.sampling_probs().sum().item() - 1) < 1e-9
 
@@ -90,9 +90,9 @@ def test_eq3_ema_u_real_and_est_start():
     # pseudo-labels [0, 0, 1, 2]: sample 2 is a labeled image in U (u_real False), sample 3 is not confident
     kw.update(q_u=torch.tensor([0, 0, 1, 2]), mask_u=torch.tensor([1., 1., 1., 0.]),
               u_real=torch.tensor([True, True, False, True]))
-    b.update(4, **kw)  # step 4 < est_start: d^u stays uniform
+    b.after_forward(4, **kw)  # step 4 < est_start: d^u stays uniform
     assert torch.equal(b.d_u, torch.full((C,), 1 / 3, dtype=torch.float64))
-    b.update(5, **kw)  # counted: two samples of class 0 -> d^ut = [1, 0, 0]
+    b.after_forward(5, **kw)  # counted: two samples of class 0 -> d^ut = [1, 0, 0]
     # d^u = 0.9 * [1/3, 1/3, 1/3] + 0.1 * [1, 0, 0] = [0.4, 0.3, 0.3]
     assert torch.allclose(b.d_u, torch.tensor([0.4, 0.3, 0.3], dtype=torch.float64), rtol=1e-12)
 
@@ -108,7 +108,7 @@ def test_entropy_ema_by_hand():
     kw.update(y_l=torch.tensor([0, 0]), logits_l=torch.tensor([[2., 0, 0], [2., 0, 0]]),
               logits_w=torch.tensor([[0., 0, 0], [0., 0, 5]]), q_u=torch.tensor([1, 2]),
               u_real=torch.tensor([True, False]))
-    b.update(0, **kw)
+    b.after_forward(0, **kw)
     ln3 = math.log(3)
     # e^x_0 = 0.9 ln3 + 0.1 H; classes 1, 2 absent -> keep ln3 (the init)
     assert torch.allclose(b.e_x, torch.tensor([0.9 * ln3 + 0.1 * H, ln3, ln3], dtype=torch.float64))
@@ -210,9 +210,9 @@ def test_update_stores_each_image_with_its_cam_box(grad_cam):
     b = bem.BEM(2, (3, 16, 16), [4, 4], 8, 'cpu', bank_size=4, est_start=0)
     fmap_l, box_l = one_hot_fmap([(0, 1), (1, 2), (2, 3), (3, 0)])
     fmap_w, box_w = one_hot_fmap([(3, 3), (2, 0), (0, 0), (1, 1)])
-    w = dict(cam_w_l=torch.ones(4, 1), cam_w_u=torch.ones(4, 1)) if grad_cam else dict(head_weights=torch.ones(2, 1))
+    w = dict(cam_weights=(torch.ones(4, 1), torch.ones(4, 1))) if grad_cam else dict(head_weight=torch.ones(2, 1))
     logits = torch.zeros(4, 2)
-    b.update(0, x_l=tagged([1, 2, 3, 4], 16), y_l=torch.tensor([0, 1, 0, 1]), logits_l=logits, fmap_l=fmap_l,
+    b.after_forward(0, x_l=tagged([1, 2, 3, 4], 16), y_l=torch.tensor([0, 1, 0, 1]), logits_l=logits, fmap_l=fmap_l,
              u_w=tagged([11, 12, 13, 14], 16), logits_w=logits, q_u=torch.tensor([1, 0, 1, 0]),
              mask_u=torch.tensor([True, True, False, True]), u_real=torch.ones(4, dtype=torch.bool), fmap_w=fmap_w,
              **w)
@@ -231,36 +231,39 @@ def test_cam_refresh_recomputes_boxes_at_draw_time():
            torch.ones(2, dtype=torch.bool), labeled=True)
     cells = {1: (2, 2), 2: (0, 3)}
 
-    def cam_fn(src, y):  # the "extra forward": fmap from the image id, weights = ones
+    def teacher(src):  # the "extra forward": fmap from the image id, one head row of ones per class
         fmap, _ = one_hot_fmap([cells[int(i)] for i in src[:, 0, 0, 0]])
-        return fmap, torch.ones(len(y), 1)
-    ids, y, box, _ = draw_ids_fn(b, 50, g, cam_fn)
+        return torch.zeros(len(src), 2), fmap, torch.ones(2, 1)
+    ids, y, box, _ = draw_ids_fn(b, 50, g, teacher)
     for i, bi in zip(ids.tolist(), box.tolist()):
         r, c = cells[i]
         assert bi == [4 * c, 4 * r, 4 * c + 4, 4 * r + 4]
 
 
-def draw_ids_fn(b, n, g, cam_fn):
-    src, y, box, from_l = b.draw(n, g, cam_fn=cam_fn)
+def draw_ids_fn(b, n, g, teacher):
+    src, y, box, from_l = b.draw(n, g, teacher=teacher)
     return src[:, 0, 0, 0].long(), y, box, from_l
 
 
 def test_empty_bank_draw_is_a_no_op():
     g = torch.Generator().manual_seed(0)
-    b = bem.BEM(3, (3, 8, 8), [5, 5, 5], 30, 'cpu')
-    src, y, box, _ = b.draw(5, g)
-    tgt = torch.randint(0, 256, (5, 3, 8, 8), generator=g, dtype=torch.uint8)
-    mixed, lam = b.mix(tgt, src, box, g)
-    assert torch.equal(mixed, tgt) and torch.equal(lam, torch.ones(5))
+    for method in ('cammix', 'cutmix', 'mixup'):
+        b = bem.BEM(3, (3, 8, 8), [5, 5, 5], 30, 'cpu', mix=method)
+        src, y, box, _ = b.draw(5, g)
+        assert (box == 0).all()
+        tgt = torch.randint(0, 256, (5, 3, 8, 8), generator=g, dtype=torch.uint8)
+        mixed, (mix,) = b.before_forward(tgt, g)
+        assert torch.equal(mixed, tgt) and torch.equal(mix.lam, torch.ones(5))
 
 
 def test_state_dict_resume_is_bit_identical():
     def run(b, g, steps):
         out = []
         for t in steps:
-            b.update(t, **fake_step(torch.Generator().manual_seed(100 + t)))
+            b.after_forward(t, **fake_step(torch.Generator().manual_seed(100 + t)))
             src, y, box, fl = b.draw(6, g)
-            out.append((src, y, box, fl, b.mix(src.flip(0), src, box, g)[1]))
+            mixed, (mix,) = b.before_forward(src.flip(0), g)
+            out.append((src, y, box, fl, mixed, mix.lam, mix.y_src))
         return out
     kw = dict(num_classes=4, image_shape=(3, 16, 16), labeled_counts=[9, 5, 3, 1], unlabeled_size=50,
               device='cpu', bank_size=4, est_start=1)
@@ -424,18 +427,16 @@ def test_bem_works_copied_alone(tmp_path):
         B, C = 6, 4
         for t in range(2):
             lw = torch.randn(B, C, generator=g) * 3
-            b.update(t, x_l=torch.randint(0, 256, (B, 3, 16, 16), dtype=torch.uint8, generator=g),
+            b.after_forward(t, x_l=torch.randint(0, 256, (B, 3, 16, 16), dtype=torch.uint8, generator=g),
                      y_l=torch.randint(0, C, (B,), generator=g), logits_l=torch.randn(B, C, generator=g),
                      fmap_l=torch.rand(B, 8, 4, 4, generator=g),
                      u_w=torch.randint(0, 256, (B, 3, 16, 16), dtype=torch.uint8, generator=g),
                      logits_w=lw, q_u=lw.argmax(1), mask_u=torch.ones(B), u_real=torch.ones(B, dtype=torch.bool),
-                     fmap_w=torch.rand(B, 8, 4, 4, generator=g), head_weights=torch.randn(C, 8, generator=g))
-        src, y, box, fl = b.draw(2 * B, g)
+                     fmap_w=torch.rand(B, 8, 4, 4, generator=g), head_weight=torch.randn(C, 8, generator=g))
         u_s = torch.randint(0, 256, (2 * B, 3, 16, 16), dtype=torch.uint8, generator=g)
-        mixed, lam = b.mix(u_s, src, box, g)
-        loss = bem.mixed_ce(torch.randn(2 * B, C), y.flip(0), torch.ones(2 * B),
-                            dict(lam=lam, y_src=y, w=b.class_weights()))
-        assert torch.isfinite(loss).all() and mixed.shape == u_s.shape
+        mixed, (mix,) = b.before_forward(u_s, g)
+        loss = mix.loss(torch.randn(2 * B, C), torch.randint(0, C, (2 * B,), generator=g), torch.ones(2 * B))
+        assert torch.isfinite(loss).all() and mixed.shape == u_s.shape and (mix.lam < 1).any()
         repo, here = {repo!r}, os.path.abspath(bem.__file__)
         venv = os.path.abspath(sys.prefix)
         bad = sorted(n for n, m in list(sys.modules.items())

@@ -73,8 +73,10 @@ def test_loss_mass_by_hand_count(scope):
                                                                                    ecb_scope=scope)).sum()), rel=1e-6)
     # BEM's shares since the last record: accumulate twice, the shares sum to 1 and equal the hand shares
     b = bem.BEM(C, (3, 4, 4), [5, 3, 1], 20, 'cpu')
-    for _ in range(2):
-        b.add_loss_mass(Z, Y, MASK, dict(lam=LAM, y_src=Y_SRC, w=W, ecb_scope=scope))
+    for _ in range(2):   # a term's loss adds its mass to the BEM that made the Mix; a re-balanced term adds none
+        got = bem.Mix(LAM, Y_SRC, W, scope, b).loss(Z, Y, MASK)
+        bem.Mix(LAM, Y_SRC, W, scope, b).loss(Z, Y, MASK, rebalanced=True)
+        assert torch.equal(got, bem.mixed_ce(Z, Y, MASK, dict(lam=LAM, y_src=Y_SRC, w=W, ecb_scope=scope)))
     st = b.stats(reset=True)
     shares = torch.stack([st['mass_unmixed'], st['mass_target'], st['mass_source']])
     assert float(shares.sum()) == pytest.approx(1.0, abs=1e-12)
@@ -97,7 +99,7 @@ def _fw_logs(alg, mix, seed=0):
 
 
 def _mix(V, lam, w, scope='mixed', B=6):
-    return [dict(lam=lam, y_src=torch.arange(B) % 4, w=w, ecb_scope=scope) for _ in range(V)]
+    return [bem.Mix(lam, torch.arange(B) % 4, w, scope) for _ in range(V)]
 
 
 @pytest.mark.parametrize('alg', ['fixmatch', 'la', 'abc', 'acr'])

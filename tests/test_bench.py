@@ -73,6 +73,9 @@ class Feed:
         self.queue = []
         monkeypatch.setattr(augment, 'weak', self._pop)
         monkeypatch.setattr(augment, 'strong', self._pop)
+        # the fed views need no draws: then the task's generator serves BEM's (and ABC's) draws alone, as (b)'s does
+        monkeypatch.setattr(augment, 'draw_weak', lambda *a, **k: None)
+        monkeypatch.setattr(augment, 'draw_strong', lambda *a, **k: None)
         monkeypatch.setattr(data, 'lt_view', lambda x, gen, degrees=15.0: self._pop(x, gen))
 
     def _pop(self, x, gen, *_, **__):   # weak(x, gen, padding) for the labeled view
@@ -99,6 +102,7 @@ def test_ltssl_reference_step_computes_the_same_loss(ds, monkeypatch, alg, bem_o
     task = bench.build_task(argv + (['--bem'] if bem_on else []), ds)
     ref = reference.RefLTSSL(task, workers=0)
     task.step = ref.step = 3001          # past ACR est_epoch / BEM est_start: every statistic update runs
+    task.step_t.fill_(task.step)
     feed, V = Feed(monkeypatch), task.V
     t = reference.TransformFixMatch(task.mean, task.std)
     random.seed(0), np.random.seed(0), torch.manual_seed(0)

@@ -240,7 +240,7 @@ def test_training_batches_pair_each_crop_with_its_label(tree):
     task.start_epoch(0)
     ys = []
     for _ in range(task.ipe):
-        x, y = task.batch()
+        x, y = task.batch(task.draw())
         assert x.dtype == torch.uint8 and tuple(x.shape) == (6, 3, 32, 32)
         assert torch.equal(x.float().mean((2, 3)).argmax(1), y % 3)
         ys.append(y)

@@ -447,7 +447,7 @@ def test_evaluation_is_fp32_unless_eval_bf16(monkeypatch):
     x, y = torch.randint(0, 255, (10, 3, 4, 4), dtype=torch.uint8), torch.arange(10) % 3
     for bf16 in (False, True):
         seen.clear()
-        train.evaluate(model, x, y, (0.5,) * 3, (0.25,) * 3, 3, lambda out: out[None], batch=4, bf16=bf16)
+        train.eval_counts(model, x, y, (0.5,) * 3, (0.25,) * 3, 3, lambda out: out[None], batch=4, bf16=bf16)
         assert seen == [None if bf16 else False] * 3                 # 3 batches of <= 4; None = as training
     assert not torch.is_autocast_enabled()
     assert flags.build_parser().parse_args([]).eval_bf16 is False and \
@@ -502,3 +502,52 @@ def test_jitter_table_baselines_dry_run(tmp_path):
     for t in (1, 2):
         assert '--sampler jitter2' in flat(t, 'j-sampling-m2+ride-4e-beyond-paper')
         assert '--model ride' in flat(t, 'j-sampling-m2+ride-4e-reduce-beyond-paper')
+
+
+# ================================================================================================
+# issue 22: the samplers as a torch DataLoader batch sampler
+# ================================================================================================
+BS_COUNTS = [40, 20, 9, 5, 2]
+
+
+def _bs_sampler(kind):
+    y = torch.arange(len(BS_COUNTS)).repeat_interleave(torch.tensor(BS_COUNTS))
+    return J.make_sampler(kind, y, len(BS_COUNTS), 8, 3, alpha=1.0, beta=1.0, gen=torch.Generator().manual_seed(3))
+
+
+def _device_batches(kind, epochs=3):
+    """The oracle: the sampler's own next_batch() sequence, epoch by epoch, from the same generator state."""
+    s, out = _bs_sampler(kind), []
+    for e in range(epochs):
+        s.set_epoch(e)
+        out += [s.next_batch().tolist() for _ in range(s.iters_per_epoch)]
+    return out
+
+
+def _loader(bs):
+    ds = torch.utils.data.TensorDataset(torch.arange(sum(BS_COUNTS)))
+    return torch.utils.data.DataLoader(ds, batch_sampler=bs)
+
+
+@pytest.mark.parametrize("kind", J.KINDS)
+def test_batch_sampler_gives_the_device_sampler_batches_and_resumes_mid_epoch(kind):
+    want = _device_batches(kind)
+    bs = J.BatchSampler(_bs_sampler(kind))
+    loader, got = _loader(bs), []
+    assert len(loader) == bs.sampler.iters_per_epoch
+    for e in range(3):
+        bs.set_epoch(e)
+        got += [b[0].tolist() for b in loader]
+    assert got == want
+    # killed after 2 batches of epoch 1: a new process resumes from the state and ends on the same sequence
+    first = J.BatchSampler(_bs_sampler(kind))
+    seen = [b[0].tolist() for b in _loader(first)]          # epoch 0 (set_epoch left out: the first pass is epoch 0)
+    it = iter(_loader(first))                               # epoch 1 (no set_epoch: the next epoch)
+    seen += [next(it)[0].tolist() for _ in range(2)]
+    state = first.state_dict(done=2)
+    resumed = J.BatchSampler(_bs_sampler(kind))
+    resumed.load_state_dict(copy.deepcopy(state))
+    seen += [b[0].tolist() for b in _loader(resumed)]       # the rest of epoch 1
+    resumed.set_epoch(2)
+    seen += [b[0].tolist() for b in _loader(resumed)]
+    assert seen == want

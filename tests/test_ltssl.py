@@ -155,7 +155,7 @@ def test_abc_losses_by_hand():
     assert logs["Lu"].item() == pytest.approx(lu, rel=1e-6)
     assert logs["L_cls"].item() == pytest.approx(ce(zl[1], yl).mean(), rel=1e-6)
     assert logs["L_con"].item() == pytest.approx(lcon, rel=1e-6)
-    hard = fw_("abc", ABC_COUNTS, abc_soft=False)
+    hard = fw_("abc", ABC_COUNTS, abc_hard=True)
     _, logs_h, _ = hard.loss(T(zl), T(yl, torch.long), T(zw), T(zs), torch.ones(3, dtype=torch.bool), 0, GEN)
     lcon_h = sum((conf * ce(zs[v][1], [1, 0, 2])).mean() for v in range(2))
     assert logs_h["L_con"].item() == pytest.approx(lcon_h, rel=1e-6)
@@ -284,11 +284,11 @@ def _random_inputs(f, seed, n_l=4, n_u=5):
 
 @pytest.mark.parametrize("alg", ["fixmatch", "la", "abc", "acr"])
 def test_mix_lam_one_equals_plain(alg):
-    pytest.importorskip("bem")
+    bem = pytest.importorskip("bem")
     f1 = fw_(alg, est_epoch=0) if alg == "acr" else fw_(alg)   # acr: the estimate runs too
     f2 = copy.deepcopy(f1)
     ll, yl, lw, ls, ur = _random_inputs(f1, 0)
-    mix = [dict(lam=torch.ones(5), y_src=torch.randint(0, 3, (5,)), w=None) for _ in range(f1.strong_views)]
+    mix = [bem.Mix(torch.ones(5), torch.randint(0, 3, (5,))) for _ in range(f1.strong_views)]
     a = f1.loss(ll, yl, lw, ls, ur, 10, torch.Generator().manual_seed(3))[0]
     b = f2.loss(ll, yl, lw, ls, ur, 10, torch.Generator().manual_seed(3), mix=mix)[0]
     assert a.item() == pytest.approx(b.item(), rel=1e-6)
@@ -353,7 +353,7 @@ def test_no_host_sync_cpu_proxy(alg, monkeypatch):
 
 def test_make_framework_options():
     # train.py passes every framework's flags to all of them: other frameworks' options are ignored
-    f = fw_("fixmatch", acr_count="presence", abc_views=1, abc_soft=False)
+    f = fw_("fixmatch", acr_count="presence", abc_views=1, abc_hard=True)
     assert f.strong_views == 1
     assert fw_("abc", acr_count="presence", abc_views=1).strong_views == 1
     assert fw_("acr", abc_views=1, acr_count="presence").acr_count == "presence"
@@ -365,9 +365,9 @@ def test_make_framework_options():
 
 def test_mix_reaches_every_unlabeled_term():
     """lam = 0: every unlabeled CE of strong view v must become mask * CE(view v, y_src[v])."""
-    pytest.importorskip("bem")
+    bem = pytest.importorskip("bem")
     ys = [np.array([2, 1, 0]), np.array([1, 1, 2])]
-    mix = [dict(lam=torch.zeros(3), y_src=torch.as_tensor(y), w=None) for y in ys]
+    mix = [bem.Mix(torch.zeros(3), torch.as_tensor(y)) for y in ys]
     zs = np.random.default_rng(1).normal(size=(2, 2, 3, 3))
     zl = [ZL, [[0.3, 0.1, 1.0], [1.0, 1.0, 0.0]]]
     _, logs, _ = fw_("acr", ACR_COUNTS).loss(T(zl), T(YL, torch.long), T([ACR_Z, ACR_ZB]), T(zs),
