@@ -174,9 +174,9 @@ def cam_boxes(cam_map, size, tau_c=0.5, mode=None):
     return largest_component_box(m >= tau_c, mode)  # reconstructed: tau_c = 0.5, see README
 
 
-def cutmix_draws(B, H, W, gen):
-    """CutMix's random numbers for B boxes: lam ~ U(0,1) (Beta(1,1)) and a uniform centre (cx, cy)."""
-    dev = gen.device
+def cutmix_draws(B, H, W, gen, device=None):
+    """CutMix's random numbers for B boxes on device (default: gen's): lam ~ U(0,1) (Beta(1,1)), a uniform centre."""
+    dev = gen.device if device is None else device
     return dict(u=torch.rand(B, generator=gen, device=dev), cx=torch.randint(0, W, (B,), generator=gen, device=dev),
                 cy=torch.randint(0, H, (B,), generator=gen, device=dev))
 
@@ -495,18 +495,18 @@ class BEM:
 
     def _draws(self, n, gen):
         """The numbers of n partners. The bank always draws its fallback boxes, so its stream does not depend on data."""
-        dev, (H, W) = gen.device, self.shape[1:]
+        dev, (H, W) = self.device, self.shape[1:]
         u = lambda dt=torch.float32: torch.rand(n, generator=gen, device=dev, dtype=dt)  # noqa: E731
         if self.mix_method == 'none':
             return {}
         if self.bank:
-            r = dict(u_class=u(torch.float64), u_queue=u(torch.float64), u_slot=u(), fallback=cutmix_draws(n, H, W, gen))
+            r = dict(u_class=u(torch.float64), u_queue=u(torch.float64), u_slot=u(), fallback=cutmix_draws(n, H, W, gen, dev))
         else:
             r = dict(perm=torch.randperm(n, generator=gen, device=dev))
             if self.mix_method == 'cammix':
-                r['fallback'] = cutmix_draws(n, H, W, gen)
+                r['fallback'] = cutmix_draws(n, H, W, gen, dev)
         if self.mix_method == 'cutmix':
-            r['box'] = cutmix_draws(n, H, W, gen)
+            r['box'] = cutmix_draws(n, H, W, gen, dev)
         elif self.mix_method in ('mixup', 'saliencymix'):
             r['lam'] = u()
         return r
@@ -699,6 +699,12 @@ def mixup(target, source, lam):
     return out.round().clamp(0, 255).to(torch.uint8) if target.dtype == torch.uint8 else out.to(target.dtype)
 
 
+def has_saliency():
+    """Whether this OpenCV has the contrib module SaliencyMix needs (opencv-contrib-python; the plain and headless
+    builds lack cv2.saliency)."""
+    return hasattr(cv2, 'saliency')
+
+
 def saliency_box(images, lam):
     """SaliencyMix authors' saliency_bbox per sample: a box of side int(S*sqrt(1-lam)) centred on the argmax
     of cv2's StaticSaliencyFineGrained map. Runs per image on the host (it syncs), so use it for the
@@ -746,7 +752,7 @@ def mix_batch(method, target, source, gen, box=None):
         return target, torch.ones(B, device=target.device)
     r = {}
     if method == 'cutmix':
-        r['box'] = cutmix_draws(B, H, W, gen)
+        r['box'] = cutmix_draws(B, H, W, gen, target.device)
     elif method in ('mixup', 'saliencymix'):
         r['lam'] = torch.rand(B, generator=gen, device=target.device)
     return _mix_batch(method, target, source, r, box)[:2]

@@ -11,6 +11,7 @@ import argparse
 import importlib.util
 import sys
 
+import bem
 import jitter
 import ltssl
 from runio import UsageError
@@ -433,6 +434,8 @@ def validate(args):
     _need(args.m1 > 0 or args.alg == 'supervised', f'--m1 must be positive, got {args.m1}')
     _need(not (args.bem and args.alg == 'supervised'), '--bem needs unlabeled data; use --alg fixmatch|la|abc|acr')
     _need(args.mix == 'none' or args.alg != 'supervised', f'--mix {args.mix} needs unlabeled data; use an SSL --alg')
+    _need(args.mix != 'saliencymix' or bem.has_saliency(), '--mix saliencymix needs OpenCV\'s contrib module '
+          '(cv2.saliency), which this OpenCV lacks: pip install opencv-contrib-python-headless')
     _need(not args.bem or bem_built(args), '--bem --mix none leaves BEM nothing to do (its ECB weights act on mixed '
           'samples); drop --mix none, or add --ecb-scope all to weight every unlabeled term')
     _need(args.model == 'wrn' or not (args.cam_refresh or (args.mix == 'cammix' and not args.bank)), '--cam-refresh '

@@ -225,6 +225,7 @@ class _Sampler:
         if counts is None:   # n_i on the host: one copy at init (pass counts to skip it)
             counts = torch.zeros(num_classes, dtype=torch.long, device=labels.device).index_add_(
                 0, labels, torch.ones_like(labels)).cpu()
+        self.counts = [int(c) for c in counts]                                    # n_i, host ints
         self.n = torch.as_tensor(counts, dtype=torch.float64)
         self.u = self.n / self.N                                                 # original u_i ∝ n_i
         self.iters_per_epoch = math.ceil(self.N / batch_size)  # reconstructed: ceil(N/B) for every kind
@@ -337,7 +338,7 @@ class NoReplace(Shuffle):
         super().__init__(*args, **kw)
         self.quota_rounding = quota_rounding
         idx = torch.argsort(self.labels, stable=True)
-        self._members = list(torch.split(idx, [int(c) for c in self.n]))  # indices of each class
+        self._members = list(torch.split(idx, self.counts))               # indices of each class
         self._queues = [m[:0] for m in self._members]                      # filled lazily, when empty
         self._heads = [0] * self.C
 
@@ -346,7 +347,9 @@ class NoReplace(Shuffle):
 
     def quotas(self):
         """quota_i = round(ũ_i N) with the sum fixed to N (largest rounding residuals adjusted)."""
-        target = self.u_tilde().numpy() * self.N
+        n = np.asarray(self.counts, np.float64)        # on the host: the quotas are host numbers (no device read)
+        w = np.where(n > 0, np.maximum(n, 1) ** (1 + self.delta), 0.0)
+        target = w / w.sum() * self.N
         if self.quota_rounding == "multinomial":  # alternative: Multinomial(N, ũ) on the generator
             cls = torch.multinomial(self.u_tilde().float().to(self.device), self.N, True, generator=self.gen)
             return torch.bincount(cls, minlength=self.C).cpu().numpy()

@@ -99,12 +99,13 @@ class Framework:
         if self.pi.device != t.device:
             self.to(t.device)
 
-    def random_draws(self, Bl, Bu, gen):
-        """Every random number loss() takes (none here; ABC's Bernoulli masks), as a dict of tensors."""
+    def random_draws(self, Bl, Bu, gen, device=None):
+        """Every random number loss() takes (none here; ABC's Bernoulli masks), as a dict of tensors on device
+        (default: gen's)."""
         return {}
 
-    def _draws(self, gen, Bl, Bu):
-        return gen if isinstance(gen, dict) else self.random_draws(Bl, Bu, gen)
+    def _draws(self, gen, Bl, Bu, device):
+        return gen if isinstance(gen, dict) else self.random_draws(Bl, Bu, gen, device)
 
     def test_logits(self, logits):
         """What each head predicts at test. All frameworks here use raw logits (DASO reports LA train-time only)."""
@@ -173,14 +174,14 @@ class ABC(FixMatch):
         frac = (epoch / self.total_epochs).clamp(max=1.0)
         return 1 - frac * (1 - self.p_l)
 
-    def random_draws(self, Bl, Bu, gen):
+    def random_draws(self, Bl, Bu, gen, device=None):
         """U(0,1) per labeled and unlabeled sample: Bernoulli(p) = (u < p), p known only in loss()."""
-        kw = dict(generator=gen, device=gen.device)
+        kw = dict(generator=gen, device=gen.device if device is None else device)
         return {"u_l": torch.rand(Bl, **kw), "u_u": torch.rand(Bu, **kw)}
 
     def abc_losses(self, logits_l, y_l, logits_w, logits_s, step, gen, mix):
         """L_cls (labeled, Eq. 1-2) and L_con (unlabeled, Eq. 3-4) on the ABC head."""
-        r = self._draws(gen, len(y_l), logits_w.shape[1])
+        r = self._draws(gen, len(y_l), logits_w.shape[1], logits_w.device)
         # ABCfix.py L244, L261: one Bernoulli(N_min/N_y) draw per labeled sample, mean over the full batch
         m_l = (r["u_l"] < self.p_l[y_l]).float()
         L_cls = ce(logits_l[1], y_l, m_l).mean()

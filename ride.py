@@ -192,7 +192,8 @@ class RIDELoss(nn.Module):
         self.register_buffer("m", ldam_margins(counts, max_m))
         self.register_buffer("w_drw", drw_weights(counts, beta))
         self.register_buffer("T_k", base_temperature * class_temperature(counts, reweight_factor))
-        self.T_mean = float(self.T_k.mean())  # host constant: no .item() in the step
+        # a host constant, from the counts (no .item() in the step, none of a device tensor at construction)
+        self.T_mean = base_temperature * float(_temperatures(counts, reweight_factor).astype(np.float32).mean())
         self.drw_on = False
 
     def set_epoch(self, e):
@@ -234,10 +235,14 @@ def make_loss(name, counts, drw_epoch, stage1='ce', imagenet_lt=False):
 
 
 def class_temperature(counts, reweight_factor=0.05):
-    """RIDE's class-wise diversity temperature T_k = (C π_k η + 1 - η) / max_k(...), π_k = n_k / N."""
+    """RIDE's class-wise diversity temperature T_k = (C π_k η + 1 - η) / max_k(...), π_k = n_k / N -> [1, C]."""
+    return torch.tensor(_temperatures(counts, reweight_factor)[None, :], dtype=torch.float32)
+
+
+def _temperatures(counts, reweight_factor):
     pi = np.asarray(counts, np.float64) / np.sum(counts)
     t = len(pi) * pi * reweight_factor + 1 - reweight_factor
-    return torch.tensor((t / t.max())[None, :], dtype=torch.float32)
+    return t / t.max()
 
 
 # ================================================================================================

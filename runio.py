@@ -302,10 +302,24 @@ def task_state(task):
             'bad_terms': task.bad_terms, 'log_sums': task.log_sums, 'log_n': task.log_n}
 
 
+def seat_generator(gen, state, seed):
+    """Restore a generator's state, or re-seed it when the state is another device's (a CPU generator's state is
+    5056 bytes, a CUDA one's 16: seed and offset). Returns whether it was re-seeded."""
+    if state.numel() == gen.get_state().numel():
+        gen.set_state(state)
+        return False
+    gen.manual_seed(seed)
+    return True
+
+
 def load_task_state(task, s):
     task.step, task.elapsed = s['step'], s['elapsed']
     task.step_t.fill_(task.step)
-    task.gen.set_state(s['gen'])
+    # a checkpoint from another device (CPU <-> CUDA): the run goes on, its random stream re-seeded from (seed, step)
+    if seat_generator(task.gen, s['gen'], task.args.seed * 1_000_003 + task.step):
+        task.log(f'warning: the checkpoint was written on another device than {task.device.type}: the random '
+                 f'stream is re-seeded at step {task.step} (the run goes on; from here its numbers differ from '
+                 f'an uninterrupted run on one device)')
     task.model.load_state_dict(s['model'])
     task.opt.load_state_dict(s['opt'])
     task.sched.load_state_dict(s['sched'])

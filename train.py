@@ -138,7 +138,7 @@ class LTSSLTask:
             r.update(iu=iu, weak_u=augment.draw_weak(len(iu), g, dev, size),
                      strong=augment.draw_strong(self.V * len(iu), g, dev, size))
             r['bem'] = self.bem.random_draws(self.V * len(iu), g) if self.bem is not None else None
-            r['fw'] = self.fw.random_draws(len(il), len(iu), g)
+            r['fw'] = self.fw.random_draws(len(il), len(iu), g, dev)
         return r
 
     def math_step(self, r):
@@ -263,9 +263,9 @@ class LTSSLTask:
         runio.load_task_state(self, s)
         self.ema.model.load_state_dict(s['ema'])
         self.fw.load_state_dict(s['fw'])
-        self.lab_sampler.load_state_dict(s['lab_sampler'])
+        load_sampler(self.lab_sampler, s['lab_sampler'])
         if self.unl_sampler:
-            self.unl_sampler.load_state_dict(s['unl_sampler'])
+            load_sampler(self.unl_sampler, s['unl_sampler'])
         if self.bem:
             self.bem.load_state_dict(s['bem'])
 
@@ -299,10 +299,11 @@ class LTTask:
         g = 0.1 if inet else 0.01                 # lr x0.1 per step on ImageNet-LT, x0.01 on CIFAR
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda e: ride.lr_lambda(e, warmup=5, steps=steps, gamma=g))
+        labels, gen = self.sampler_source()
         self.sampler = jitter.make_sampler(
-            args.sampler, self.train_y, self.C, args.batch_size, args.epochs, alpha=args.jitter_alpha,
+            args.sampler, labels, self.C, args.batch_size, args.epochs, alpha=args.jitter_alpha,
             beta=args.jitter_beta, gamma=args.jitter_gamma, delta_fixed=args.delta_fixed,
-            delta_fixed_from=args.delta_fixed_from, gen=self.gen, counts=self.counts)
+            delta_fixed_from=args.delta_fixed_from, gen=gen, counts=self.counts)
         self.ipe = min(self.sampler.iters_per_epoch, args.iters_per_epoch or self.sampler.iters_per_epoch)
         self.total_steps, self.images_per_step = args.epochs * self.ipe, args.batch_size
         # the sampler, visible: δt per epoch, this epoch's draws per class (counted on the device, no sync per
@@ -321,6 +322,10 @@ class LTTask:
         self.counts, self.train_x, self.train_y, self.test_x, self.test_y = data.lt_train_set(ds, self.args.imb,
                                                                                              self.device)
         return len(self.train_y)
+
+    def sampler_source(self):
+        """The labels the sampler draws from and its generator: the device's (batches index the device tensors)."""
+        return self.train_y, self.gen
 
     # -- the epoch loop and the step ------------------------------------------------------------------
     def steps(self):
@@ -441,7 +446,7 @@ class LTTask:
 
     def load_state_dict(self, s):
         runio.load_task_state(self, s)
-        self.sampler.load_state_dict(s['sampler'])
+        load_sampler(self.sampler, s['sampler'])
         self.deltas = s['deltas']
         self.drawn = s['drawn'].to(self.device)
         self.epoch_draws = [(e, d, c.to(self.device)) for e, d, c in s['epoch_draws']]
@@ -451,29 +456,36 @@ class LTTask:
 
 class ImageNetLTTask(LTTask):
     """LTTask on ImageNet-LT: 115k full-size JPEGs, decoded and augmented by PIL in DataLoader workers
-    (data.JpegEpochs). The jitter sampler still draws the indices, one epoch at a time (one host copy per
-    epoch), so the workers decode ahead of the step. A mid-epoch checkpoint stores the sampler as it was at
-    the epoch's start; the resumed epoch draws it again and skips the batches already trained."""
+    (data.JpegEpochs). The jitter sampler draws the indices on the host, one epoch at a time (the workers need
+    them there, and no device value is read back), so the workers decode ahead of the step. A mid-epoch
+    checkpoint stores the sampler as it was at the epoch's start; the resumed epoch draws it again and skips the
+    batches already trained."""
 
     def _data(self, ds):
         # the ImageNet-LT train list IS the long-tailed split (1280 -> 5 images): no LDAM subset
         self.counts = np.bincount(ds.train_y, minlength=self.C)
-        self.train_y = torch.as_tensor(ds.train_y, dtype=torch.long).to(self.device)
+        self.host_y = torch.as_tensor(ds.train_y, dtype=torch.long)       # the sampler's and the workers' labels
+        self.train_y = self.host_y.to(self.device)
         rows = (lambda keys: keys) if self.dist is None else (lambda keys: keys[slice(*ddp.row_range(len(keys), self.dist))])
         self.jpegs = data.JpegEpochs(ds, self.args.img_size, self.args.seed, self.args.workers, self.device, rows)
         self.epoch_state = None
         return len(ds.train_y)
+
+    def sampler_source(self):
+        """Host labels and a host generator (made by the one seam): the epoch's indices go to the decode workers."""
+        return self.host_y, make_generator(torch.device('cpu'), self.args.seed)
 
     def start_epoch(self, e, done=0):
         super().start_epoch(e, done)
         self.epoch_state = self.sampler.state_dict()
         # a list, not a stack: shuffle / jitter-noreplace end the epoch with a partial batch
         idx = [self.sampler.next_batch() for _ in range(self.ipe)]
+        to = lambda b: self.host_y[b].to(self.device, non_blocking=True)  # noqa: E731  the global batch's labels
         if done == 0:                        # resumed: the checkpoint's counts already hold the whole epoch
             for b in idx:
-                self.count(self.train_y[b])
+                self.count(to(b))
         self.epoch_x = self.jpegs.train(idx, self.step - done, skip=done)
-        self.epoch_y = iter([self.train_y[b] for b in idx[done:]])   # the global batches' labels
+        self.epoch_y = (to(b) for b in idx[done:])
 
     def draw(self):
         """This rank's decoded rows (PIL-augmented in the workers) and the GLOBAL batch's labels (the loss is taken
@@ -552,6 +564,14 @@ def init_common(task, args, device, dist, log):
     task.gen = make_generator(device, args.seed)
     task.first_bad = torch.full((), -1, dtype=torch.long, device=device)
     task.bad_terms, task.log_sums, task.log_n = {}, {}, 0
+
+
+def load_sampler(sampler, sd):
+    """A sampler's state; from a checkpoint of another device its generator (the task's, already re-seeded by
+    runio.load_task_state) keeps its new state."""
+    if 'gen' in sd and sd['gen'].numel() != sampler.gen.get_state().numel():
+        sd = dict(sd, gen=sampler.gen.get_state())
+    sampler.load_state_dict(sd)
 
 
 def learning_rate(task, lr):

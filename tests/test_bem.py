@@ -397,6 +397,10 @@ def test_grad_cam_weights_equal_cam_for_pooled_linear_head():
     assert torch.allclose(bem.grad_cam_weights(score, fmap), W[y] / 16, atol=1e-6)
 
 
+SALIENCY = pytest.mark.skipif(not bem.has_saliency(), reason='cv2.saliency missing: this OpenCV is not the contrib build')
+
+
+@SALIENCY
 def test_mixing_baselines():
     g = torch.Generator().manual_seed(0)
     tgt = torch.randint(0, 256, (4, 3, 16, 16), generator=g, dtype=torch.uint8)
