@@ -246,3 +246,13 @@ def test_a_missing_cv2_saliency_is_a_named_refusal(monkeypatch):
     with pytest.raises(runio.UsageError, match='opencv-contrib-python-headless') as e:
         resolve('--task ltssl --alg acr --bem --mix saliencymix --dataset cifar10')
     assert '\n' not in str(e.value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('argv', CORE)
+def test_each_configuration_fails_with_one_tensor_on_the_cpu(argv, monkeypatch, inet_tree):
+    """The stand-in has teeth for every code path: the same step with one of the task's tensors left on the CPU
+    (the labeled set's labels; LT: the training labels; ImageNet-LT: the per-class draw counter) raises."""
+    name = 'lab_y' if '--task ltssl' in argv else 'drawn' if 'imagenet_lt' in argv else 'train_y'
+    with pytest.raises(RuntimeError, match='device'):
+        run_standin(monkeypatch, argv, inet_tree, after_build=lambda t: setattr(t, name, getattr(t, name).cpu()))
