@@ -112,7 +112,7 @@ class LTSSLTask:
                        bank_size=a.bank_size, beta=a.beta, lambda_d=a.lambda_d, est_start=6 * a.epoch_steps,
                        ess=a.ess, esm=a.esm, ecb=a.ecb, ecb_scope=a.ecb_scope, tau_c=a.tau_c, mix=a.mix,
                        bank=a.bank, views=self.V, mix_views=a.mix_views, cam_refresh=a.cam_refresh,
-                       box_mode=self.graph_mode, d_u_fn=(lambda: self.fw.u_py) if a.alg == 'acr' else None)
+                       box_mode='device' if self.graph_mode else None, d_u_fn=(lambda: self.fw.u_py) if a.alg == 'acr' else None)
 
     # -- the step --------------------------------------------------------------------------------
     def steps(self):
@@ -122,6 +122,7 @@ class LTSSLTask:
 
     def train_step(self):
         """Draw the step's random numbers (eager), run its math (eager, or compiled: --compile step), step the lr."""
+        self.opt.zero_grad(set_to_none=True)         # eager: Dynamo does not trace Optimizer.zero_grad
         if not self.step_fn(self.draw()):
             self.sched.step()
         self.step, self.log_n = self.step + 1, self.log_n + 1
@@ -160,8 +161,10 @@ class LTSSLTask:
         if self.bem is not None:
             with clock('bem_update'):               # before backward: the boxes come from this forward's model state
                 self.bem_update(xl, yl, uw, u_real, zl, zw, fmap, pl)
-        with clock('backward'):
-            skip = backward(self, loss, dict(logs, loss=loss.detach()))
+        with clock('backward'):                     # inline: one graph break (at backward) under --compile step
+            skip = guard(self, loss, dict(logs, loss=loss.detach()))
+            if not skip:
+                loss.backward()
         with clock('opt_ema'):
             if not skip:
                 self.opt.step()
@@ -355,6 +358,7 @@ class LTTask:
 
     def train_step(self):
         """Draw the batch and its view's random numbers (eager), then the step's math (eager or compiled)."""
+        self.opt.zero_grad(set_to_none=True)         # eager: Dynamo does not trace Optimizer.zero_grad
         self.step_fn(self.draw())
         self.step, self.log_n = self.step + 1, self.log_n + 1
 
@@ -369,7 +373,9 @@ class LTTask:
             loss = self.criterion(out, y) if self.criterion is not None else F.cross_entropy(
                 out[0] if isinstance(out, tuple) else out, y)
         with clock('backward'):
-            skip = backward(self, loss, {'loss': loss.detach()})
+            skip = guard(self, loss, {'loss': loss.detach()})
+            if not skip:
+                loss.backward()
         with clock('opt_ema'):
             if not skip:
                 self.opt.step()
@@ -643,15 +649,6 @@ def guard(task, loss, logs):
         task.bad_terms[k] |= ~torch.isfinite(v)
         task.log_sums[k] += v.detach().float()     # log_n (a host int) is counted by train_step, outside the math
     return bool(bad.item()) if task.args.nan_policy == 'skip' else False   # opt-in: one host sync per step
-
-
-def backward(task, loss, logs):
-    """NaN guard, then backward unless --nan-policy skip skips this step. Returns skip."""
-    skip = guard(task, loss, logs)
-    task.opt.zero_grad(set_to_none=True)
-    if not skip:
-        loss.backward()
-    return skip
 
 
 def check_finite(task):
