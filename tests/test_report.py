@@ -325,11 +325,11 @@ def dry_runs(tmp_path_factory):
 # runs = rows x settings x 3 seeds, from each table's layout; SMOKE runs each row once (bem_table4: 6 rows + 2
 # reconstruction ablations)
 ROWS = {'bem_table1': 8, 'bem_table2': 4, 'bem_table3': 4, 'bem_table4': 8, 'bem_table5': 9, 'bem_fig1': 8,
-        'bem_fig_cammix': 1, 'jitter_table1': 9, 'jitter_table2': 9, 'jitter_table3': 4, 'jitter_table4': 4,
-        'jitter_table5': 4}
+        'bem_fig_cammix': 1, 'jitter_table1': 9, 'jitter_table2': 9, 'jitter_table3': 6, 'jitter_table4': 6,
+        'jitter_table5': 6}
 FULL = {'bem_table1': 8 * 8 * 3, 'bem_table2': 4 * 8 * 3, 'bem_table3': 4 * 2 * 3, 'bem_table4': (6 + 2) * 3,
         'bem_table5': 9 * 3, 'bem_fig1': (8 * 4 + 2) * 3, 'bem_fig_cammix': 1, 'jitter_table1': 9 * 3,
-        'jitter_table2': 9 * 3, 'jitter_table3': 4 * 3, 'jitter_table4': 4 * 2 * 3, 'jitter_table5': 4 * 2 * 3}
+        'jitter_table2': 9 * 3, 'jitter_table3': 6 * 3, 'jitter_table4': 6 * 2 * 3, 'jitter_table5': 6 * 2 * 3}
 
 
 @pytest.mark.parametrize('name', OWNED)
@@ -410,3 +410,58 @@ def test_run_protocol_of_script_commands(dry_runs):
                                                                                  schedule='500 epochs')
     # SMOKE: batch 8, an evaluation every 4 steps: not ACR's settings either
     assert made('bem_table1', 'smoke', 'fixmatch') == dict(name='unknown', dataset='synthetic', schedule='4 steps')
+
+
+def plan_pairs(text):
+    """(name, A, B, differs) of every `pair` line, and {row/setting: argv} of every cell, from a DRY_RUN output."""
+    pairs = re.findall(r'\] pair (.+?): (\S+) vs (\S+) \(differs in (.+)\)$', text, re.M)
+    cells = re.findall(r'cell (\S+) \| (\S+) \| seed 0\n\+ .*?train\.py (--task .*)', text)
+    return pairs, {f'{r}/{s}': shlex.split(c) for r, s, c in cells}
+
+
+@pytest.mark.parametrize('name', ['jitter_table3', 'jitter_table4', 'jitter_table5'])
+def test_jitter_pairs_differ_in_one_flag(name, dry_runs):
+    """Every compared pair of a jitter ablation changes one thing (jitter.md §4.4: the ablations keep §4.3's setting),
+    read through train.py's own parser; the paper's comparisons are among the pairs."""
+    sys.path.insert(0, str(ROOT))
+    import flags
+    text, _ = dry_runs[name]['full']
+    pairs, cells = plan_pairs(text)
+    assert pairs
+    for pname, a, b, differs in pairs:
+        va, vb = (vars(flags.build_parser().parse_args(cells[c])) for c in (a, b))
+        changed = {k for k in va if va[k] != vb[k] and k not in ('out', 'seed', 'data_dir')}
+        assert len(changed) == 1, (pname, changed)
+        assert differs.startswith('--' + changed.pop().replace('_', '-') + ' '), (pname, differs)
+    compared = {(a, b) for _, a, b, _ in pairs}
+    paper = {'jitter_table3': [('with-replacement', 'without-replacement', 'c100-lt-r100', 'c100-lt-r100')],
+             'jitter_table4': [('with-replacement', 'jitter-with-replacement', s, s) for s in ('c100-lt-r100', 'imagenet-lt')]
+             + [('without-replacement', 'jitter-without-replacement', 'c100-lt-r100', 'c100-lt-r100')],
+             'jitter_table5': [(r, r, 'c100-lt-r100-e200', 'c100-lt-r100-e400') for r in
+                               ('with-replacement', 'without-replacement', 'jitter-with-replacement')]}[name]
+    assert all((f'{ra}/{sa}', f'{rb}/{sb}') in compared for ra, rb, sa, sb in paper)
+
+
+def test_pair_of_two_flags_refused(tmp_path):
+    """`pair` refuses two cells that change two things, with one line and exit 2."""
+    script = tmp_path / 't.sh'
+    script.write_text(f'source {REPRO}/common.sh\nbegin t\ncell a s --sampler instance --ride-stage1 ldam\n'
+                      'cell b s --sampler jitter1\npair p a/s b/s\necho unreachable\n')
+    r = subprocess.run(['bash', str(script)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and 'unreachable' not in r.stdout
+    assert r.stderr.strip() == ("reproduce/common.sh: pair 'p' (a/s vs b/s) differs in 2 flags (--ride-stage1 ldam -> "
+                                "(default); --sampler instance -> jitter1); a pair changes one thing")
+
+
+def test_pairs_in_report(tmp_path):
+    """report.py lists the script's pairs (pairs.tsv) with B − A of the table's statistic (best, jitter)."""
+    runs, out, s = tmp_path / 'runs', tmp_path / 'results', 'c100-lt-r100'
+    for row, best in (('with-replacement', 50.0), ('without-replacement', 52.5)):
+        fake_run(runs, f'jitter_table3/{row}/{s}/seed0', protocol=dict(RIDE_CODE, name='paper'), best=best, last=1.0)
+    (runs / 'jitter_table3' / 'pairs.tsv').write_text(
+        f'with vs without replacement\twith-replacement\t{s}\twithout-replacement\t{s}\t--sampler instance -> shuffle\n')
+    r = report('jitter_table3', '--runs', runs, '--out', out)
+    assert r.returncode == 0, r.stderr
+    md = (out / 'jitter_table3.md').read_text()
+    assert md_row(md, 'with vs without replacement', f'with-replacement / {s}')[2:] == [
+        f'without-replacement / {s}', '--sampler instance -> shuffle', '50.00', '52.50', '+2.50']
