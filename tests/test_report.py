@@ -465,3 +465,19 @@ def test_pairs_in_report(tmp_path):
     md = (out / 'jitter_table3.md').read_text()
     assert md_row(md, 'with vs without replacement', f'with-replacement / {s}')[2:] == [
         f'without-replacement / {s}', '--sampler instance -> shuffle', '50.00', '52.50', '+2.50']
+
+
+def test_gpu_hour_estimates_one_source():
+    """Every ms/step a script's GPU-hours header quotes is a row of docs/reproduce.md's one table of estimates, and
+    every header calls its figures an estimate (nothing has been measured on a GPU yet)."""
+    doc = (ROOT / 'docs' / 'reproduce.md').read_text()
+    table = doc.split('**GPU-hour estimates.**', 1)[1].split('`bash reproduce/gpu_check.sh`', 1)[0]
+    known = {float(v) for v in re.findall(r'^\| [^|]+\| ([\d.]+)(?: / [\d.]+)? \|', table, re.M)}
+    known |= {float(v) for v in re.findall(r'^\| [^|]+\| [\d.]+ / ([\d.]+) \|', table, re.M)}
+    assert known == {4, 25, 10, 40, 5, 8}
+    for name in OWNED:
+        head = script_text(name).split('set -euo pipefail')[0]
+        hours = head[head.index('GPU-hours'):]
+        assert 'ESTIMATE' in hours and 'docs/reproduce.md' in hours, name
+        quoted = {float(v) for v in re.findall(r'(\d+(?:\.\d+)?) ms/step', hours)}
+        assert quoted <= known, (name, quoted - known)
