@@ -29,17 +29,29 @@ from tabulate import tabulate
 PAPER_CSV = Path(__file__).resolve().parent / 'reproduce' / 'paper_numbers.csv'
 BEM_STAT = ('EMA model, reported head (balanced head for ACR, ABC head for ABC), mean of the last 20 evaluations '
             '(summary.json `mean_last20`), top-1 % on the test set')
-JITTER_STAT = ('mean per-class accuracy % of the final model (summary.json `last`); `best` = best evaluation (RIDE '
-               "keeps the best epoch, with test = validation); many / medium / few = RIDE's groups (>100, 20-100, "
-               '<20 training images) of the final model; all columns are means over seeds')
+JITTER_STAT = ("best evaluation (summary.json `best`, mean per-class accuracy %): RIDE's public code keeps the best "
+               "epoch with test = validation, and the paper's * rows are that code's numbers (jitter.md §6.1); the "
+               "paper's own J-sampling + RIDE number is stated relative to one (+0.6), so it is compared the same way; "
+               "`last` = the final model, beside it; many / medium / few = RIDE's groups (>100, 20-100, <20 training "
+               'images) of the final model; all columns are means over seeds')
+# the statistic each table compares, the one its sources reported (the header names it)
+TABLE_STAT = {'bem': 'mean_last20', 'jitter': 'best'}
 STD_NOTE = ('± = population std over seeds (ddof = 0, numpy\'s default, as the LTSSL code bases compute it); '
             'n = finished seeds. Δ = ours − paper. "not run": no finished run yet; "–": no number.')
 TAG_NOTE = ('tag = where the paper number comes from: `stated` = printed in the text of the paper reproduced; '
             '`quoted:<src>` = printed by <src>, another paper or repository (its own run or a copy), because the '
             'reproduced paper\'s cell is lost or is a baseline; `inferred` = the number is printed but which cell it '
             'belongs to is our reading, or it is derived from a stated relation; `unverified` = not found in any '
-            'stored source. The csv\'s `source` column says which table and why. Δ is withheld ("no Δ") when the '
-            'paper\'s WRN width differs from our runs\' `width` in args.json; `?` = width presumed or not stated.')
+            'stored source. The csv\'s `source` column says which table and why.')
+PROTOCOL_NOTE = ('protocol = how the paper number was made (csv `protocol`, read off its source): `ACR` (first-k '
+                 'split, μ = 1, cosine lr, mean of the last 20), `DASO` (disjoint split, μ = 2, constant lr, median of '
+                 'the last 20; DASO\'s and SEVAL\'s runs), `CoSSL` (Adam 0.002), `USB` (SC-SSL\'s re-runs), '
+                 '`RIDE-code` (RIDE\'s public code, best epoch), `LDAM-code`, `paper` (the reproduced paper\'s own '
+                 'number), `unknown`. Ours: summary.json `protocol` (runio.protocol: ACR for the ACR settings; '
+                 'RIDE-code for RIDE\'s loss from epoch 0; paper for the jitter paper\'s CE stage 1 and single-expert '
+                 'recipe). Δ is printed only where the dataset, the schedule (csv `schedule`), the protocol (`paper` '
+                 'takes any named one) and the WRN width (`?` = not stated; `W?` = presumed, labelled) all match, '
+                 'else "no Δ: <why>"; a SMOKE run never gets one. The count is below the table.')
 TABLES = {
     'bem_table1': 'BEM Table 1 (inferred layout): consistent setting, CIFAR-10-LT / CIFAR-100-LT',
     'bem_table2': 'BEM Table 2 (inferred layout): uniform / reversed CIFAR-10-LT and STL-10-LT',
@@ -53,7 +65,11 @@ TABLES = {
     'jitter_table5': 'Jitter Table 5: normal (200 epochs) vs long (400 epochs) training',
 }
 FIGURES = {'fig1': 'bem_fig1', 'bem_fig1': 'bem_fig1', 'fig_cammix': 'bem_fig_cammix', 'bem_fig_cammix': 'bem_fig_cammix'}
-KEYS = ('mean_last20', 'last', 'best', 'many', 'medium', 'few')
+KEYS = ('mean_last20', 'median_last20', 'last', 'best', 'many', 'medium', 'few')
+MADE = ('protocol', 'dataset', 'schedule')
+# dataset of a paper cell from its setting key: c10-..., c100-..., stl10-..., in127-32 / in127-64, imagenet-lt
+SETTING_DATASET = {'c10': 'cifar10', 'c100': 'cifar100', 'stl10': 'stl10', 'in127': 'imagenet127',
+                   'imagenet': 'imagenet_lt'}
 FIG1_ROW, FIG1_GAIN = 'fixmatch+acr+bem', 'c10-consistent-gain'
 FRAMEWORKS = ('fixmatch', 'fixmatch+la', 'fixmatch+abc', 'fixmatch+acr')
 
@@ -93,16 +109,31 @@ def run_width(args):
     return args.get('width') if args.get('model', 'wrn') == 'wrn' else None
 
 
+def run_protocol(summary, args):
+    """summary.json's `protocol` entry (name, dataset, schedule); a run written before it existed gets it from its
+    args.json through the same function (runio.protocol, imported only then: it needs torch)."""
+    if isinstance(summary.get('protocol'), dict):
+        return summary['protocol']
+    if not args:
+        return {}
+    import runio
+    return runio.protocol(args)
+
+
 def load_runs(runs, cells):
-    """DataFrame: row, setting, seed, dir, WRN width and the summary's numbers of every finished run of `cells`."""
+    """DataFrame: row, setting, seed, dir, WRN width, protocol (name, dataset, schedule) and the summary's numbers
+    of every finished run of `cells`."""
     recs = []
     for row, setting, d in cells:
         for path in sorted((runs / d).glob('seed*/summary.json')):
             s = read_json(path)
             if s and s.get('finished'):
+                args = read_json(path.parent / 'args.json')
+                made = run_protocol(s, args)
                 recs.append({'row': row, 'setting': setting, 'seed': path.parent.name, 'dir': path.parent,
-                             'width': run_width(read_json(path.parent / 'args.json')), **{k: s.get(k) for k in KEYS}})
-    df = pd.DataFrame(recs, columns=['row', 'setting', 'seed', 'dir', 'width', *KEYS])
+                             'width': run_width(args), 'protocol': made.get('name'), 'dataset': made.get('dataset'),
+                             'schedule': made.get('schedule'), **{k: s.get(k) for k in KEYS}})
+    df = pd.DataFrame(recs, columns=['row', 'setting', 'seed', 'dir', 'width', *MADE, *KEYS])
     df[list(KEYS)] = df[list(KEYS)].apply(pd.to_numeric, errors='coerce')
     return df
 
@@ -116,8 +147,8 @@ def ordered(cells):
 
 def load_paper(path, table):
     # strings keep the paper's printed precision; width is '', '2', '8', '2?', '8?' or '?' (presumed / not stated)
-    p = pd.read_csv(path, dtype={'value': str, 'std': str, 'width': str, 'tag': str}, keep_default_na=False,
-                    na_values={'std': ['']})
+    p = pd.read_csv(path, dtype={'value': str, 'std': str, 'width': str, 'tag': str, 'protocol': str, 'schedule': str},
+                    keep_default_na=False, na_values={'std': ['']})
     return p[p.table == table].set_index(['row', 'setting'])
 
 
@@ -146,65 +177,144 @@ def paper_cell(p):
 
 
 def width_check(paper_width, ours):
-    """(comparable, label) for the paper's WRN width ('' = not one WRN cell, 'W', 'W?' = presumed, '?' = not
-    stated) against our runs' widths.
+    """(why not, label) for the paper's WRN width ('' = not one WRN cell, 'W', 'W?' = presumed, '?' = not stated)
+    against our runs' widths.
 
     A different width refuses Δ: the CIFAR-100 baselines of DASO/CCL are WRN-28-2, ACR's CVPR numbers (and
     presumably BEM's) WRN-28-8, e.g. 48.0 vs ~44.5 for ACR at gamma 20, N1 50 (baselines.md §3.0, ACR issue #5).
-    A presumed or unstated paper width, or runs without a recorded width, still give Δ, labelled."""
+    So does an unstated paper width (SC-SSL's CIFAR-100 cells sit at WRN-28-2's level, bem.md §3.2) or an unrecorded
+    one of ours; a presumed paper width gives Δ, labelled."""
     if not paper_width:
-        return True, ''
+        return None, ''
     want, presumed = paper_width.rstrip('?'), paper_width.endswith('?')
     have = sorted({int(w) for w in ours if pd.notna(w)})
-    if not have:
-        return True, 'width unchecked'
-    if len(have) > 1:
-        return False, f'seeds mix widths {have}'
     if not want:
-        return True, f'paper width not stated, ours WRN-28-{have[0]}'
+        return 'width: the paper\'s is not stated', ''
+    if not have:
+        return 'width: ours not recorded', ''
+    if len(have) > 1:
+        return f'width: seeds mix {have}', ''
     if int(want) != have[0]:
-        return False, f'paper WRN-28-{want}{"?" if presumed else ""}, ours WRN-28-{have[0]}'
-    return True, f'paper WRN-28-{want} presumed' if presumed else ''
+        return f'width: paper WRN-28-{want}{"?" if presumed else ""}, ours WRN-28-{have[0]}', ''
+    return None, f'paper WRN-28-{want} presumed' if presumed else ''
 
 
-def delta_cell(mean, p, widths):
+def paper_dataset(setting):
+    head, _, rest = setting.partition('-')
+    ds = SETTING_DATASET.get(head)
+    return f'{ds}-{rest.split("-")[0]}px' if ds == 'imagenet127' else ds
+
+
+def same(what, paper, ours):
+    """Why `what` of the paper cell and of our seeds differ, or None."""
+    have = sorted({str(v) for v in ours if pd.notna(v)})
+    if not have:
+        return f'{what}: ours not recorded'
+    if len(have) > 1:
+        return f'{what}: seeds differ ({", ".join(have)})'
+    if paper in (None, '', '?'):
+        return f'{what}: the paper\'s is not stated'
+    return None if have[0] == paper else f'{what}: paper {paper}, ours {have[0]}'
+
+
+def same_protocol(paper, ours):
+    """Like `same`; the reproduced paper's own number (`paper`) takes any named protocol of ours, `unknown` none."""
+    have = sorted({str(v) for v in ours if pd.notna(v)})
+    if paper == 'unknown':
+        return 'protocol: the paper number\'s is unknown'
+    if paper == 'paper' and len(have) == 1 and have[0] != 'unknown':
+        return None
+    return same('protocol', paper, ours)
+
+
+def delta_reasons(p, setting, sub):
+    """([why not], label) for a Δ of the runs `sub` against paper cell p: SMOKE runs alone, else every mismatch of
+    protocol, dataset, schedule and WRN width."""
+    if (sub.dataset == 'synthetic').any():
+        return ['SMOKE run (synthetic data)'], ''
+    why = [same_protocol(p['protocol'], sub.protocol), same('dataset', paper_dataset(setting), sub.dataset),
+           same('schedule', p['schedule'], sub.schedule)]
+    w, label = width_check(p['width'], sub.width)
+    return [r for r in why + [w] if r], label
+
+
+def delta_cell(mean, p, setting, sub):
+    """(cell text, reasons withheld): ours − paper, or "no Δ: <why>"."""
     if p is None or mean is None:
-        return '–'
-    ok, label = width_check(p['width'], widths)
-    if not ok:
-        return f'no Δ: {label}'
-    return f"{mean - float(p['value']):+.2f}" + (f' ({label})' if label else '')
+        return '–', []
+    why, label = delta_reasons(p, setting, sub)
+    if why:
+        return 'no Δ: ' + '; '.join(why), why
+    return f"{mean - float(p['value']):+.2f}" + (f' ({label})' if label else ''), []
+
+
+def table_stat(table):
+    return TABLE_STAT[table.split('_')[0]]
 
 
 def table_rows(table, cells, df, paper):
-    jitter = table.startswith('jitter')
-    stat = 'last' if jitter else 'mean_last20'
-    out = []
+    """(head, body, printed, withheld): one line per planned cell; printed = Δs printed, withheld = the reasons of
+    each Δ not printed."""
+    jitter, stat = table.startswith('jitter'), table_stat(table)
+    out, withheld, printed = [], [], 0
     for row, setting, _ in ordered(cells):
         sub = df[(df.row == row) & (df.setting == setting)]
         ours, mean = ours_cell(sub[stat])
         p = paper.loc[(row, setting)] if (row, setting) in paper.index else None
-        extra = [mean_cell(sub[k]) for k in ('best', 'many', 'medium', 'few')] if jitter else []
-        tag = '–' if p is None else p['tag']
-        out.append([row, setting, ours, *extra, paper_cell(p), tag, delta_cell(mean, p, sub.width)])
-    head = ['row', 'setting', 'ours (mean ± std, n)']
-    head += ['best', 'many', 'medium', 'few'] if jitter else []
-    return head + ['paper', 'tag', 'Δ'], out
+        extra = [mean_cell(sub[k]) for k in ('last', 'many', 'medium', 'few')] if jitter else []
+        tag, made = ('–', '–') if p is None else (p['tag'], p['protocol'])
+        delta, why = delta_cell(mean, p, setting, sub)
+        withheld += [why] if why else []
+        printed += delta != '–' and not why
+        out.append([row, setting, ours, *extra, paper_cell(p), tag, made, delta])
+    head = ['row', 'setting', f'ours: {stat} (mean ± std, n)']
+    head += ['last', 'many', 'medium', 'few'] if jitter else []
+    return head + ['paper', 'tag', 'protocol', 'Δ'], out, printed, withheld
+
+
+def withheld_note(printed, withheld):
+    """The footnote: how many Δs were printed, how many withheld and why (a cell counts under each of its reasons)."""
+    kinds = pd.Series([w.split(':')[0] for why in withheld for w in why], dtype=str).value_counts()
+    why = ', '.join(f'{k} {n}' for k, n in kinds.items())
+    return (f'Δ printed: {printed}; withheld: {len(withheld)}' + (f' ({why}; a cell counts under each of its '
+            'reasons)' if why else '') + '.')
+
+
+def pairs_md(runs, table, df):
+    """The compared pairs the script declares (runs/<table>/pairs.tsv): each differs in one flag; B − A of ours."""
+    path, stat = runs / table / 'pairs.tsv', table_stat(table)
+    if not path.exists():
+        return []
+    mean = lambda r, s: df[(df.row == r) & (df.setting == s)][stat].mean()  # noqa: E731
+    body = []
+    for line in path.read_text().splitlines():
+        name, ra, sa, rb, sb, differs = line.split('\t')[:6]
+        a, b = mean(ra, sa), mean(rb, sb)
+        gap = '–' if np.isnan(a) or np.isnan(b) else f'{b - a:+.2f}'
+        body.append([name, f'{ra} / {sa}', f'{rb} / {sb}', differs, mean_cell([a]), mean_cell([b]), gap])
+    head = ['pair', 'A (row / setting)', 'B', 'differs in (A -> B)', f'A: {stat}', f'B: {stat}', 'B − A']
+    return ['', '## Compared pairs (each pair of runs differs in one flag)', '',
+            tabulate(body, head, tablefmt='github', disable_numparse=True)]
 
 
 def table_md(table, runs, paper_csv):
     cells = plan_cells(runs, table)
     df, paper = load_runs(runs, cells), load_paper(paper_csv, table)
-    head, body = table_rows(table, cells, df, paper)
+    head, body, printed, withheld = table_rows(table, cells, df, paper)
     stat = JITTER_STAT if table.startswith('jitter') else BEM_STAT
-    md = [f'# {table}: {TABLES[table]}', '', f'Statistic: {stat}.', '', STD_NOTE, '', TAG_NOTE,
+    md = [f'# {table}: {TABLES[table]}', '', f'Statistic compared (`{table_stat(table)}`): {stat}.', '', STD_NOTE,
+          '', TAG_NOTE, '', PROTOCOL_NOTE,
           f'Paper numbers and their sources: reproduce/paper_numbers.csv. Runs: {runs}/.', '',
-          tabulate(body, head, tablefmt='github', disable_numparse=True) if body else '(no runs planned or found)']
+          tabulate(body, head, tablefmt='github', disable_numparse=True) if body else '(no runs planned or found)',
+          '', withheld_note(printed, withheld)]
+    md += pairs_md(runs, table, df)
     done = {c[:2] for c in cells}
-    cited = [[r, s, paper_cell(p), p['tag'], p['source']] for (r, s), p in paper.iterrows() if (r, s) not in done]
+    cited = [[r, s, paper_cell(p), p['tag'], p['protocol'], p['source']] for (r, s), p in paper.iterrows()
+             if (r, s) not in done]
     if cited:
         md += ['', '## Cited rows (paper numbers only; not trained by this script)', '',
-               tabulate(cited, ['row', 'setting', 'paper', 'tag', 'source'], tablefmt='github', disable_numparse=True)]
+               tabulate(cited, ['row', 'setting', 'paper', 'tag', 'protocol', 'source'], tablefmt='github',
+                        disable_numparse=True)]
     return '\n'.join(md) + '\n'
 
 

@@ -282,6 +282,30 @@ def sampling_records(epoch_draws):
     return out
 
 
+# The ACR protocol (baselines.md §3.0, anchors.md §1-2): ACR's first-k split (labeled inside unlabeled), mu = 1,
+# batch 64, SGD lr 0.03 with a cosine decay, EMA 0.999, evaluation every 500 steps (mean of the last 20).
+ACR_PROTOCOL = {'split': 'acr', 'mu': 1, 'batch_size': 64, 'lr': 0.03, 'ema': 0.999, 'eval_every': 500}
+
+
+def protocol(args):
+    """How a run was made, in the words of paper_numbers.csv's `protocol` and `schedule` columns (report.py prints
+    a Δ only where they match): name, dataset (imagenet127 with its image size) and schedule (steps or epochs).
+    LTSSL: ACR when every ACR_PROTOCOL knob holds, else unknown. LT: RIDE's loss with LDAM margins from epoch 0 is
+    RIDE's public code (RIDE-code); CE in stage 1 (RIDE) and the single-expert recipe are the jitter paper's own."""
+    a = args if isinstance(args, dict) else vars(args)
+    ds = a.get('dataset')
+    ds = f"{ds}-{a.get('img_size')}px" if ds == 'imagenet127' else ds
+    if a.get('task') == 'ltssl':
+        name = 'ACR' if all(a.get(k) == v for k, v in ACR_PROTOCOL.items()) else 'unknown'
+        return {'name': name, 'dataset': ds, 'schedule': f"{a.get('iters')} steps"}
+    loss, name = a.get('loss'), 'unknown'
+    if loss == 'ride':
+        name = 'RIDE-code' if a.get('ride_stage1') == 'ldam' else 'paper'
+    elif loss == 'ce' and a.get('model') == 'resnet32':
+        name = 'paper'
+    return {'name': name, 'dataset': ds, 'schedule': f"{a.get('epochs')} epochs"}
+
+
 def summary(task, history, statistic, eval_head, extra):
     """summary.json: every head's statistics (head_stats), the table's head on top, wall time and images/s."""
     heads = {}
@@ -291,7 +315,7 @@ def summary(task, history, statistic, eval_head, extra):
     ips = task.images_per_step * task.step / max(task.elapsed, 1e-9)
     return {'task': task.args.task, 'statistic': statistic, 'eval_head': eval_head, **dict(heads[eval_head]),
             'heads': heads, 'steps': task.step, 'evaluations': len(history),
-            'class_counts': list(map(int, task.counts)), **extra,
+            'class_counts': list(map(int, task.counts)), 'protocol': protocol(task.args), **extra,
             'timing': {'wall_time_s': round(task.elapsed, 1), 'images_per_s': round(ips, 1)}, 'finished': True}
 
 

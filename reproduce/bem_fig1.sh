@@ -11,8 +11,8 @@
 # Output: results/bem_fig1.png, results/bem_fig1.md, results/bem_dynamics.png and results/bem_dynamics.md
 # Usage: bash reproduce/bem_fig1.sh   [SEEDS=3 SMOKE=1 DRY_RUN=1]
 #
-# GPU-hours, ESTIMATE (not measured): 0 after Tables 1-2; otherwise 8 rows x 4 settings x 3 seeds x 0.28 h
-#   (~4 ms/step x 250k, perf.md §5) = ~27 GPU-h, plus 2 settings x 3 seeds x 0.3 h = ~1.8 GPU-h
+# GPU-hours, ESTIMATE (not measured; ms/step and formula: docs/reproduce.md): 0 after Tables 1-2; otherwise
+#   8 rows x 4 settings x 3 seeds x 0.28 h (WRN-28-2: 4 ms/step x 250k) = ~27 GPU-h, + 6 runs x 0.28 h = ~1.7 GPU-h
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source reproduce/common.sh

@@ -7,7 +7,8 @@
 # Output: results/bem_fig_cammix.png
 # Usage: bash reproduce/bem_fig_cammix.sh   [RUN=dir SMOKE=1 DRY_RUN=1]
 #
-# GPU-hours, ESTIMATE (not measured): 0 if Table 1 ran; else one run, ~4.4 ms/step x 250k = ~0.3 GPU-h
+# GPU-hours, ESTIMATE (not measured; ms/step and formula: docs/reproduce.md): 0 if Table 1 ran; else one run,
+#   WRN-28-2: 4 ms/step x 250k = ~0.3 GPU-h
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source reproduce/common.sh

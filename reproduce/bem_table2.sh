@@ -7,8 +7,8 @@
 #   250k steps, 3 seeds.
 # Usage: bash reproduce/bem_table2.sh   [SEEDS=3 FRAMEWORKS="fixmatch acr" ONLY=regex SMOKE=1 DRY_RUN=1]
 #
-# GPU-hours, ESTIMATE (not measured; to be replaced by the benchmark numbers):
-#   ~4 ms/step (perf.md §5 target; STL is resized to 32 px) x 250k steps = 0.28 h per run
+# GPU-hours, ESTIMATE (not measured; ms/step per model and the formula: docs/reproduce.md, "GPU-hour estimates"):
+#   WRN-28-2: 4 ms/step (STL is resized to 32 px) x 250k steps = 0.28 h per run
 #   4 rows x 8 settings x 3 seeds = 96 runs x 0.28 h = ~27 GPU-h (FRAMEWORKS with la abc: ~54 GPU-h)
 set -euo pipefail
 cd "$(dirname "$0")/.."

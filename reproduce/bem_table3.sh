@@ -5,9 +5,8 @@
 #   Needs the downsampled ImageNet pickles + CoSSL's 127-class mapping under $DATA_DIR (see README "Datasets").
 # Usage: bash reproduce/bem_table3.sh   [SEEDS=3 ONLY=in127-32 SMOKE=1 DRY_RUN=1]
 #
-# GPU-hours, ESTIMATE (not measured; to be replaced by the benchmark numbers):
-#   ResNet-50 at 32 px: ~7.8 GFLOP/img train x 256 img = 2 TFLOP/step, ~10 ms/step x 250k = 0.7 h per run
-#   at 64 px: 4x the pixels, ~40 ms/step x 250k = 2.8 h per run
+# GPU-hours, ESTIMATE (not measured; ms/step per model and the formula: docs/reproduce.md, "GPU-hour estimates"):
+#   ResNet-50 at 32 px: 10 ms/step x 250k = 0.7 h per run; at 64 px: 40 ms/step x 250k = 2.8 h per run
 #   4 rows x 3 seeds x (0.7 + 2.8) h = ~42 GPU-h
 set -euo pipefail
 cd "$(dirname "$0")/.."

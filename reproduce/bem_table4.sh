@@ -8,9 +8,9 @@
 #   the target label only (--ecb-scope target: the pasted label, already drawn by ESS, is not weighted again).
 # Usage: bash reproduce/bem_table4.sh   [SEEDS=3 SMOKE=1 DRY_RUN=1]
 #
-# GPU-hours, ESTIMATE (not measured; to be replaced by the benchmark numbers):
-#   ~4.4 ms/step (perf.md §5 target + ~10 % for BEM) x 250k steps = 0.3 h per run
-#   6 new rows x 3 seeds = 18 runs x 0.3 h = ~5.4 GPU-h (+ 6 runs = ~1.8 GPU-h if Table 1 has not run)
+# GPU-hours, ESTIMATE (not measured; ms/step per model and the formula: docs/reproduce.md, "GPU-hour estimates"):
+#   WRN-28-2: 4 ms/step x 250k steps = 0.28 h per run
+#   6 new rows x 3 seeds = 18 runs x 0.28 h = ~5.0 GPU-h (+ 6 runs = ~1.7 GPU-h if Table 1 has not run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source reproduce/common.sh

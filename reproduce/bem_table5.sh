@@ -6,9 +6,9 @@
 #   Table 1 / Table 4 runs (same run dirs). No paper numbers survive (all "–").
 # Usage: bash reproduce/bem_table5.sh   [SEEDS=3 SMOKE=1 DRY_RUN=1]
 #
-# GPU-hours, ESTIMATE (not measured; to be replaced by the benchmark numbers):
-#   ~4.4 ms/step (perf.md §5 target + ~10 % for mixing) x 250k steps = 0.3 h per run
-#   6 new rows x 3 seeds = 18 runs x 0.3 h = ~5.4 GPU-h (+ ~2.7 GPU-h for the shared rows if not yet run)
+# GPU-hours, ESTIMATE (not measured; ms/step per model and the formula: docs/reproduce.md, "GPU-hour estimates"):
+#   WRN-28-2: 4 ms/step x 250k steps = 0.28 h per run
+#   6 new rows x 3 seeds = 18 runs x 0.28 h = ~5.0 GPU-h (+ 9 runs = ~2.5 GPU-h for the shared rows if not yet run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source reproduce/common.sh

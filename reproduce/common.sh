@@ -5,6 +5,7 @@
 #   begin TABLE                      # runs/TABLE/, results/TABLE.md, `python report.py TABLE`
 #   cell ROW SETTING FLAGS...        # trains in runs/TABLE/ROW/SETTING/seed<k>
 #   share DIR ROW SETTING FLAGS...   # reuses another table's run dir runs/DIR/seed<k>; FLAGS must be that cell's
+#   pair NAME ROW/SETTING ROW/SETTING  # two declared cells the table compares; they must differ in exactly one flag
 #   run_all                          # data preflight, plan.tsv, every cell x seed through train.py, then report.py
 #
 # Run-dir / label convention (report.py reads it back; no other label file):
@@ -13,6 +14,8 @@
 #   runs/<table>/plan.tsv                  row<TAB>setting<TAB>dir (relative to runs/, without seed<k>) of every
 #                                          cell the script declares, including cells whose dir belongs to another
 #                                          table (shared runs are trained once, e.g. Table 4's ACR+BEM = Table 1's)
+#   runs/<table>/pairs.tsv                 name<TAB>row A<TAB>setting A<TAB>row B<TAB>setting B<TAB>the flag that
+#                                          differs (A -> B): the pairs report.py prints B - A for
 # A run whose summary.json says "finished": true is skipped; an existing unfinished run dir gets --resume.
 #
 # Environment (all optional):
@@ -82,6 +85,41 @@ jitter_main_rows() {
   cell j-sampling-m2+ride-4e-reduce-beyond-paper "$s" $RIDE4 --reduce --sampler jitter2 "$@"
 }
 
+# The six rows of the jitter ablations (Tables 3-5) at setting $1, RIDE 4 experts + reduce: with / without
+# replacement (instance / shuffle) and the same jittered (jitter1 / jitter-noreplace), all CE in stage 1 (the
+# multi-expert setting the ablations keep, jitter.md §4.4), and with / without replacement as RIDE's code runs
+# them (its loss from epoch 0). $2 = shared: the 200-epoch CIFAR-100-LT runs, trained once (dirs of Tables 1 and 3).
+ABL_ROWS=(with-replacement without-replacement jitter-with-replacement jitter-without-replacement
+          with-replacement-ride-code without-replacement-ride-code)
+ABL_FLAGS=("--sampler instance" "--sampler shuffle" "--sampler jitter1" "--sampler jitter-noreplace" "$RIDE_BASE"
+           "$RIDE_SHUFFLE")
+ABL_HOME=(jitter_table3/with-replacement jitter_table3/without-replacement jitter_table1/j-sampling+ride-4e-reduce
+          jitter_table3/jitter-without-replacement jitter_table1/ride-4e-reduce jitter_table1/ride-4e-reduce-shuffle)
+ablation_rows() {
+  local s=$1 shared=$2 i; shift 2
+  for i in "${!ABL_ROWS[@]}"; do
+    if [ "$shared" = shared ] && [ "${ABL_HOME[i]%%/*}" != "$TABLE" ]; then
+      share "${ABL_HOME[i]}/c100-lt-r100" "${ABL_ROWS[i]}" "$s" $RIDE4 --reduce ${ABL_FLAGS[i]} "$@"
+    else
+      cell "${ABL_ROWS[i]}" "$s" $RIDE4 --reduce ${ABL_FLAGS[i]} "$@"
+    fi
+  done
+}
+# Their pairs at setting $1, each one flag apart: the replacement mode, jitter vs none, the stage-1 loss (ldam -> ce).
+replacement_pairs() {
+  pair "with vs without replacement" "with-replacement/$1" "without-replacement/$1"
+  pair "with vs without replacement, jittered" "jitter-with-replacement/$1" "jitter-without-replacement/$1"
+  pair "with vs without replacement, RIDE's code" "with-replacement-ride-code/$1" "without-replacement-ride-code/$1"
+}
+jitter_pairs() {
+  pair "jitter vs none, with replacement" "with-replacement/$1" "jitter-with-replacement/$1"
+  pair "jitter vs none, without replacement" "without-replacement/$1" "jitter-without-replacement/$1"
+}
+loss_pairs() {
+  pair "stage-1 loss, with replacement" "with-replacement-ride-code/$1" "with-replacement/$1"
+  pair "stage-1 loss, without replacement" "without-replacement-ride-code/$1" "without-replacement/$1"
+}
+
 # The sampler figure beside a jitter table: delta_t and the tail/head sampling ratio of every row over epochs.
 sampler_figure() {
   local cmd=("$PYTHON" report.py sampler "$TABLE" --runs "$RUNS" --out "$RESULTS")
@@ -90,9 +128,49 @@ sampler_figure() {
 }
 
 TABLE=
-C_DIR=(); C_ROW=(); C_SET=(); C_FLAGS=(); SEL=()
+C_DIR=(); C_ROW=(); C_SET=(); C_FLAGS=(); SEL=(); P_LINE=()
 
-begin() { TABLE=$1; C_DIR=(); C_ROW=(); C_SET=(); C_FLAGS=(); }
+begin() { TABLE=$1; C_DIR=(); C_ROW=(); C_SET=(); C_FLAGS=(); P_LINE=(); }
+
+# Index of the declared cell "row/setting" $1.
+_cell_index() {
+  local i
+  for ((i = 0; i < ${#C_ROW[@]}; i++)); do
+    if [ "${C_ROW[i]}/${C_SET[i]}" = "$1" ]; then echo "$i"; return 0; fi
+  done
+  echo "reproduce/common.sh: pair names $1, which $TABLE does not declare; declare the cell first" >&2
+  exit 2
+}
+
+# The flags of cell $1 as "--flag value" lines, the last occurrence winning (--no-x = --x off, a bare --x = on).
+_flag_values() {
+  local -a w
+  local -A v=()
+  local i k
+  read -ra w <<<"${C_FLAGS[$1]}"
+  for ((i = 0; i < ${#w[@]}; i++)); do
+    k=${w[i]}
+    [[ $k == --* ]] || continue
+    if [[ $k == --no-* ]]; then v[--${k#--no-}]=off
+    elif [ $((i + 1)) -lt ${#w[@]} ] && [[ ${w[i + 1]} != --* ]]; then v[$k]=${w[i + 1]}
+    else v[$k]=on; fi
+  done
+  for k in "${!v[@]}"; do echo "$k ${v[$k]}"; done | LC_ALL=C sort
+}
+
+# pair NAME A B: the table compares cells A and B (row/setting); refused unless they differ in exactly one flag.
+pair() {
+  local name=$1 a b diff n
+  a=$(_cell_index "$2"); b=$(_cell_index "$3")
+  diff=$(LC_ALL=C join -a1 -a2 -e '(default)' -o 0,1.2,2.2 <(_flag_values "$a") <(_flag_values "$b") |
+         awk '$2 != $3 { printf "%s%s %s -> %s", (n++ ? "; " : ""), $1, $2, $3 }')
+  n=$(grep -o ' -> ' <<<"$diff" | wc -l)
+  if [ "$n" != 1 ]; then
+    echo "reproduce/common.sh: pair '$name' ($2 vs $3) differs in $n flags (${diff:-none}); a pair changes one thing" >&2
+    exit 2
+  fi
+  P_LINE+=("$name"$'\t'"${C_ROW[a]}"$'\t'"${C_SET[a]}"$'\t'"${C_ROW[b]}"$'\t'"${C_SET[b]}"$'\t'"$diff")
+}
 
 share() {
   C_DIR+=("$1"); C_ROW+=("$2"); C_SET+=("$3"); shift 3; C_FLAGS+=("$*")
@@ -165,12 +243,19 @@ _preflight() {
 }
 
 _write_plan() {
+  local i p
+  local -a f
+  for p in "${P_LINE[@]}"; do
+    IFS=$'\t' read -ra f <<<"$p"
+    echo "[$TABLE] pair ${f[0]}: ${f[1]}/${f[2]} vs ${f[3]}/${f[4]} (differs in ${f[5]})"
+  done
   [ "$DRY_RUN" = 1 ] && return 0
   mkdir -p "$RUNS/$TABLE"
-  local i
   for ((i = 0; i < ${#C_ROW[@]}; i++)); do
     printf '%s\t%s\t%s\n' "${C_ROW[i]}" "${C_SET[i]}" "${C_DIR[i]}"
   done >"$RUNS/$TABLE/plan.tsv"
+  rm -f "$RUNS/$TABLE/pairs.tsv"
+  [ "${#P_LINE[@]}" = 0 ] || printf '%s\n' "${P_LINE[@]}" >"$RUNS/$TABLE/pairs.tsv"
 }
 
 _finished() { [ -f "$1/summary.json" ] && grep -Eq '"finished"[[:space:]]*:[[:space:]]*true' "$1/summary.json"; }

@@ -13,9 +13,9 @@
 #   (delta_t and the realised tail/head sampling ratio per epoch of every row, report.py sampler).
 # Usage: bash reproduce/jitter_table1.sh   [SEEDS=3 ONLY=regex SMOKE=1 DRY_RUN=1]
 #
-# GPU-hours, ESTIMATE (not measured; to be replaced by the benchmark numbers):
-#   ResNet-32: 500 epochs x 43 steps (10,847 images / 256) = 21.5k steps x ~5 ms = 0.03 h (+ evals) ~ 0.05 h
-#   RIDE-4:    200 epochs x 85 steps (/ 128) = 17k steps x ~8 ms = 0.04 h (+ evals) ~ 0.05 h
+# GPU-hours, ESTIMATE (not measured; ms/step per model and the formula: docs/reproduce.md, "GPU-hour estimates"):
+#   ResNet-32: 500 epochs x 43 steps (10,847 images / 256) = 21.5k steps x 5 ms = 0.03 h (+ evals) ~ 0.05 h
+#   RIDE-4:    200 epochs x 85 steps (/ 128) = 17k steps x 8 ms = 0.04 h (+ evals) ~ 0.05 h
 #   9 rows x 3 seeds = 27 runs x 0.05 h = ~1.4 GPU-h
 set -euo pipefail
 cd "$(dirname "$0")/.."

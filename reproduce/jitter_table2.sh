@@ -8,9 +8,9 @@
 #   Metric: mean per-class accuracy of the final model; 3 seeds. Sampler figure: results/jitter_table2_sampler.png
 # Usage: bash reproduce/jitter_table2.sh   [SEEDS=3 ONLY=regex SMOKE=1 DRY_RUN=1]
 #
-# GPU-hours, ESTIMATE (not measured; to be replaced by the benchmark numbers):
-#   ResNet-32: 500 epochs x 49 steps (12,406 images / 256) = 24.5k steps x ~5 ms ~ 0.05 h with evals
-#   RIDE-4:    200 epochs x 97 steps (/ 128) = 19.4k steps x ~8 ms ~ 0.05 h with evals
+# GPU-hours, ESTIMATE (not measured; ms/step per model and the formula: docs/reproduce.md, "GPU-hour estimates"):
+#   ResNet-32: 500 epochs x 49 steps (12,406 images / 256) = 24.5k steps x 5 ms ~ 0.05 h with evals
+#   RIDE-4:    200 epochs x 97 steps (/ 128) = 19.4k steps x 8 ms ~ 0.05 h with evals
 #   9 rows x 3 seeds = 27 runs x 0.05 h = ~1.4 GPU-h
 set -euo pipefail
 cd "$(dirname "$0")/.."

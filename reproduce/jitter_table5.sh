@@ -1,30 +1,26 @@
 #!/usr/bin/env bash
 # Jitter paper Table 5 (spec jitter.md §4.4 item 3; numbers and epoch counts lost): normal vs long training.
 #   RIDE 4 experts + reduce, CIFAR-100-LT imbalance 100, 200 epochs (normal) vs 400 epochs (long, inferred,
-#   jitter.md §7 #15; train.py scales the lr steps 160/180 in proportion), for the four samplers of Table 3.
-#   The 200-epoch cells are Table 3's runs (same run dirs). Baselines (instance, shuffle) = RIDE's code: its loss
-#   from epoch 0 (--ride-stage1 ldam); jitter rows: CE in stage 1 (paper). 3 seeds.
-#   Sampler figure: results/jitter_table5_sampler.png.
+#   jitter.md §7 #15; train.py scales the lr steps 160/180 in proportion), for the rows of Table 3 (common.sh
+#   ablation_rows: CE in stage 1 as the paper's multi-expert setting, the two baselines also as RIDE's code runs
+#   them). The 200-epoch cells are Tables 1 and 3's runs (same run dirs). 3 seeds.
+#   Compared pairs, each one flag apart: 200 vs 400 epochs for every row (the paper's pairs), and jitter vs none
+#   with and without replacement at each length. Sampler figure: results/jitter_table5_sampler.png.
 # Usage: bash reproduce/jitter_table5.sh   [SEEDS=3 SMOKE=1 DRY_RUN=1]
 #
-# GPU-hours, ESTIMATE (not measured): 400 epochs x 85 steps x ~8 ms ~ 0.1 h per run;
-#   4 rows x 3 seeds = 12 runs = ~1.2 GPU-h (+0.6 if Table 3 has not run)
+# GPU-hours, ESTIMATE (not measured; ms/step and formula: docs/reproduce.md): RIDE-4 CIFAR, 400 epochs x 85 steps
+#   x 8 ms = 0.08 h (+ evals) ~ 0.1 h per run; 6 rows x 3 seeds = 18 runs = ~1.8 GPU-h (+0.9 before Tables 1 and 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source reproduce/common.sh
 
-D="--dataset cifar100 --imb 100"
 N=c100-lt-r100-e200
 L=c100-lt-r100-e400
-
 begin jitter_table5
-share "jitter_table1/ride-4e-reduce/c100-lt-r100" with-replacement "$N" $RIDE4 --reduce $RIDE_BASE $D
-share "jitter_table1/ride-4e-reduce-shuffle/c100-lt-r100" without-replacement "$N" $RIDE4 --reduce $RIDE_SHUFFLE $D
-share "jitter_table1/j-sampling+ride-4e-reduce/c100-lt-r100" jitter-with-replacement "$N" $RIDE4 --reduce --sampler jitter1 $D
-share "jitter_table3/jitter-without-replacement/c100-lt-r100" jitter-without-replacement "$N" $RIDE4 --reduce --sampler jitter-noreplace $D
-cell with-replacement "$L" $RIDE4 --reduce $RIDE_BASE $D --epochs 400
-cell without-replacement "$L" $RIDE4 --reduce $RIDE_SHUFFLE $D --epochs 400
-cell jitter-with-replacement "$L" $RIDE4 --reduce --sampler jitter1 $D --epochs 400
-cell jitter-without-replacement "$L" $RIDE4 --reduce --sampler jitter-noreplace $D --epochs 400
+ablation_rows "$N" shared --dataset cifar100 --imb 100
+ablation_rows "$L" own --dataset cifar100 --imb 100 --epochs 400
+for row in "${ABL_ROWS[@]}"; do pair "200 vs 400 epochs, $row" "$row/$N" "$row/$L"; done
+jitter_pairs "$N"
+jitter_pairs "$L"
 run_all
 sampler_figure

@@ -489,12 +489,12 @@ def test_jitter_table_baselines_dry_run(tmp_path):
         for row, cmd in re.findall(r'cell (\S+) \| \S+ \| seed 0\n\+ \S+ train\.py (.*)', out):
             cmds.setdefault((t, row), []).append(cmd)
     flat = lambda t, row: ' '.join(cmds[(t, row)])
-    for t, rows in {1: ('ride-4e', 'ride-4e-reduce'), 3: ('with-replacement',), 4: ('with-replacement',),
-                    5: ('with-replacement',)}.items():
+    for t, rows in {1: ('ride-4e', 'ride-4e-reduce'), 3: ('with-replacement-ride-code',),
+                    4: ('with-replacement-ride-code',), 5: ('with-replacement-ride-code',)}.items():
         for row in rows:
             assert all('--sampler instance --ride-stage1 ldam' in c for c in cmds[(t, row)]), (t, row)
-    for t, row in [(1, 'ride-4e-shuffle'), (1, 'ride-4e-reduce-shuffle'), (3, 'without-replacement'),
-                   (4, 'without-replacement'), (5, 'without-replacement')]:
+    for t, row in [(1, 'ride-4e-shuffle'), (1, 'ride-4e-reduce-shuffle'), (3, 'without-replacement-ride-code'),
+                   (4, 'without-replacement-ride-code'), (5, 'without-replacement-ride-code')]:
         assert all('--sampler shuffle --ride-stage1 ldam' in c for c in cmds[(t, row)]), (t, row)
     for t, row in [(1, 'j-sampling+ride-4e'), (1, 'j-sampling+ride-4e-reduce'), (3, 'jitter-with-replacement'),
                    (3, 'jitter-without-replacement'), (4, 'jitter-with-replacement')]:

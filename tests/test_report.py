@@ -21,12 +21,18 @@ OWNED = ['bem_table1', 'bem_table2', 'bem_table3', 'bem_table4', 'bem_table5', '
 
 
 WRN2 = dict(model='wrn', width=2)   # args.json as train.py writes it: the resolved --model and --width
+WRN8 = dict(model='wrn', width=8)
+# summary.json `protocol` entries as train.py writes them for the scripts' full-length runs (ACR settings, 250k steps)
+ACR10 = dict(name='ACR', dataset='cifar10', schedule='250000 steps')
+ACR100 = dict(ACR10, dataset='cifar100')
+RIDE_CODE = dict(name='RIDE-code', dataset='cifar100', schedule='200 epochs')
 
 
-def fake_run(runs, rel, finished=True, args=None, metrics=None, **stats):
+def fake_run(runs, rel, finished=True, args=None, metrics=None, protocol=None, **stats):
     d = runs / rel
     d.mkdir(parents=True)
-    (d / 'summary.json').write_text(json.dumps({'finished': finished, **stats}, indent=1))
+    made = {'protocol': protocol} if protocol else {}
+    (d / 'summary.json').write_text(json.dumps({'finished': finished, **made, **stats}, indent=1))
     (d / 'args.json').write_text(json.dumps(args or {}))
     if metrics:
         (d / 'metrics.jsonl').write_text(''.join(json.dumps(m) + '\n' for m in metrics))
@@ -51,10 +57,12 @@ def md_row(md, row, setting):
 # ------------------------------------------------------------------------------------------------
 
 def test_bem_table_mean_std_delta_not_run(tmp_path):
+    """A DASO-protocol paper cell against ACR-protocol runs prints no Δ; an ACR-protocol cell prints it."""
     runs, out = tmp_path / 'runs', tmp_path / 'results'
     s = 'c10-g100-n500-m4000'
     for k, v in enumerate([70.0, 71.5, 73.0]):
-        fake_run(runs, f'bem_table1/fixmatch/{s}/seed{k}', args=WRN2, mean_last20=v, last=0.0)
+        fake_run(runs, f'bem_table1/fixmatch/{s}/seed{k}', args=WRN2, protocol=ACR10, mean_last20=v, last=0.0)
+        fake_run(runs, f'bem_table1/fixmatch+acr/{s}/seed{k}', args=WRN2, protocol=ACR10, mean_last20=v + 10)
     fake_run(runs, f'bem_table1/fixmatch/{s}/seed3', finished=False, mean_last20=10.0)  # killed: not counted
     (runs / 'bem_table1' / 'plan.tsv').write_text(
         f'fixmatch\t{s}\tbem_table1/fixmatch/{s}\n'
@@ -64,67 +72,100 @@ def test_bem_table_mean_std_delta_not_run(tmp_path):
     assert r.returncode == 0, r.stderr
     md = (out / 'bem_table1.md').read_text()
     assert md in r.stdout
-    # mean 71.5; population std sqrt((1.5^2 + 0 + 1.5^2) / 3) = sqrt(1.5) = 1.2247; paper 67.8 ± 1.13 (DASO)
-    assert md_row(md, 'fixmatch', s) == ['fixmatch', s, '71.50 ± 1.22 (n=3)', '67.8 ± 1.13', 'quoted:DASO', '+3.70']
-    assert md_row(md, 'fixmatch+la', s) == ['fixmatch+la', s, 'not run', '75.3 ± 2.45', 'quoted:DASO', '–']
-    assert md_row(md, 'fixmatch+la+bem', s) == ['fixmatch+la+bem', s, 'not run', '–', '–', '–']
-    assert 'mean of the last 20 evaluations' in md and 'ddof = 0' in md
+    # mean 71.5; population std sqrt((1.5^2 + 0 + 1.5^2) / 3) = sqrt(1.5) = 1.2247; paper 67.8 ± 1.13 is DASO's run
+    # (median of the last 20, mu = 2, constant lr: baselines.md §3.0), ours the ACR protocol
+    assert md_row(md, 'fixmatch', s) == ['fixmatch', s, '71.50 ± 1.22 (n=3)', '67.8 ± 1.13', 'quoted:DASO', 'DASO',
+                                         'no Δ: protocol: paper DASO, ours ACR']
+    # ACR's own row (CCL-P Table 2: 81.6 ± 0.19, ACR protocol): 81.5 - 81.6
+    assert md_row(md, 'fixmatch+acr', s)[2:] == ['81.50 ± 1.22 (n=3)', '81.6 ± 0.19', 'quoted:CCL', 'ACR', '-0.10']
+    assert md_row(md, 'fixmatch+la', s) == ['fixmatch+la', s, 'not run', '75.3 ± 2.45', 'quoted:DASO', 'DASO', '–']
+    assert md_row(md, 'fixmatch+la+bem', s) == ['fixmatch+la+bem', s, 'not run', '–', '–', '–', '–']
+    assert 'ours: mean_last20 (mean ± std, n)' in md and 'mean of the last 20 evaluations' in md and 'ddof = 0' in md
+    assert 'Δ printed: 1; withheld: 1 (protocol 1;' in md
     assert 'Cited rows' in md and '| fixmatch+daso' in md          # paper-only rows listed apart, with their tag
-    assert md_row(md, 'fixmatch+daso', s)[2:4] == ['76.0 ± 0.37', 'quoted:DASO']
+    assert md_row(md, 'fixmatch+daso', s)[2:5] == ['76.0 ± 0.37', 'quoted:DASO', 'DASO']
     assert '`quoted:<src>`' in md and '`inferred`' in md             # the tags are explained above the table
 
 
-def test_quoted_bem_cells_get_delta(tmp_path):
-    """SC-SSL's quoted BEM cells (bem.md §3.2: FixMatch+BEM 80.30 ± 0.62, ACR+BEM 85.50 ± 0.28, CIFAR-10-LT
-    gamma 100, N1/M1 1500/3000) sit under the run rows' names, so a run of that cell gets a Δ."""
-    runs, out, s = tmp_path / 'runs', tmp_path / 'results', 'c10-g100-n1500-m3000'
-    for k, v in enumerate([85.0, 86.6]):
-        fake_run(runs, f'bem_table1/fixmatch+acr+bem/{s}/seed{k}', args=WRN2, mean_last20=v)
-    fake_run(runs, f'bem_table1/fixmatch+bem/{s}/seed0', args=WRN2, mean_last20=79.0)
+def test_usb_and_unknown_width_cells_get_no_delta(tmp_path):
+    """SC-SSL's BEM cells (bem.md §3.2: FixMatch+BEM 80.30 ± 0.62 on CIFAR-10-LT gamma 100, N1/M1 1500/3000; 59.00
+    on CIFAR-100 gamma 10, width not stated) are its USB re-runs: no Δ against ACR-protocol runs, and none against
+    an unstated width. LoFT's +ACR+BEM cells are BEM's own numbers: a Δ, the presumed width labelled."""
+    runs, out = tmp_path / 'runs', tmp_path / 'results'
+    c10, c100 = 'c10-g100-n1500-m3000', 'c100-g10-n150-m300'
+    fake_run(runs, f'bem_table1/fixmatch+bem/{c10}/seed0', args=WRN2, protocol=ACR10, mean_last20=79.0)
+    fake_run(runs, f'bem_table1/fixmatch+bem/{c100}/seed0', args=WRN8, protocol=ACR100, mean_last20=60.0)
+    for k, v in enumerate([66.0, 66.8]):
+        fake_run(runs, f'bem_table1/fixmatch+acr+bem/{c100}/seed{k}', args=WRN8, protocol=ACR100, mean_last20=v)
     r = report('bem_table1', '--runs', runs, '--out', out)
     assert r.returncode == 0, r.stderr
     md = (out / 'bem_table1.md').read_text()
-    # mean 85.8, std 0.8; 85.8 - 85.5 = +0.30; SC-SSL does not state the width (USB's CIFAR-10 WRN-28-2 presumed)
-    assert md_row(md, 'fixmatch+acr+bem', s) == ['fixmatch+acr+bem', s, '85.80 ± 0.80 (n=2)', '85.50 ± 0.28',
-                                                 'quoted:SC-SSL', '+0.30 (paper WRN-28-2 presumed)']
-    assert md_row(md, 'fixmatch+bem', s)[3:] == ['80.30 ± 0.62', 'quoted:SC-SSL', '-1.30 (paper WRN-28-2 presumed)']
+    assert md_row(md, 'fixmatch+bem', c10)[3:] == ['80.30 ± 0.62', 'quoted:SC-SSL', 'USB', (
+        "no Δ: protocol: paper USB, ours ACR; schedule: the paper's is not stated")]
+    assert md_row(md, 'fixmatch+bem', c100)[-1].endswith("width: the paper's is not stated")
+    # mean 66.4 - 66.3 (LoFT Table 2, "+ACR+BEM")
+    assert md_row(md, 'fixmatch+acr+bem', c100)[3:] == ['66.3', 'quoted:LoFT', 'paper', '+0.10 (paper WRN-28-8 presumed)']
+    assert 'Δ printed: 1; withheld: 2 (protocol 2, schedule 2, width 1;' in md
 
 
-def test_width_mismatch_refuses_delta(tmp_path):
-    """CIFAR-100: DASO's FixMatch cells are WRN-28-2 (baselines.md §3.1), ACR's CVPR cells WRN-28-8 (ACR issue #5).
-    A WRN-28-8 run gets no Δ against the former and a Δ against the latter; a WRN-28-2 run (WIDTH=2: *-w2 keys) gets
-    its Δ against the WRN-28-2 cell; a run without a recorded width is labelled."""
+def test_width_dataset_schedule_smoke_refuse_delta(tmp_path):
+    """CIFAR-100: ACR's CVPR cells are WRN-28-8 (ACR issue #5), CCL's reprint of ACR WRN-28-2 (the *-w2 keys).
+    A Δ needs the same width, dataset and schedule; a SMOKE run (synthetic data) never gets one."""
     runs, out, s = tmp_path / 'runs', tmp_path / 'results', 'c100-g10-n50-m400'
-    fake_run(runs, f'bem_table1/fixmatch/{s}/seed0', args=dict(model='wrn', width=8), mean_last20=50.0)
-    fake_run(runs, f'bem_table1/fixmatch+acr/{s}/seed0', args=dict(model='wrn', width=8), mean_last20=56.0)
-    fake_run(runs, f'bem_table1/fixmatch+acr+bem/{s}/seed0', args=dict(model='wrn', width=8), mean_last20=56.0)
-    fake_run(runs, f'bem_table1/fixmatch/{s}-w2/seed0', args=WRN2, mean_last20=46.0)
-    fake_run(runs, f'bem_table1/fixmatch+la/{s}-w2/seed0', args={}, mean_last20=47.0)
+    fake_run(runs, f'bem_table1/fixmatch+acr/{s}/seed0', args=WRN8, protocol=ACR100, mean_last20=56.0)
+    fake_run(runs, f'bem_table1/fixmatch+acr/{s}-w2/seed0', args=WRN8, protocol=ACR100, mean_last20=52.0)
+    fake_run(runs, f'bem_table1/fixmatch+acr+bem/{s}/seed0', args=WRN8, mean_last20=56.0,
+             protocol=dict(ACR100, schedule='4 steps'))
+    fake_run(runs, f'bem_table1/fixmatch+acr/c10-g100-n500-m4000/seed0', args=WRN2, mean_last20=80.0,
+             protocol=ACR100)
+    fake_run(runs, f'bem_table1/fixmatch+acr/c10-g150-n500-m4000/seed0', args=dict(model='wrn', width=1),
+             mean_last20=20.0, protocol=dict(ACR10, dataset='synthetic', schedule='4 steps'))
     r = report('bem_table1', '--runs', runs, '--out', out)
     assert r.returncode == 0, r.stderr
     md = (out / 'bem_table1.md').read_text()
-    assert md_row(md, 'fixmatch', s)[3:] == ['45.2 ± 0.55', 'quoted:DASO', 'no Δ: paper WRN-28-2, ours WRN-28-8']
-    assert md_row(md, 'fixmatch+acr', s)[3:] == ['55.7', 'quoted:LoFT', '+0.30']                 # 56.0 - 55.7
-    assert md_row(md, 'fixmatch+acr+bem', s)[3:] == ['55.8', 'quoted:LoFT', '+0.20 (paper WRN-28-8 presumed)']
-    assert md_row(md, 'fixmatch', f'{s}-w2')[3:] == ['45.2 ± 0.55', 'quoted:DASO', '+0.80']      # 46.0 - 45.2
-    assert md_row(md, 'fixmatch+la', f'{s}-w2')[3:] == ['47.3 ± 0.42', 'quoted:DASO', '-0.30 (width unchecked)']
+    assert md_row(md, 'fixmatch+acr', s)[3:] == ['55.7', 'quoted:LoFT', 'ACR', '+0.30']                 # 56.0 - 55.7
+    assert md_row(md, 'fixmatch+acr', f'{s}-w2')[-1] == 'no Δ: width: paper WRN-28-2, ours WRN-28-8'
+    assert md_row(md, 'fixmatch+acr+bem', s)[-1] == 'no Δ: schedule: paper 250000 steps, ours 4 steps'
+    assert md_row(md, 'fixmatch+acr', 'c10-g100-n500-m4000')[-1] == 'no Δ: dataset: paper cifar10, ours cifar100'
+    assert md_row(md, 'fixmatch+acr', 'c10-g150-n500-m4000')[-1] == 'no Δ: SMOKE run (synthetic data)'
+    assert 'Δ printed: 1; withheld: 4 (' in md and 'SMOKE run (synthetic data) 1' in md
 
 
-def test_jitter_table_columns(tmp_path):
+def test_old_run_protocol_from_args(tmp_path):
+    """A summary.json written before the `protocol` entry: the report derives it from args.json (runio.protocol)."""
+    runs, out, s = tmp_path / 'runs', tmp_path / 'results', 'c10-g100-n500-m4000'
+    args = dict(task='ltssl', dataset='cifar10', model='wrn', width=2, split='acr', mu=1, batch_size=64, lr=0.03,
+                ema=0.999, eval_every=500, iters=250000)
+    fake_run(runs, f'bem_table1/fixmatch+acr/{s}/seed0', args=args, mean_last20=82.0)
+    fake_run(runs, f'bem_table1/fixmatch+acr/c10-g150-n500-m4000/seed0', args=dict(args, mu=2), mean_last20=78.0)
+    r = report('bem_table1', '--runs', runs, '--out', out)
+    assert r.returncode == 0, r.stderr
+    md = (out / 'bem_table1.md').read_text()
+    assert md_row(md, 'fixmatch+acr', s)[-1] == '+0.40'                                          # 82.0 - 81.6
+    assert md_row(md, 'fixmatch+acr', 'c10-g150-n500-m4000')[-1] == 'no Δ: protocol: paper ACR, ours unknown'
+
+
+def test_jitter_table_compares_best(tmp_path):
+    """RIDE's public code reports the best epoch (test = val, jitter.md §6.1), so the * rows' Δ uses `best`, with
+    `last` beside it."""
     runs, out = tmp_path / 'runs', tmp_path / 'results'
     for k, (last, best, many) in enumerate([(49.0, 50.0, 70.0), (50.0, 51.0, 71.0)]):
-        fake_run(runs, f'jitter_table1/ride-4e/c100-lt-r100/seed{k}', last=last, best=best, many=many,
-                 medium=50.0, few=None)
+        fake_run(runs, f'jitter_table1/ride-4e/c100-lt-r100/seed{k}', protocol=RIDE_CODE, last=last, best=best,
+                 many=many, medium=50.0, few=None)
+    fake_run(runs, 'jitter_table1/ride-4e-reduce/c100-lt-r100/seed0', protocol=RIDE_CODE, last=1.0, best=2.0)
     r = report('jitter_table1', '--runs', runs, '--out', out)
     assert r.returncode == 0, r.stderr
     md = (out / 'jitter_table1.md').read_text()
-    # last: mean 49.5, std 0.5; best 50.5; many 70.5; few missing; paper 49.5 (fragment, inferred alignment)
+    # best: mean 50.5, std 0.5; last 49.5; many 70.5; few missing; paper 49.5 (fragment, inferred alignment):
+    # 50.5 - 49.5 = +1.00 (the last epoch would give +0.00)
     assert md_row(md, 'ride-4e', 'c100-lt-r100') == [
-        'ride-4e', 'c100-lt-r100', '49.50 ± 0.50 (n=2)', '50.50', '70.50', '50.00', '–', '49.5', 'inferred', '+0.00']
-    assert 'mean per-class accuracy' in md
+        'ride-4e', 'c100-lt-r100', '50.50 ± 0.50 (n=2)', '49.50', '70.50', '50.00', '–', '49.5', 'inferred',
+        'RIDE-code', '+1.00']
+    assert '| row | setting | ours: best (mean ± std, n) | last |' in re.sub(' +', ' ', md)
+    assert 'mean per-class accuracy' in md and 'Statistic compared (`best`)' in md
     # J-sampling + RIDE(4e) = RIDE(4e) + 0.6 (jitter text §4.3), no run (cited); TDE's rows are quoted, not the paper's
-    assert md_row(md, 'j-sampling+ride-4e', 'c100-lt-r100')[2:4] == ['50.1', 'inferred']
-    assert md_row(md, 'focal', 'c100-lt-r100')[2:4] == ['38.4', 'quoted:TDE']
+    assert md_row(md, 'j-sampling+ride-4e', 'c100-lt-r100')[2:5] == ['50.1', 'inferred', 'paper']
+    assert md_row(md, 'focal', 'c100-lt-r100')[2:5] == ['38.4', 'quoted:TDE', 'unknown']
 
 
 def test_fig1_gain_and_png(tmp_path):
@@ -163,6 +204,7 @@ def test_fig_cammix_missing_run_one_line(tmp_path):
 # reproduce/paper_numbers.csv
 # ------------------------------------------------------------------------------------------------
 
+PROTOCOLS = {'ACR', 'DASO', 'CoSSL', 'USB', 'RIDE-code', 'LDAM-code', 'paper', 'unknown'}
 TAG = re.compile(r'stated|inferred|unverified|quoted:[A-Za-z][\w.-]*(#\d+)?')
 WIDTH = re.compile(r'([28]?\?|[28])?')
 
@@ -170,7 +212,8 @@ WIDTH = re.compile(r'([28]?\?|[28])?')
 def test_paper_numbers_csv():
     p = pd.read_csv(REPRO / 'paper_numbers.csv', dtype={'width': str, 'tag': str}, keep_default_na=False,
                     na_values={'value': [''], 'std': ['']})
-    assert list(p.columns) == ['paper', 'table', 'row', 'setting', 'value', 'std', 'width', 'tag', 'source']
+    assert list(p.columns) == ['paper', 'table', 'row', 'setting', 'value', 'std', 'width', 'tag', 'protocol',
+                               'schedule', 'source']
     assert len(p) == 402
     assert p.source.str.strip().ne('').all()
     assert not p.duplicated(['paper', 'table', 'row', 'setting']).any()
@@ -207,6 +250,29 @@ def test_paper_numbers_provenance():
         for w in '28':
             if f'WRN-28-{w}' in r.source and 'presum' not in r.source and r.tag != 'quoted:SC-SSL':
                 assert r.width == w, key
+        # protocol = how the number was made, read off the source (baselines.md §3.0, §3.5, §4, §5; jitter.md §6)
+        want = {'stated': 'paper', 'quoted:DASO': 'DASO', 'quoted:SEVAL': 'DASO', 'quoted:LDAM-DRW': 'LDAM-code',
+                'quoted:CoSSL-README': 'CoSSL', 'quoted:TDE': 'unknown', 'quoted:TLC': 'unknown'}.get(t)
+        want = want or ('RIDE-code' if t.startswith('quoted:RIDE') or 'RIDE (Wang' in r.source else None)
+        want = want or ('ACR' if 'ACR protocol' in r.source or 'ACR CVPR numbers' in r.source else None)
+        want = want or ('USB' if 'USB re-run' in r.source or 'CAVEAT: SC-SSL re-ran' in r.source else None)
+        want = want or ('CoSSL' if 'originally CoSSL' in r.source else None)
+        if want:
+            assert r.protocol == want, key
+        assert r.protocol in PROTOCOLS, key
+        assert re.fullmatch(r'\?|250000 steps' if r.table.startswith('bem') else r'\?|(100|200|500) epochs',
+                            r.schedule), key
+    # BEM's own numbers (Fig. 1(d) text; LoFT's "+ACR+BEM"; the ImageNet-127 BEM cells that LoFT Table 3 and
+    # SC-SSL Table 8 print alike) and the jitter paper's own rows (43.9; 49.5 + 0.6)
+    own = p[p.protocol == 'paper']
+    assert sorted(own.groupby('table').size().items()) == [('bem_fig1', 4), ('bem_table1', 4), ('bem_table3', 4),
+                                                             ('jitter_table1', 2)]
+    assert set(own[own.table == 'jitter_table1'].row) == {'j-sampling+gl2norm+longtrain', 'j-sampling+ride-4e'}
+    # the * row RIDE(4experts) is RIDE's public code (jitter.md §5)
+    assert p.set_index(['table', 'row', 'setting']).protocol[('jitter_table1', 'ride-4e', 'c100-lt-r100')] == 'RIDE-code'
+    # issue 24's count: the FixMatch, +LA and +ABC cells bem_table1.sh runs are DASO's (12 CIFAR-10 + 12 + 12 -w2)
+    base = p[(p.table == 'bem_table1') & p.row.isin(['fixmatch', 'fixmatch+la', 'fixmatch+abc'])]
+    assert len(base) == 36 and (base.protocol == 'DASO').all()
     # the audit of issue 14: TDE's Table 3 rows are TDE's, not rows of the jitter paper
     assert not p.source.str.contains('row of the jitter paper').any()
     assert (p.tag == 'quoted:TDE').sum() == 42 + 5
@@ -259,11 +325,11 @@ def dry_runs(tmp_path_factory):
 # runs = rows x settings x 3 seeds, from each table's layout; SMOKE runs each row once (bem_table4: 6 rows + 2
 # reconstruction ablations)
 ROWS = {'bem_table1': 8, 'bem_table2': 4, 'bem_table3': 4, 'bem_table4': 8, 'bem_table5': 9, 'bem_fig1': 8,
-        'bem_fig_cammix': 1, 'jitter_table1': 9, 'jitter_table2': 9, 'jitter_table3': 4, 'jitter_table4': 4,
-        'jitter_table5': 4}
+        'bem_fig_cammix': 1, 'jitter_table1': 9, 'jitter_table2': 9, 'jitter_table3': 6, 'jitter_table4': 6,
+        'jitter_table5': 6}
 FULL = {'bem_table1': 8 * 8 * 3, 'bem_table2': 4 * 8 * 3, 'bem_table3': 4 * 2 * 3, 'bem_table4': (6 + 2) * 3,
         'bem_table5': 9 * 3, 'bem_fig1': (8 * 4 + 2) * 3, 'bem_fig_cammix': 1, 'jitter_table1': 9 * 3,
-        'jitter_table2': 9 * 3, 'jitter_table3': 4 * 3, 'jitter_table4': 4 * 2 * 3, 'jitter_table5': 4 * 2 * 3}
+        'jitter_table2': 9 * 3, 'jitter_table3': 6 * 3, 'jitter_table4': 6 * 2 * 3, 'jitter_table5': 6 * 2 * 3}
 
 
 @pytest.mark.parametrize('name', OWNED)
@@ -320,3 +386,98 @@ def test_script_commands_parse_with_train_py(dry_runs):
         if args.task == 'lt' and args.dataset not in flags.LT_DATA:
             continue  # e.g. imagenet_lt (jitter_table4) before train.py has its loader
         flags.resolve(args, flags.given_flags(shlex.split(cmd)))   # also: no flag the run ignores
+
+
+def test_run_protocol_of_script_commands(dry_runs):
+    """runio.protocol (summary.json `protocol`) of the scripts' resolved commands: the LTSSL rows run ACR's settings
+    for 250k steps (anchors.md §1), the jitter * baselines RIDE's loss from epoch 0 = RIDE's public code, the
+    J-sampling rows the paper's CE stage 1 and single-expert recipe (jitter.md §4.2-4.3, §6.4)."""
+    sys.path.insert(0, str(ROOT))
+    import flags
+    import runio
+
+    def made(name, kind, row):
+        text, _ = dry_runs[name][kind]
+        cmd = re.search(rf'cell {re.escape(row)} \|.*\n\+ .*?train\.py (--task .*)', text).group(1)
+        argv = shlex.split(cmd)
+        return runio.protocol(flags.resolve(flags.build_parser().parse_args(argv), flags.given_flags(argv)))
+    assert made('bem_table1', 'full', 'fixmatch+la+bem') == dict(name='ACR', dataset='cifar10', schedule='250000 steps')
+    assert made('bem_table3', 'full', 'fixmatch+acr') == dict(name='ACR', dataset='imagenet127-32px',
+                                                              schedule='250000 steps')
+    assert made('jitter_table1', 'full', 'ride-4e') == dict(name='RIDE-code', dataset='cifar100', schedule='200 epochs')
+    assert made('jitter_table1', 'full', 'j-sampling+ride-4e')['name'] == 'paper'
+    assert made('jitter_table1', 'full', 'j-sampling+gl2norm+longtrain') == dict(name='paper', dataset='cifar100',
+                                                                                 schedule='500 epochs')
+    # SMOKE: batch 8, an evaluation every 4 steps: not ACR's settings either
+    assert made('bem_table1', 'smoke', 'fixmatch') == dict(name='unknown', dataset='synthetic', schedule='4 steps')
+
+
+def plan_pairs(text):
+    """(name, A, B, differs) of every `pair` line, and {row/setting: argv} of every cell, from a DRY_RUN output."""
+    pairs = re.findall(r'\] pair (.+?): (\S+) vs (\S+) \(differs in (.+)\)$', text, re.M)
+    cells = re.findall(r'cell (\S+) \| (\S+) \| seed 0\n\+ .*?train\.py (--task .*)', text)
+    return pairs, {f'{r}/{s}': shlex.split(c) for r, s, c in cells}
+
+
+@pytest.mark.parametrize('name', ['jitter_table3', 'jitter_table4', 'jitter_table5'])
+def test_jitter_pairs_differ_in_one_flag(name, dry_runs):
+    """Every compared pair of a jitter ablation changes one thing (jitter.md §4.4: the ablations keep §4.3's setting),
+    read through train.py's own parser; the paper's comparisons are among the pairs."""
+    sys.path.insert(0, str(ROOT))
+    import flags
+    text, _ = dry_runs[name]['full']
+    pairs, cells = plan_pairs(text)
+    assert pairs
+    for pname, a, b, differs in pairs:
+        va, vb = (vars(flags.build_parser().parse_args(cells[c])) for c in (a, b))
+        changed = {k for k in va if va[k] != vb[k] and k not in ('out', 'seed', 'data_dir')}
+        assert len(changed) == 1, (pname, changed)
+        assert differs.startswith('--' + changed.pop().replace('_', '-') + ' '), (pname, differs)
+    compared = {(a, b) for _, a, b, _ in pairs}
+    paper = {'jitter_table3': [('with-replacement', 'without-replacement', 'c100-lt-r100', 'c100-lt-r100')],
+             'jitter_table4': [('with-replacement', 'jitter-with-replacement', s, s) for s in ('c100-lt-r100', 'imagenet-lt')]
+             + [('without-replacement', 'jitter-without-replacement', 'c100-lt-r100', 'c100-lt-r100')],
+             'jitter_table5': [(r, r, 'c100-lt-r100-e200', 'c100-lt-r100-e400') for r in
+                               ('with-replacement', 'without-replacement', 'jitter-with-replacement')]}[name]
+    assert all((f'{ra}/{sa}', f'{rb}/{sb}') in compared for ra, rb, sa, sb in paper)
+
+
+def test_pair_of_two_flags_refused(tmp_path):
+    """`pair` refuses two cells that change two things, with one line and exit 2."""
+    script = tmp_path / 't.sh'
+    script.write_text(f'source {REPRO}/common.sh\nbegin t\ncell a s --sampler instance --ride-stage1 ldam\n'
+                      'cell b s --sampler jitter1\npair p a/s b/s\necho unreachable\n')
+    r = subprocess.run(['bash', str(script)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and 'unreachable' not in r.stdout
+    assert r.stderr.strip() == ("reproduce/common.sh: pair 'p' (a/s vs b/s) differs in 2 flags (--ride-stage1 ldam -> "
+                                "(default); --sampler instance -> jitter1); a pair changes one thing")
+
+
+def test_pairs_in_report(tmp_path):
+    """report.py lists the script's pairs (pairs.tsv) with B − A of the table's statistic (best, jitter)."""
+    runs, out, s = tmp_path / 'runs', tmp_path / 'results', 'c100-lt-r100'
+    for row, best in (('with-replacement', 50.0), ('without-replacement', 52.5)):
+        fake_run(runs, f'jitter_table3/{row}/{s}/seed0', protocol=dict(RIDE_CODE, name='paper'), best=best, last=1.0)
+    (runs / 'jitter_table3' / 'pairs.tsv').write_text(
+        f'with vs without replacement\twith-replacement\t{s}\twithout-replacement\t{s}\t--sampler instance -> shuffle\n')
+    r = report('jitter_table3', '--runs', runs, '--out', out)
+    assert r.returncode == 0, r.stderr
+    md = (out / 'jitter_table3.md').read_text()
+    assert md_row(md, 'with vs without replacement', f'with-replacement / {s}')[2:] == [
+        f'without-replacement / {s}', '--sampler instance -> shuffle', '50.00', '52.50', '+2.50']
+
+
+def test_gpu_hour_estimates_one_source():
+    """Every ms/step a script's GPU-hours header quotes is a row of docs/reproduce.md's one table of estimates, and
+    every header calls its figures an estimate (nothing has been measured on a GPU yet)."""
+    doc = (ROOT / 'docs' / 'reproduce.md').read_text()
+    table = doc.split('**GPU-hour estimates.**', 1)[1].split('`bash reproduce/gpu_check.sh`', 1)[0]
+    known = {float(v) for v in re.findall(r'^\| [^|]+\| ([\d.]+)(?: / [\d.]+)? \|', table, re.M)}
+    known |= {float(v) for v in re.findall(r'^\| [^|]+\| [\d.]+ / ([\d.]+) \|', table, re.M)}
+    assert known == {4, 25, 10, 40, 5, 8}
+    for name in OWNED:
+        head = script_text(name).split('set -euo pipefail')[0]
+        hours = head[head.index('GPU-hours'):]
+        assert 'ESTIMATE' in hours and 'docs/reproduce.md' in hours, name
+        quoted = {float(v) for v in re.findall(r'(\d+(?:\.\d+)?) ms/step', hours)}
+        assert quoted <= known, (name, quoted - known)
