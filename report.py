@@ -572,9 +572,13 @@ CLASS_NAMES = {
 
 
 def class_names(args, C):
-    """Names of the dataset's classes where it has them (CIFAR-100: its own meta file), else class numbers."""
+    """Names of the dataset's classes where it has them (CIFAR-100: its own meta file; a folder: its class folders,
+    head to tail as data.py numbers them), else class numbers."""
     names = CLASS_NAMES.get(args.dataset)
-    if args.dataset == 'cifar100':
+    if args.dataset == 'folder':
+        import data
+        names = data.folder_layout(args.data_dir).classes      # rebuilding the task has just checked the folder
+    elif args.dataset == 'cifar100':
         import pickle
         try:
             with open(Path(args.data_dir) / 'cifar-100-python' / 'meta', 'rb') as f:
@@ -736,7 +740,7 @@ def _eval_parser():
 def eval_main(argv):
     a = _eval_parser().parse_args(argv)
     import train
-    from runio import UsageError, write_json
+    from runio import UsageError, count_groups, write_json
     run = Path(a.run)
     args = run_args(run)
     args.data_dir = a.data_dir or args.data_dir
@@ -760,6 +764,7 @@ def eval_main(argv):
     pred, y = predict(task, net)
     C, counts = task.C, np.asarray(task.counts)
     names = class_names(args, C)
+    groups = {g: [names[c] for c in np.flatnonzero(m)] for g, m in count_groups(counts).items()}
     stats, per_class = {}, {}
     for h in chosen:
         stats[h], per_class[h] = eval_stats(pred[heads[h]], y, counts, C)
@@ -775,7 +780,7 @@ def eval_main(argv):
     summ = read_json(run / 'summary.json') or {}
     rec = {'run': str(run), 'checkpoint': a.checkpoint, 'step': step, 'weights': weights, 'device': str(device),
            'reported_head': reported, 'heads': stats, 'class_counts': counts.tolist(), 'class_names': names,
-           'order_head_to_tail': head_to_tail(counts).tolist(), 'confusion_head': shown,
+           'groups': groups, 'order_head_to_tail': head_to_tail(counts).tolist(), 'confusion_head': shown,
            'confusion_counts': cm.tolist(), 'summary_last': summ.get('last')}
     write_json(str(out / 'eval.json'), rec)
     cols = ['top1', 'mean_per_class', 'many', 'medium', 'few', 'head_half', 'tail_half']
@@ -785,7 +790,11 @@ def eval_main(argv):
     print(tabulate(rows, ['head', 'top-1', 'mean per-class', 'many', 'medium', 'few', 'head half', 'tail half'],
                    tablefmt='github', floatfmt='.2f', missingval='–'))
     print('\nmany / medium / few: >100 / 20-100 / <20 training images (RIDE); head/tail half: the first/second '
-          f'half of the classes.\nwrote {out}/per_class.csv, eval.json, confusion.png')
+          'half of the classes.')
+    for g, members in groups.items():
+        shown_names = ', '.join(members[:12]) + (f', ... ({len(members)} classes)' if len(members) > 12 else '')
+        print(f'  {g}: {shown_names or "(none)"}')
+    print(f'wrote {out}/per_class.csv, eval.json, confusion.png')
     return 0
 
 

@@ -37,7 +37,7 @@ import models
 import ride
 import runio
 import flags
-from flags import _need, build_parser, check_world, drw_epoch, given_flags, lr_steps, resolve, run_name
+from flags import _need, build_parser, check_world, drw_epoch, given_flags, lr_steps, rerun, resolve, run_name
 from runio import UsageError
 
 
@@ -680,7 +680,8 @@ def accuracies(correct, total):
 
 def make_task(args, device, log, dist=None):
     ds = data.load_dataset(args.dataset, args.data_dir, args.img_size,
-                           with_unlabeled=(args.task == 'ltssl' and args.alg != 'supervised'))
+                           with_unlabeled=(args.task == 'ltssl' and args.alg != 'supervised'),
+                           counts=args.folder_counts, labeled_share=args.labeled_share, device=device)
     if args.task == 'ltssl':
         return LTSSLTask(args, ds, device, log, dist)
     return (ImageNetLTTask if ds.streaming else LTTask)(args, ds, device, log, dist)
@@ -778,7 +779,7 @@ def _error(e):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        args = resolve(args, given_flags(argv))
+        args = rerun(args.args_from, argv) if args.args_from else resolve(args, given_flags(argv))
         if args.check_data:
             ok, msg = data.dataset_present(args.dataset, args.data_dir, args.img_size)
             _need(ok, msg + '; see README "Datasets" for where the files go')
