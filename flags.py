@@ -355,6 +355,16 @@ def _profile(a):   # the exponential profile is drawn (every set but a folder ta
     return not _folder(a) or a.folder_counts == 'exp'
 
 
+def split_fixes(a):
+    """What makes the LTSSL labeled / unlabeled set larger, for the batch-size messages: the profile's flags, a
+    folder's --labeled-share, or more images in the folder itself."""
+    if _unlabeled_dir(a):
+        return ('raise --n1' if _profile(a) else f'add images to {a.data_dir}/train'), f'add images to {a.data_dir}/unlabeled'
+    if _profile(a):
+        return 'raise --n1', 'raise --m1'
+    return 'raise --labeled-share', 'lower --labeled-share'
+
+
 def _mixing(a):   # a mixing partner per strong view: BEM's CamMix, or a mixing baseline (SSL only)
     return _ssl(a) and a.mix != 'none'
 

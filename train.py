@@ -83,10 +83,11 @@ class LTSSLTask:
         lab, unl, real, train_y, unl_x = data.ltssl_indices(ds, a.n1, a.m1, a.imb_l, a.imb_u, a.setting, a.split,
                                                             a.seed, supervised=not self.ssl)
         self.counts = np.bincount(train_y[lab], minlength=self.C)
+        grow_l, grow_u = flags.split_fixes(a)
         _need(len(lab) >= a.batch_size, f'--batch-size {a.batch_size} is larger than the labeled set ({len(lab)} '
-              f'images); lower --batch-size or raise --n1')
+              f'images); lower --batch-size or {grow_l}')
         _need(not self.ssl or len(unl) >= a.mu * a.batch_size, f'unlabeled batch {a.mu * a.batch_size} is larger '
-              f'than the unlabeled set ({len(unl)}); lower --mu/--batch-size or raise --m1')
+              f'than the unlabeled set ({len(unl)}); lower --mu/--batch-size or {grow_u}')
         to = lambda x, dt=None: torch.as_tensor(x, dtype=dt).to(dev)  # noqa: E731
         self.lab_x, self.lab_y = to(ds.train_x[lab]), to(train_y[lab], torch.long)
         self.unl_x, self.u_real = to(unl_x[unl]), to(real, torch.bool)

@@ -28,9 +28,9 @@ def write_image(path, rgb, rng):
         im = Image.new('L', (w, h), rgb[0])
     else:
         im = Image.new('RGB', (w, h), tuple(rgb))
-        im = im.convert('RGBA') if mode == 'RGBA' else im.convert('P') if mode == 'P' else im
+        im = im.convert('RGBA') if mode == 'RGBA' else im.convert('P', palette=Image.Palette.ADAPTIVE) if mode == 'P' else im
     im.save(path, quality=95) if path.endswith('.jpg') else im.save(path)
-    if mode == 'P':                         # the palette may have moved the colour: read back what was written
+    if mode == 'P':     # an adaptive palette holds the one colour (the web palette would dither it): read it back
         rgb = tuple(int(v) for v in np.asarray(Image.open(path).convert('RGB'))[0, 0])
     return tuple(int(v) for v in rgb)
 
