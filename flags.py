@@ -555,8 +555,10 @@ def recorded_args(path):
                          f'another version); re-run it from that version (its git commit is in env.json)')
     for k, v in rec.items():
         act = acts[k]
+        if v is None:             # not set: the run's own default (fill) applies again
+            continue
         try:
-            v = act.type(str(v)) if act.type is not None and v is not None else v
+            v = act.type(str(v)) if act.type is not None else v
         except argparse.ArgumentTypeError as e:
             raise UsageError(f'--args-from {path}: {k} {e}') from None
         if act.choices is not None and v not in act.choices:
