@@ -202,6 +202,10 @@ _report() {
 
 run_all() {
   _select
+  if [ "${#SEL[@]}" = 0 ] && [ -n "$ROW" ]; then
+    echo "[$TABLE] no row or cell named ROW=$ROW; rows: $(printf '%s\n' "${C_ROW[@]}" | awk '!s[$0]++' | paste -sd' ')" >&2
+    exit 2
+  fi
   if [ "${#SEL[@]}" = 0 ]; then echo "[$TABLE] no cell matches ONLY='$ONLY'" >&2; exit 2; fi
   echo "[$TABLE] ${#SEL[@]} cells x $SEEDS seeds -> $RUNS (SMOKE=$SMOKE)"
   _preflight

@@ -4,11 +4,13 @@ Oracles: the original run's own args.json and metrics (a re-run on one CPU threa
 override the arguments of the same run typed out in full on the command line (flags.resolve of the plain argv).
 """
 import json
+import os
+import subprocess
 
 import pytest
 
 import flags
-from conftest import TINY, TINY_LT, LT_SYNTHETIC, read_json, read_metrics, run_train
+from conftest import ROOT, TINY, TINY_LT, LT_SYNTHETIC, read_json, read_metrics, run_train
 from test_bad_input import assert_rejected, run_inproc
 
 NOT_CARRIED = ('out', 'args_from')     # a re-run is a new run directory, and it records where it came from
@@ -88,3 +90,30 @@ def test_bad_args_from_exits_2(case, key, tmp_path, capsys):
     rc, err = run_inproc(['--args-from', src, '--out', out] + extra, capsys)
     assert_rejected(rc, err, key)
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# ROW=NAME bash reproduce/<table>.sh: one row of a table again, by its name
+# ------------------------------------------------------------------------------------------------
+
+def table_dry(tmp_path, **env):
+    """DRY_RUN=1 bash reproduce/bem_table1.sh -> (exit code, stderr, the train.py command lines)."""
+    e = dict(os.environ, DRY_RUN='1', SEEDS='1', RUNS=str(tmp_path / 'runs'), RESULTS=str(tmp_path / 'res'), **env)
+    r = subprocess.run(['bash', 'reproduce/bem_table1.sh'], cwd=ROOT, capture_output=True, text=True, env=e,
+                       timeout=60)
+    return r.returncode, r.stderr, [ln for ln in r.stdout.splitlines() if 'train.py --task' in ln]
+
+
+def test_row_reruns_one_table_row(tmp_path):
+    """BEM Table 1 has 8 settings (CIFAR-10-LT at gamma 100/150 x 2 (N1, M1), CIFAR-100-LT at gamma 10/20 x 2): ROW
+    gives that row's 8 commands, exactly as the whole table's run gives them; a prefix of a row name is not it."""
+    rc, _, every = table_dry(tmp_path)
+    rc_row, _, row = table_dry(tmp_path, ROW='fixmatch+acr')
+    assert rc == rc_row == 0 and len(row) == 8
+    assert row == [c for c in every if '/bem_table1/fixmatch+acr/' in c]
+    rc, _, one = table_dry(tmp_path, ROW='fixmatch+acr/c100-g10-n50-m400')
+    assert rc == 0 and one == [c for c in row if '/c100-g10-n50-m400/' in c] and len(one) == 1
+    for env, key in ((dict(ROW='fixmatch+ac'), 'rows: fixmatch fixmatch+bem'), (dict(ROW='fixmatch', ONLY='c10'),
+                                                                               'not both')):
+        rc, err, cmds = table_dry(tmp_path, **env)
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and key in err and cmds == []
