@@ -4,7 +4,7 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 
 # A fresh Debian/Ubuntu lacks python3-venv: installed when we are root with apt-get (one line says so).
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt requirements-core.txt
 	$(PY) -m venv $(VENV) || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 	  && echo "python3 -m venv failed: installing Debian's python3-venv (root, apt-get)" \
 	  && apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null \

@@ -65,6 +65,9 @@ class Dataset:
     train_boxes: np.ndarray = None  # synthetic: true object boxes (x1,y1,x2,y2), x2/y2 exclusive
     test_boxes: np.ndarray = None
     notes: list = field(default_factory=list)
+    class_names: list = None       # folder: the class folders' names, head -> tail
+    as_given: bool = False         # folder: the class counts are the run's (no exponential profile is drawn)
+    labeled_share: float = None    # folder without unlabeled/: the labeled share of each class (share_counts)
     root: str = None               # imagenet_lt: images are files under root, decoded per batch
     train_files: list = None       # (train_x / test_x are None then)
     test_files: list = None
@@ -124,32 +127,40 @@ def ltssl_split(labels, n_counts, m_counts, split='acr', seed=0):
     return np.concatenate(lab), np.concatenate(unl), np.concatenate(real)
 
 
-def check_split(labels, n_counts, m_counts, split):
-    """Raise DataError if a class holds fewer images than the split asks for."""
+def check_split(labels, n_counts, m_counts, split, names=None, fix='lower --n1/--m1'):
+    """Raise DataError if a class holds fewer images than the split asks for (names: a folder's class names)."""
     have = np.bincount(np.asarray(labels), minlength=len(n_counts))
     need = [n + m for n, m in zip(n_counts, m_counts)]
     for c, (h, w) in enumerate(zip(have, need)):
         if w > h:
-            raise DataError(f'class {c} holds {h} training images but the split asks for {w} '
-                            f'(labeled {n_counts[c]} + unlabeled {m_counts[c]}); lower --n1/--m1')
+            name = f'class {names[c]!r} ({c})' if names else f'class {c}'
+            raise DataError(f'{name} holds {h} training images but the split asks for {w} '
+                            f'(labeled {n_counts[c]} + unlabeled {m_counts[c]}); {fix}')
 
 
 def ltssl_indices(ds, n1, m1, imb_l, imb_u, setting, split='acr', seed=0, supervised=False):
     """The LTSSL split of a loaded dataset -> (labeled idx, unlabeled idx, u_real, train labels, the array the
     unlabeled idx index into). ImageNet-127: ACR's 10 % per class (remaps ds.test_y to the 127 classes);
-    STL-10: first-k of the 5k labeled split + the whole 100k unlabeled split; else setting_counts + ltssl_split."""
+    STL-10 and a folder with unlabeled/: first-k of the labeled set + the whole unlabeled set; a folder taken as
+    given: all of train/ labeled (beside unlabeled/), else ds.labeled_share of each class; else setting_counts +
+    ltssl_split."""
     if ds.name == 'imagenet127':
         lab, unl, real, remap = imagenet127_split(ds.train_y)
         ds.test_y = remap[ds.test_y]
         return lab, unl, real, remap[ds.train_y], ds.train_x
-    n, m = setting_counts(n1, m1, imb_l, imb_u, setting, ds.num_classes)
-    if ds.name == 'stl10' and ds.extra_x is not None:
+    if ds.as_given and ds.labeled_share is not None:     # a folder without unlabeled/: its labels hidden
+        n, m = share_counts(ds.train_y, ds.labeled_share, ds.num_classes)
+    elif ds.as_given:                                    # a folder beside its unlabeled/: every label is used
+        n, m = np.bincount(ds.train_y, minlength=ds.num_classes).tolist(), [0] * ds.num_classes
+    else:
+        n, m = setting_counts(n1, m1, imb_l, imb_u, setting, ds.num_classes)
+    if ds.extra_x is not None:
         # ACR get_stl10: labeled = first-k of the 5k train split; unlabeled = the 100k split (gamma_u unknown)
-        check_split(ds.train_y, n, [0] * len(n), 'acr')
+        check_split(ds.train_y, n, [0] * len(n), 'acr', ds.class_names)
         lab, _, _ = ltssl_split(ds.train_y, n, [0] * len(n), 'acr')
         return lab, np.arange(len(ds.extra_x)), np.ones(len(ds.extra_x), bool), ds.train_y, ds.extra_x
     m = [0] * len(m) if supervised else m
-    check_split(ds.train_y, n, m, split)
+    check_split(ds.train_y, n, m, split, ds.class_names)
     lab, unl, real = ltssl_split(ds.train_y, n, m, split, seed)
     return lab, unl, real, ds.train_y, ds.train_x
 
@@ -167,9 +178,11 @@ def lt_subset(labels, counts, seed=0):
 
 
 def lt_train_set(ds, imb, device):
-    """LDAM-DRW's long-tailed training subset of a loaded dataset (rand_number = 0: the split is fixed) and the
-    test set, as device tensors -> (counts, train_x, train_y, test_x, test_y)."""
-    counts = lt_counts(int(np.bincount(ds.train_y).max()), ds.num_classes, imb)   # IMBALANCECIFAR (anchors.md §7)
+    """LDAM-DRW's long-tailed training subset of a loaded dataset (rand_number = 0: the split is fixed; a folder
+    taken as given: all of it) and the test set, as device tensors -> (counts, train_x, train_y, test_x, test_y)."""
+    have = np.bincount(ds.train_y, minlength=ds.num_classes)
+    counts = have.tolist() if ds.as_given else lt_counts(int(have.max()), ds.num_classes, imb)  # IMBALANCECIFAR (§7)
+    check_split(ds.train_y, counts, [0] * len(counts), 'acr', ds.class_names, fix='raise --imb (a steeper profile) or use --folder-counts as-given')
     idx = lt_subset(ds.train_y, counts, seed=0)
     to = lambda x, dt=None: torch.as_tensor(x, dtype=dt).to(device)  # noqa: E731
     return (np.array(counts), to(ds.train_x[idx]), to(ds.train_y[idx], torch.long), to(ds.test_x),
@@ -263,13 +276,18 @@ def load_cifar(name, root):
             _hwc_to_nchw(te.data), np.asarray(te.targets, np.int64))
 
 
+def _resize(pil, size):
+    """PIL bilinear Resize((size, size)) of an RGB image -> uint8 CHW (the whole image, squashed: ACR's STL resize)."""
+    from PIL import Image
+    return np.asarray(pil.resize((size, size), Image.BILINEAR)).transpose(2, 0, 1)
+
+
 def _resize32(x_nchw):
     """PIL bilinear Resize((32,32)) once at load time, as ACR's STL transforms do per image."""
     from PIL import Image
     out = np.empty((len(x_nchw), 3, 32, 32), np.uint8)
     for i, im in enumerate(x_nchw):
-        pil = Image.fromarray(im.transpose(1, 2, 0)).resize((32, 32), Image.BILINEAR)
-        out[i] = np.asarray(pil).transpose(2, 0, 1)
+        out[i] = _resize(Image.fromarray(im.transpose(1, 2, 0)), 32)
     return out
 
 
@@ -431,6 +449,165 @@ def make_synthetic(n_per_class=600, n_test=50, num_classes=10, size=32, seed=0):
     tx, ty, tb = gen(n_per_class)
     vx, vy, vb = gen(n_test)
     return Dataset('synthetic', tx, ty, vx, vy, num_classes, *STATS['synthetic'], train_boxes=tb, test_boxes=vb)
+
+
+# ------------------------------------------------------------------------------------------------
+# folder: the user's own image folder (torchvision ImageFolder layout), decoded once, held like the others
+# ------------------------------------------------------------------------------------------------
+
+FOLDER_LAYOUT = 'DIR/train/<class>/<images>, DIR/test/<class>/<images> (or val/), optionally DIR/unlabeled/<images>'
+IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')   # torchvision's
+
+
+@dataclass
+class FolderLayout:
+    """The files of an image folder; classes numbered head to tail (training count descending, ties by name),
+    as ACR re-indexes ImageNet-127, so that class 0 is the head wherever the code assumes it (the LT profiles,
+    the head/tail halves)."""
+    root: str
+    classes: list      # class names, head -> tail
+    train: list        # per class: its image paths, sorted
+    test: list
+    unlabeled: list    # image paths under DIR/unlabeled/, or None without that folder
+    notes: list
+
+
+def _images_under(d):
+    """Image files under d, recursively, in sorted order, links followed (torchvision ImageFolder); other files
+    and hidden ones are not images."""
+    out = []
+    for top, dirs, files in os.walk(d, followlinks=True):
+        dirs[:] = sorted(x for x in dirs if not x.startswith('.'))
+        out += [os.path.join(top, f) for f in sorted(files)
+                if f.lower().endswith(IMG_EXTENSIONS) and not f.startswith('.')]
+    return out
+
+
+def _class_folders(d):
+    """{class name: image paths} of the class folders of d; a stray file or an empty class is an error."""
+    names = sorted(e for e in os.listdir(d) if not e.startswith('.'))
+    stray = next((e for e in names if not os.path.isdir(os.path.join(d, e))), None)
+    if stray:
+        raise DataError(f'{os.path.join(d, stray)} is not inside a class folder: {d} holds one folder per class '
+                        f'({FOLDER_LAYOUT})')
+    classes = {c: _images_under(os.path.join(d, c)) for c in names}
+    empty = next((c for c, files in classes.items() if not files), None)
+    if empty:
+        raise DataError(f'class {empty!r} has no images in {os.path.join(d, empty)} (.jpg, .png, ...); add images '
+                        f'or remove the folder')
+    return classes
+
+
+def folder_layout(root):
+    """List (decode nothing) and check an image folder: train/ and test/ (or val/) with the same classes, at least
+    two, none empty; an unlabeled/ folder, when present, not empty. Raises DataError naming the class or folder."""
+    train_dir, unl_dir = os.path.join(root, 'train'), os.path.join(root, 'unlabeled')
+    test_dirs = [os.path.join(root, d) for d in ('test', 'val') if os.path.isdir(os.path.join(root, d))]
+    if not os.path.isdir(train_dir) or not test_dirs:
+        missing = train_dir if not os.path.isdir(train_dir) else os.path.join(root, 'test')
+        raise DataError(f'{missing} not found: --dataset folder reads {FOLDER_LAYOUT} (--data-dir DIR)')
+    train, test = _class_folders(train_dir), _class_folders(test_dirs[0])
+    if len(train) < 2:
+        raise DataError(f'{train_dir} holds {len(train)} class folder(s); a classifier needs at least 2')
+    for c in sorted(set(test) - set(train)):
+        raise DataError(f'class {c!r} of {test_dirs[0]} is missing from {train_dir}: the model cannot learn it; add '
+                        f'its training images or remove it from {test_dirs[0]}')
+    for c in sorted(set(train) - set(test)):
+        raise DataError(f'class {c!r} has no folder in {test_dirs[0]}, so its accuracy cannot be measured; add its '
+                        f'test images')
+    unlabeled = _images_under(unl_dir) if os.path.isdir(unl_dir) else None
+    if unlabeled == []:
+        raise DataError(f'{unl_dir} holds no images (.jpg, .png, ...); add the unlabeled images or remove the folder')
+    classes = sorted(train, key=lambda c: (-len(train[c]), c))
+    notes = [f'{test_dirs[0]} is the test set; {test_dirs[1]} is not read'] if len(test_dirs) > 1 else []
+    return FolderLayout(root, classes, [train[c] for c in classes], [test[c] for c in classes], unlabeled, notes)
+
+
+def available_memory(device=None):
+    """Bytes free for the decoded images: the GPU's free memory (CUDA), else the host's available RAM."""
+    if device is not None and device.type == 'cuda':
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open('/proc/meminfo') as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith('MemAvailable:'))
+    except (OSError, StopIteration, ValueError):
+        return os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+
+
+def check_fits(root, n_images, size, device=None):
+    """Before decoding: n_images uint8 images of 3 x size x size must fit the host (the decoded arrays) and the
+    device (the training tensors; on the CPU these are a second copy in the same RAM, so twice the bytes)."""
+    need = n_images * 3 * size * size
+    cuda = device is not None and device.type == 'cuda'
+    checks = [('host RAM', None, need if cuda else 2 * need)] + ([(f'{device} memory', device, need)] if cuda else [])
+    for where, dev, nbytes in checks:
+        free = available_memory(dev)
+        if nbytes > free:
+            raise DataError(f'{root}: {n_images:,} images at {size} px are {nbytes / 2 ** 30:.1f} GiB as uint8'
+                            f'{"" if cuda else " (decoded arrays + training tensors)"}, more than the '
+                            f'{free / 2 ** 30:.1f} GiB available in {where}; use --img-size 32 or fewer images')
+
+
+def _decode(path, size):
+    """One image -> uint8 CHW RGB at size x size. JPEGs decode at the smallest DCT scale still >= size (PIL draft:
+    the resize reads fewer pixels, ~8x faster on photos); any mode (L, RGBA, P, CMYK) becomes RGB."""
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            im.draft('RGB', (size, size))
+            return _resize(im.convert('RGB'), size)
+    except Exception as e:  # noqa: BLE001  PIL: UnidentifiedImageError, 'image file is truncated' (OSError), ...
+        why = (str(e).splitlines() or [''])[0][:80]
+        raise DataError(f'{path} cannot be decoded ({type(e).__name__}: {why}); replace or delete it') from None
+
+
+def decode_images(paths, size, workers=None):
+    """uint8 [N, 3, size, size], decoded once in threads (PIL releases the GIL while it decodes); the first file
+    that fails, in path order, raises DataError."""
+    from concurrent.futures import ThreadPoolExecutor
+    out = np.empty((len(paths), 3, size, size), np.uint8)
+    with ThreadPoolExecutor(workers or min(16, os.cpu_count() or 1)) as pool:
+        for i, x in enumerate(pool.map(lambda p: _decode(p, size), paths)):
+            out[i] = x
+    return out
+
+
+def image_stats(x, chunk=4096):
+    """Per-channel mean and std (population) of uint8 NCHW images in [0, 1], summed in chunks (no float copy)."""
+    s, s2 = np.zeros(3), np.zeros(3)
+    for i in range(0, len(x), chunk):
+        c = x[i:i + chunk].astype(np.float64) / 255
+        s, s2 = s + c.sum((0, 2, 3)), s2 + (c * c).sum((0, 2, 3))
+    n = x.shape[0] * x.shape[2] * x.shape[3]
+    mean = s / n
+    return tuple(mean.round(6).tolist()), tuple(np.sqrt(np.maximum(s2 / n - mean ** 2, 0)).round(6).tolist())
+
+
+def load_folder(root, size, with_unlabeled=True, counts='as-given', labeled_share=0.1, device=None):
+    """An image folder as a Dataset: classes head to tail (folder_layout), every image decoded once at size px,
+    mean/std from the training images. counts 'as-given' keeps the folder's class counts (lt_train_set and
+    ltssl_indices then subsample nothing); 'exp' lets them draw the exponential profile as on CIFAR. Without
+    unlabeled/, labeled_share of each class is labeled and the rest of train/ is the unlabeled set."""
+    lay = folder_layout(root)
+    unlabeled = lay.unlabeled if with_unlabeled else None
+    files = [f for fs in lay.train for f in fs] + [f for fs in lay.test for f in fs]
+    check_fits(root, len(files) + len(unlabeled or []), size, device)
+    per_class = lambda split: np.repeat(np.arange(len(lay.classes)), [len(f) for f in split])  # noqa: E731
+    train_x = decode_images([f for fs in lay.train for f in fs], size)
+    test_x = decode_images([f for fs in lay.test for f in fs], size)
+    extra = decode_images(unlabeled, size) if unlabeled else None
+    mean, std = image_stats(train_x)
+    return Dataset('folder', train_x, per_class(lay.train), test_x, per_class(lay.test), len(lay.classes), mean, std,
+                   extra_x=extra, notes=lay.notes, class_names=lay.classes, as_given=counts == 'as-given',
+                   labeled_share=None if lay.unlabeled is not None else labeled_share)
+
+
+def share_counts(labels, share, num_classes):
+    """Per class round(share * n_c) labeled, at least one (a class without labeled images would have prior 0,
+    log 0 in LA/ACR), the rest unlabeled: ACR's ImageNet-127 rule (imagenet127_split) for any share."""
+    have = np.bincount(np.asarray(labels), minlength=num_classes)
+    n = np.clip(np.around(have * share).astype(int), 1, have)
+    return n.tolist(), (have - n).tolist()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -604,15 +781,19 @@ class JpegEpochs:
 # Entry point
 # ------------------------------------------------------------------------------------------------
 
-DATASETS = ('cifar10', 'cifar100', 'stl10', 'svhn', 'fmnist', 'imagenet127', 'synthetic', 'imagenet_lt')
+DATASETS = ('cifar10', 'cifar100', 'stl10', 'svhn', 'fmnist', 'imagenet127', 'synthetic', 'imagenet_lt', 'folder')
 
 
-def load_dataset(name, data_dir='./datasets', img_size=32, with_unlabeled=True):
-    """Load a dataset as uint8 NCHW numpy arrays. Raises DataError with a one-line fix."""
+def load_dataset(name, data_dir='./datasets', img_size=32, with_unlabeled=True, *, counts='as-given',
+                 labeled_share=0.1, device=None):
+    """Load a dataset as uint8 NCHW numpy arrays. Raises DataError with a one-line fix.
+    counts, labeled_share, device: --dataset folder only (load_folder)."""
     if name == 'synthetic':
         return make_synthetic()
     if name == 'imagenet_lt':
         return load_imagenet_lt(data_dir)
+    if name == 'folder':
+        return load_folder(data_dir, img_size, with_unlabeled, counts, labeled_share, device)
     extra = None
     if name in ('cifar10', 'cifar100'):
         arrays = load_cifar(name, data_dir)
@@ -637,9 +818,9 @@ def dataset_present(name, data_dir, img_size=32):
              'svhn': 'train_32x32.mat', 'imagenet127': f'small_imagenet_127_{img_size}'}
     if name == 'synthetic' or (name == 'fmnist' and _find_fmnist(data_dir)):
         return True, ''
-    if name == 'imagenet_lt':
+    if name in ('imagenet_lt', 'folder'):
         try:
-            _imagenet_lt_lists(data_dir)
+            _imagenet_lt_lists(data_dir) if name == 'imagenet_lt' else folder_layout(data_dir)
         except DataError as e:
             return False, str(e)
         return True, ''

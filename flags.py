@@ -9,6 +9,9 @@ argparse types, so a bad value fails at parse time with one line that names the 
 """
 import argparse
 import importlib.util
+import itertools
+import json
+import os
 import sys
 
 import bem
@@ -37,12 +40,17 @@ DEFAULTS = {
     'dataset': ({'lt': 'cifar100', 'ltssl': 'cifar10'}, "ACR's CIFAR-10-LT; the jitter paper's CIFAR-100-LT"),
     'model': ({'imagenet_lt': 'ride', 'lt': 'resnet32', 'imagenet127': 'resnet50', 'ltssl': 'wrn'},
               f'{ACR} (WRN-28-2; ResNet-50 on Small-ImageNet-127); {LT42}; {LT45}'),
-    'img_size': ({'imagenet_lt': 224, '': 32}, f'{LT45}; ACR Small-ImageNet-127 at 32 px'),
+    'img_size': ({'imagenet_lt': 224, '': 32}, f'{LT45}; ACR Small-ImageNet-127 at 32 px (a folder: 32 or 64)'),
     'workers': (Auto('CPUs - 1, at most 16'), 'engineering'),
     'data_dir': ('./datasets', 'engineering'),
+    'folder_counts': ({'folder': 'as-given'}, "the user's data: a folder is long-tailed as it is; exp draws the "
+                      "CIFAR profile of --n1/--m1/--imb-l (ltssl) or --imb (lt) from it"),
+    'labeled_share': ({'folder ltssl': 0.1}, 'ACR get_smallimagenet: 10 % of each class labeled, the rest unlabeled '
+                      '(ImageNet-127, the set ACR takes as long-tailed as given)'),
     'out': (Auto('runs/NAME, NAME built from the arguments'), 'engineering'),
     'runs_dir': ('runs', 'engineering'),
     'resume': (False, 'engineering'),
+    'args_from': (Auto('none: every value from the flags and this table'), 'engineering'),
     'seed': (0, f'{ACR} --seed'),
     'device': ('auto', 'engineering: cuda when visible'),
     'check_data': (False, 'engineering'),
@@ -108,8 +116,8 @@ DEFAULTS = {
     'progress': (Auto('on when stderr is a terminal'), 'engineering'),
     'tensorboard': (False, 'engineering'),
 }
-LTSSL_DATA = ('cifar10', 'cifar100', 'stl10', 'svhn', 'fmnist', 'imagenet127', 'synthetic')
-LT_DATA = ('cifar10', 'cifar100', 'fmnist', 'imagenet_lt', 'synthetic')
+LTSSL_DATA = ('cifar10', 'cifar100', 'stl10', 'svhn', 'fmnist', 'imagenet127', 'synthetic', 'folder')
+LT_DATA = ('cifar10', 'cifar100', 'fmnist', 'imagenet_lt', 'synthetic', 'folder')
 _SAY = {'': 'otherwise', 'bem': 'with --bem', 'acr': 'with --alg acr'}
 
 
@@ -173,12 +181,19 @@ def build_parser():
         return p.add_argument(*flags, help=text, **kw)
     a('--task', choices=['ltssl', 'lt'])
     a('--dataset', choices=LTSSL_DATA + ('imagenet_lt',), help=f'ltssl: {"|".join(LTSSL_DATA)}; lt: {"|".join(LT_DATA)}')
-    a('--img-size', type=int, help='imagenet127: 32 or 64; imagenet_lt: crop size; 32 for the CIFAR-size sets')
+    a('--img-size', type=int, help='imagenet127, folder: 32 or 64; imagenet_lt: crop size; 32 for the CIFAR-size sets')
     a('--workers', type=NAT, help='imagenet_lt: JPEG-decoding DataLoader workers')
-    a('--data-dir')
+    a('--data-dir', help='folder: DIR with train/<class>/, test/<class>/ (or val/), optionally unlabeled/')
+    a('--folder-counts', choices=['as-given', 'exp'], help='folder: keep the class counts as they are, or draw the '
+      'exponential profile of --n1/--m1/--imb-l (ltssl) or --imb (lt) from them (classes ordered head to tail)')
+    a('--labeled-share', type=_checked(float, lambda v: 0 < v <= 1, 'in (0,1]'), help='folder without unlabeled/ '
+      '(ltssl): the labeled share of each class (at least one image); the rest of train/ is the unlabeled set, its '
+      'labels hidden')
     a('--out', help='run directory')
     a('--runs-dir')
     a('--resume', action='store_true')
+    a('--args-from', metavar='RUN_DIR', help="re-run a recorded run: every value of RUN_DIR/args.json (or the file "
+      "given); a flag given beside it overrides that value; --out is not taken over (default: a new runs/NAME)")
     a('--seed', type=_checked(int, lambda v: 0 <= v < 2 ** 32, 'in [0, 2^32)'))
     a('--device', choices=['auto', 'cpu', 'cuda'])
     a('--check-data', action='store_true', help='only check that the dataset is present; exit 0 or 2')
@@ -287,13 +302,19 @@ def resolve(args, given=()):
     then what reads them), then validate. Raises UsageError.
 
     given: dests of the flags on the command line (given_flags); one that changes nothing in this run is refused."""
-    for dest, (value, _) in DEFAULTS.items():
-        if isinstance(value, dict) and getattr(args, dest) is None:
-            setattr(args, dest, next((v for when, v in value.items() if _holds(when, args)), None))
+    fill(args)
     validate(args)                # first: its messages are the more specific ones (e.g. ImageNet-LT needs RIDE)
     check_scope(args, given)
     if args.task == 'lt' and args.delta_fixed is not None and args.delta_fixed_from is None:
         args.delta_fixed_from = drw_epoch(args)   # single expert: 350 (§4.2); RIDE: DRW (jitter.md §7 #7)
+    return args
+
+
+def fill(args):
+    """The table's run-dependent defaults, in table order, where no value is set yet."""
+    for dest, (value, _) in DEFAULTS.items():
+        if isinstance(value, dict) and getattr(args, dest) is None:
+            setattr(args, dest, next((v for when, v in value.items() if _holds(when, args)), None))
     return args
 
 
@@ -321,6 +342,28 @@ def _lt(a):
 
 def _ssl(a):
     return _ltssl(a) and a.alg != 'supervised'
+
+
+def _folder(a):
+    return a.dataset == 'folder'
+
+
+def _unlabeled_dir(a):   # a folder's unlabeled/ IS the unlabeled set: nothing is drawn for it
+    return _folder(a) and os.path.isdir(os.path.join(a.data_dir, 'unlabeled'))
+
+
+def _profile(a):   # the exponential profile is drawn (every set but a folder taken as given)
+    return not _folder(a) or a.folder_counts == 'exp'
+
+
+def split_fixes(a):
+    """What makes the LTSSL labeled / unlabeled set larger, for the batch-size messages: the profile's flags, a
+    folder's --labeled-share, or more images in the folder itself."""
+    if _unlabeled_dir(a):
+        return ('raise --n1' if _profile(a) else f'add images to {a.data_dir}/train'), f'add images to {a.data_dir}/unlabeled'
+    if _profile(a):
+        return 'raise --n1', 'raise --m1'
+    return 'raise --labeled-share', 'lower --labeled-share'
 
 
 def _mixing(a):   # a mixing partner per strong view: BEM's CamMix, or a mixing baseline (SSL only)
@@ -361,9 +404,14 @@ _ABC = ('--alg abc (--task ltssl)', lambda a: _ltssl(a) and a.alg == 'abc')
 _RIDE = ('--model ride (--task lt)', lambda a: _lt(a) and a.model == 'ride')
 _JITTER = ('a jitter sampler (--task lt, --sampler jitter1|jitter2|jitter-noreplace)',
            lambda a: _lt(a) and a.sampler in ('jitter1', 'jitter2', 'jitter-noreplace'))
+_N_PROFILE = ('--task ltssl, on a folder with --folder-counts exp', lambda a: _ltssl(a) and _profile(a))
+_M_PROFILE = ('--task ltssl, on a folder with --folder-counts exp and no DIR/unlabeled/ (that folder is the '
+              'unlabeled set as it is)', lambda a: _ltssl(a) and _profile(a) and not _unlabeled_dir(a))
 SCOPE = {
     'iters': _LTSSL, 'epoch_steps': _LTSSL, 'mu': _LTSSL, 'ema': _LTSSL, 'threshold': _LTSSL, 'alg': _LTSSL,
-    'n1': _LTSSL, 'm1': _LTSSL, 'imb_l': _LTSSL, 'imb_u': _LTSSL, 'setting': _LTSSL, 'split': _LTSSL,
+    'n1': _N_PROFILE, 'imb_l': _N_PROFILE, 'm1': _M_PROFILE, 'imb_u': _M_PROFILE, 'setting': _M_PROFILE,
+    'split': ('--task ltssl, on a folder without DIR/unlabeled/ (that folder is the unlabeled set as it is)',
+              lambda a: _ltssl(a) and not _unlabeled_dir(a)),
     'bem': _BEM, 'mix': _BEM, 'bank': _MIX, 'ess': _BANK, 'esm': _BANK, 'ecb_scope': _ECB,
     'ecb': ('mixing (--task ltssl, an SSL --alg, with --bem or --mix), or --ecb-scope all (ECB on every unlabeled '
             'term)', _ecb_place),
@@ -379,13 +427,17 @@ SCOPE = {
                  (_bank_mixing(a) or _ecb_acts(a))),
     'mix_views': ('mixing with two strong views (--task ltssl, --bem or --mix, --alg acr or abc with --abc-views >= 2)',
                   lambda a: _mixing(a) and _views(a) >= 2),
-    'epochs': _LT, 'imb': _LT, 'iters_per_epoch': _LT, 'sampler': _LT, 'loss': _LT, 'lr_steps': _LT,
+    'epochs': _LT, 'iters_per_epoch': _LT,
+    'imb': ('--task lt, on a folder with --folder-counts exp', lambda a: _lt(a) and _profile(a)), 'sampler': _LT, 'loss': _LT, 'lr_steps': _LT,
     'group_l2norm': ('--model resnet32 (--task lt)', lambda a: _lt(a) and a.model == 'resnet32'),
     'experts': _RIDE, 'reduce': _RIDE,
     'ride_stage1': ('--loss ride (--task lt)', lambda a: _lt(a) and a.loss == 'ride'),
     'jitter_alpha': _JITTER, 'jitter_beta': _JITTER, 'jitter_gamma': _JITTER, 'delta_fixed': _JITTER,
     'delta_fixed_from': _JITTER,
     'workers': ('--dataset imagenet_lt (--task lt)', lambda a: a.dataset == 'imagenet_lt'),
+    'folder_counts': ('--dataset folder', _folder),
+    'labeled_share': ('--task ltssl --dataset folder --folder-counts as-given without DIR/unlabeled/ (that folder is '
+                      'the unlabeled set)', lambda a: _ltssl(a) and _folder(a) and not _profile(a) and not _unlabeled_dir(a)),
 }
 
 
@@ -414,8 +466,8 @@ def validate(args):
     _need(args.model in models, f'unknown model {args.model!r} for --task {args.task}; choose one of {", ".join(models)}')
     if args.dataset == 'imagenet_lt':
         _need(args.img_size >= 32, f'--img-size must be >= 32 for ImageNet-LT, got {args.img_size}; RIDE uses 224')
-    elif args.dataset == 'imagenet127':
-        _need(args.img_size in (32, 64), f'--img-size must be 32 or 64 for imagenet127, got {args.img_size}')
+    elif args.dataset in ('imagenet127', 'folder'):
+        _need(args.img_size in (32, 64), f'--img-size must be 32 or 64 for {args.dataset}, got {args.img_size}')
     else:
         _need(args.img_size == 32, f'--img-size {args.img_size} does not apply to {args.dataset} (32 px); drop it')
     _need(not args.tensorboard or importlib.util.find_spec('tensorboard') is not None,
@@ -469,10 +521,102 @@ def drw_epoch(args):
 
 
 def run_name(args):
-    parts = [args.task, args.dataset, args.alg if args.task == 'ltssl' else args.model]
+    """runs/NAME: the task, the data (a folder by its own name), the method, the split or profile, the seed."""
+    data = f'folder-{os.path.basename(os.path.normpath(args.data_dir))}' if _folder(args) else args.dataset
+    parts = [args.task, data, args.alg if args.task == 'ltssl' else args.model]
     if args.task == 'ltssl':
-        parts += [f'n{args.n1}', f'm{args.m1}', f'g{args.imb_l:g}', args.setting]
+        if _profile(args):
+            parts += [f'n{args.n1}', f'm{args.m1}', f'g{args.imb_l:g}', args.setting]
+        else:
+            parts += ['unlabeled' if _unlabeled_dir(args) else f'share{args.labeled_share:g}']
         parts += ['bem'] if args.bem else ([f'mix-{args.mix}'] if args.mix != 'none' else [])
     else:
-        parts += [args.sampler, f'imb{args.imb:g}']
+        parts += [args.sampler] + ([f'imb{args.imb:g}'] if _profile(args) else [])
     return '_'.join(parts + [f'seed{args.seed}'])
+
+
+# ------------------------------------------------------------------------------------------------
+# --args-from: a recorded run again, with every value it had; a flag given beside it overrides that value
+# ------------------------------------------------------------------------------------------------
+
+FRESH = ('out', 'resume', 'args_from', 'check_data')   # never taken over: a re-run is a new run directory
+
+
+def recorded_args(path):
+    """RUN_DIR/args.json (or the file given) -> {dest: value}, each value checked by its flag's type and choices."""
+    f = os.path.join(path, 'args.json') if os.path.isdir(path) else path
+    try:
+        with open(f) as fh:
+            rec = json.load(fh)
+    except (OSError, ValueError) as e:
+        raise UsageError(f'--args-from {path}: {f} is unreadable ({type(e).__name__}); give a run directory of '
+                         f'train.py or its args.json') from None
+    acts = {act.dest: act for act in build_parser()._actions}
+    unknown = sorted(set(rec) - set(acts)) if isinstance(rec, dict) else ['(not a dict)']
+    if unknown:
+        raise UsageError(f'--args-from {path}: argument {unknown[0]!r} is unknown to this train.py (written by '
+                         f'another version); re-run it from that version (its git commit is in env.json)')
+    for k, v in rec.items():
+        act = acts[k]
+        if v is None:             # not set: the run's own default (fill) applies again
+            continue
+        try:
+            v = act.type(str(v)) if act.type is not None else v
+        except argparse.ArgumentTypeError as e:
+            raise UsageError(f'--args-from {path}: {k} {e}') from None
+        if act.choices is not None and v not in act.choices:
+            raise UsageError(f'--args-from {path}: {k} = {v!r} is not one of {", ".join(map(str, act.choices))}')
+        rec[k] = v
+    return rec
+
+
+def _resolved(values, base):
+    """resolve() of the parser's defaults + values as a dict (no scope check: values are not flags given here);
+    None if it is refused."""
+    try:
+        return vars(resolve(argparse.Namespace(**{**base, **values})))
+    except UsageError:
+        return None
+
+
+def _chosen(rec, base):
+    """The recorded values that the run's own defaults would not give: try leaving each out, last flag first, and
+    keep the run identical. So an override re-derives what depends on it (--alg fixmatch after an ACR run drops
+    ACR's tau1; --epochs moves the DRW epoch), while everything the run set stays set."""
+    target = _resolved(rec, base)
+    _need(target is not None and all(target[k] == v for k, v in rec.items()),
+          '--args-from: the recorded arguments do not resolve to themselves under this train.py; re-run it from '
+          'the version that wrote it (its git commit is in env.json)')
+    chosen = {k: v for k, v in rec.items() if v != base.get(k)}
+    for k in reversed([k for k in DEFAULTS if k in chosen]):
+        trial = {j: v for j, v in chosen.items() if j != k}
+        if _resolved(trial, base) == target:
+            chosen = trial
+    return chosen
+
+
+def _parse(argv, defaults):
+    p = build_parser()
+    p.set_defaults(**defaults)
+    return p.parse_args(argv)
+
+
+def rerun(path, argv):
+    """--args-from PATH: the recorded run's values as defaults under argv's flags, resolved. A recorded flag that
+    no longer applies (SCOPE: an override changed the task, model, algorithm ...) would change nothing: it is
+    dropped, with a note. Without --out the run goes to a new runs/NAME (NAME-2, NAME-3 ... when taken)."""
+    given = given_flags(argv)
+    rec = {k: v for k, v in recorded_args(path).items() if k not in FRESH}
+    chosen = {k: v for k, v in _chosen(rec, vars(_parse([], {}))).items() if k not in given}
+    run = fill(_parse(argv, chosen))
+    dropped = sorted(k for k in chosen if k in SCOPE and not SCOPE[k][1](run))
+    if dropped and os.environ.get('RANK', '0') == '0':
+        print(f'note: --args-from {path}: recorded {", ".join(f"{k}={chosen[k]!r}" for k in dropped)} dropped: '
+              f'{"it does" if len(dropped) == 1 else "they do"} not apply to this run', file=sys.stderr)
+    chosen = {k: v for k, v in chosen.items() if k not in dropped}
+    args = resolve(_parse(argv, chosen), given | set(chosen))
+    if args.out is None:
+        name = os.path.join(args.runs_dir, run_name(args))
+        args.out = next(d for d in (name if k == 1 else f'{name}-{k}' for k in itertools.count(1))
+                        if not os.path.exists(d))
+    return args

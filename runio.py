@@ -21,7 +21,7 @@ class UsageError(Exception):
 
 # Arguments that may differ between a run and its --resume (they do not change the result).
 RESUME_FREE = {'resume', 'out', 'device', 'compile', 'progress', 'runs_dir', 'data_dir', 'check_data',
-               'log_every', 'inject_nan', 'nan_policy', 'tensorboard'}
+               'log_every', 'inject_nan', 'nan_policy', 'tensorboard', 'args_from'}
 
 
 _UMASK = os.umask(0)
@@ -228,12 +228,17 @@ def read_metrics(run_dir, step, truncate=True):
     return keep
 
 
+def count_groups(counts):
+    """RIDE test.py's class groups by training images: many (>100), medium (20-100), few (<20) -> boolean masks."""
+    counts = np.asarray(counts)
+    return {'many': counts > 100, 'medium': (counts >= 20) & (counts <= 100), 'few': counts < 20}
+
+
 def head_stats(history, per_class, counts):
     """Summary statistics of one head: last, best, mean/median of the last 20 evaluations, and
     many (>100 training images) / medium (20-100) / few (<20) class means (RIDE test.py thresholds)."""
     h = np.asarray(history, dtype=float)
-    counts, pc = np.asarray(counts), np.asarray(per_class, dtype=float)
-    groups = {'many': counts > 100, 'medium': (counts >= 20) & (counts <= 100), 'few': counts < 20}
+    pc, groups = np.asarray(per_class, dtype=float), count_groups(counts)
     out = {'last': h[-1], 'best': h.max(), 'mean_last20': h[-20:].mean(), 'median_last20': float(np.median(h[-20:])),
            'per_class': pc.round(4).tolist()}
     for k, m in groups.items():

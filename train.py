@@ -37,7 +37,7 @@ import models
 import ride
 import runio
 import flags
-from flags import _need, build_parser, check_world, drw_epoch, given_flags, lr_steps, resolve, run_name
+from flags import _need, build_parser, check_world, drw_epoch, given_flags, lr_steps, rerun, resolve, run_name
 from runio import UsageError
 
 
@@ -83,10 +83,11 @@ class LTSSLTask:
         lab, unl, real, train_y, unl_x = data.ltssl_indices(ds, a.n1, a.m1, a.imb_l, a.imb_u, a.setting, a.split,
                                                             a.seed, supervised=not self.ssl)
         self.counts = np.bincount(train_y[lab], minlength=self.C)
+        grow_l, grow_u = flags.split_fixes(a)
         _need(len(lab) >= a.batch_size, f'--batch-size {a.batch_size} is larger than the labeled set ({len(lab)} '
-              f'images); lower --batch-size or raise --n1')
+              f'images); lower --batch-size or {grow_l}')
         _need(not self.ssl or len(unl) >= a.mu * a.batch_size, f'unlabeled batch {a.mu * a.batch_size} is larger '
-              f'than the unlabeled set ({len(unl)}); lower --mu/--batch-size or raise --m1')
+              f'than the unlabeled set ({len(unl)}); lower --mu/--batch-size or {grow_u}')
         to = lambda x, dt=None: torch.as_tensor(x, dtype=dt).to(dev)  # noqa: E731
         self.lab_x, self.lab_y = to(ds.train_x[lab]), to(train_y[lab], torch.long)
         self.unl_x, self.u_real = to(unl_x[unl]), to(real, torch.bool)
@@ -697,7 +698,8 @@ def accuracies(correct, total):
 
 def make_task(args, device, log, dist=None):
     ds = data.load_dataset(args.dataset, args.data_dir, args.img_size,
-                           with_unlabeled=(args.task == 'ltssl' and args.alg != 'supervised'))
+                           with_unlabeled=(args.task == 'ltssl' and args.alg != 'supervised'),
+                           counts=args.folder_counts, labeled_share=args.labeled_share, device=device)
     if args.task == 'ltssl':
         return LTSSLTask(args, ds, device, log, dist)
     return (ImageNetLTTask if ds.streaming else LTTask)(args, ds, device, log, dist)
@@ -795,7 +797,7 @@ def _error(e):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        args = resolve(args, given_flags(argv))
+        args = rerun(args.args_from, argv) if args.args_from else resolve(args, given_flags(argv))
         if args.check_data:
             ok, msg = data.dataset_present(args.dataset, args.data_dir, args.img_size)
             _need(ok, msg + '; see README "Datasets" for where the files go')

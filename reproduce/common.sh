@@ -22,6 +22,8 @@
 #   SEEDS=3           seeds 0..SEEDS-1; seeds are the outer loop, so a full table for seed 0 comes first
 #   ONLY=REGEX        run only cells whose "row/setting" matches (grep -E), e.g. ONLY=c10 or ONLY='^fixmatch\+acr'
 #                     (also the way to split one table over several GPUs: one ONLY per box)
+#   ROW=NAME          run only the row NAME, matched exactly (ROW=fixmatch+acr+bem), or one cell: ROW=NAME/SETTING;
+#                     it sets ONLY (not both). A finished cell is skipped as always: delete its run dir to train it again
 #   SMOKE=1           CPU pipeline check: synthetic data, a few steps, 1 seed, every row once;
 #                     writes runs/smoke/... and results/smoke/...
 #   DRY_RUN=1         print the commands, run nothing
@@ -43,6 +45,11 @@ SEEDS=${SEEDS:-3}
 SMOKE=${SMOKE:-0}
 DRY_RUN=${DRY_RUN:-0}
 ONLY=${ONLY:-}
+ROW=${ROW:-}
+if [ -n "$ROW" ]; then   # an exact row (or row/setting) name as an ONLY regex: every ERE metacharacter escaped
+  if [ -n "$ONLY" ]; then echo "reproduce: give ROW or ONLY, not both (ROW=$ROW, ONLY=$ONLY)" >&2; exit 2; fi
+  ONLY="^$(printf '%s' "$ROW" | sed 's/[][\.*^$+?(){}|]/\\&/g')$(case $ROW in */*) echo '$' ;; *) echo / ;; esac)"
+fi
 DATA_DIR=${DATA_DIR:-./datasets}
 RUNS=${RUNS:-runs}
 GPUS=${GPUS:-}
@@ -280,6 +287,10 @@ _report() {
 
 run_all() {
   _select
+  if [ "${#SEL[@]}" = 0 ] && [ -n "$ROW" ]; then
+    echo "[$TABLE] no row or cell named ROW=$ROW; rows: $(printf '%s\n' "${C_ROW[@]}" | awk '!s[$0]++' | paste -sd' ')" >&2
+    exit 2
+  fi
   if [ "${#SEL[@]}" = 0 ]; then echo "[$TABLE] no cell matches ONLY='$ONLY'" >&2; exit 2; fi
   echo "[$TABLE] ${#SEL[@]} cells x $SEEDS seeds -> $RUNS (SMOKE=$SMOKE)"
   _preflight
