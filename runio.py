@@ -3,6 +3,8 @@
 A run directory is always either complete (summary.json with "finished": true) or resumable
 (args.json + checkpoint): files are written to a temporary name and renamed into place.
 """
+import errno
+import fcntl
 import json
 import os
 import platform
@@ -29,18 +31,49 @@ os.umask(_UMASK)
 
 
 def atomic_write(path, data: bytes):
-    d = os.path.dirname(path) or '.'
-    fd, tmp = tempfile.mkstemp(dir=d, prefix='.tmp-')
-    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; run files should follow the umask like any file
+    tmp = _write_temp(path, data)
     try:
+        os.replace(tmp, path)
+    finally:
+        _discard(tmp)
+
+
+def _write_temp(path, data: bytes):
+    """`data` in a fsync'ed temporary file beside `path` (its name returned); a full disk is bad input (exit 2):
+    the temporary file is removed and `path` is untouched."""
+    d = os.path.dirname(path) or '.'
+    try:
+        fd, tmp = tempfile.mkstemp(dir=d, prefix='.tmp-')
+    except OSError as e:
+        raise_disk_full(e, path)
+        raise
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; run files should follow the umask like any file
         with os.fdopen(fd, 'wb') as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    except BaseException as e:
+        _discard(tmp)
+        if isinstance(e, OSError):
+            raise_disk_full(e, path)
+        raise
+    return tmp
+
+
+def _discard(tmp):
+    if os.path.exists(tmp):
+        os.unlink(tmp)
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def raise_disk_full(e, path):
+    """A full disk (or quota) while writing a run file -> UsageError; any other OSError is left to the caller."""
+    if isinstance(e, OSError) and e.errno in DISK_FULL:
+        raise UsageError(f'no space left on the device writing {path} ({os.strerror(e.errno)}); the last good '
+                         f'checkpoint is kept: free some space, then rerun with --resume') from None
 
 
 def write_json(path, obj):
@@ -88,32 +121,110 @@ def check_writable(path):
                          f'choose another --out') from None
 
 
+# What marks a directory as a run's (env.json alone does not: a kill can leave it before args.json is written).
+RUN_FILES = ('args.json', 'checkpoint.pt', 'checkpoint.prev.pt', 'metrics.jsonl', 'summary.json')
+CHECKPOINTS = ('checkpoint.pt', 'checkpoint.prev.pt')        # newest first
+
+
+def run_config(args_dict):
+    """The arguments that define a run's result (what args.json and every checkpoint must agree on)."""
+    return {k: v for k, v in args_dict.items() if k not in RESUME_FREE}
+
+
+def _first_diff(old, new):
+    return next((k for k in sorted(set(old) | set(new)) if k not in RESUME_FREE and old.get(k) != new.get(k)), None)
+
+
+def _present(run_dir):
+    return [f for f in RUN_FILES if os.path.exists(os.path.join(run_dir, f))]
+
+
 def prepare(run_dir, args_dict, resume):
-    """Validate the run directory against --resume. Returns True if a previous run exists."""
-    args_path = os.path.join(run_dir, 'args.json')
-    exists = os.path.exists(args_path)
-    if exists and not resume:
+    """Validate the run directory against --resume (reads only). Returns True if a previous run exists.
+
+    A directory holding a run's files is written over only by its own --resume: without --resume it is refused,
+    and so is one whose args.json is missing or unreadable (nothing could check that the run is the same)."""
+    present = _present(run_dir)
+    if present and not resume:
         raise UsageError(f'run directory {run_dir} already exists; pass --resume to continue it '
                          f'or --out to start a new one')
-    if exists:
-        try:
-            with open(args_path) as f:
-                old = json.load(f)
-        except (OSError, ValueError) as e:
-            raise UsageError(f'{args_path} is unreadable ({type(e).__name__}), so --resume cannot check the '
-                             f'arguments; restore it or start a new run with another --out') from None
-        diff = [k for k in sorted(set(old) | set(args_dict))
-                if k not in RESUME_FREE and old.get(k) != args_dict.get(k)]
-        if diff:
-            k = diff[0]
+    if present:
+        old = _read_args(run_dir, present)
+        k = _first_diff(old, args_dict)
+        if k is not None:
             raise UsageError(f'--resume of {run_dir} with different arguments: {k} was '
                              f'{old.get(k)!r}, now {args_dict.get(k)!r}; use the same flags or a new --out')
     check_writable(run_dir)
-    return exists
+    return bool(present)
 
 
-def create(run_dir, args_dict, env):
-    os.makedirs(run_dir, exist_ok=True)
+def _read_args(run_dir, present):
+    args_path = os.path.join(run_dir, 'args.json')
+    if 'args.json' not in present:
+        raise UsageError(f'{run_dir} holds {", ".join(present)} but no args.json, so --resume cannot check the '
+                         f'arguments; restore args.json, or start a new run with another --out')
+    old, why = None, 'not a JSON object'
+    try:
+        with open(args_path) as f:
+            old = json.load(f)
+    except (OSError, ValueError) as e:
+        why = type(e).__name__
+    if not isinstance(old, dict):
+        raise UsageError(f'{args_path} is unreadable ({why}), so --resume '
+                         f'cannot check the arguments; restore it or start a new run with another --out') from None
+    return old
+
+
+class RunLock:
+    """One process per run directory for the run's lifetime: fcntl.flock on RUN_DIR/.lock (the kernel drops it when
+    the process ends, kill -9 included, so a stale lock cannot block a --resume). The holder writes its pid into the
+    file, so that a second process is refused naming it."""
+
+    def __init__(self, run_dir):
+        self.run_dir, self.path, self.fd = run_dir, os.path.join(run_dir, '.lock'), None
+
+    def acquire(self):
+        """Take the lock if the directory exists (a no-op when held already); UsageError when another process holds it."""
+        if self.fd is not None or not os.path.isdir(self.run_dir):
+            return
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        except OSError as e:
+            raise_disk_full(e, self.path)
+            raise UsageError(f'cannot lock {self.run_dir} ({e.strerror} on {self.path}); choose another --out') from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode(errors='replace').strip() or 'unknown'
+            os.close(fd)
+            raise UsageError(f'run directory {self.run_dir} is in use by process {pid} (it holds {self.path}); wait '
+                             f'for it to end, or choose another --out') from None
+        self.fd = fd
+
+    def claim(self):
+        """This process now writes the directory: its pid goes into the lock file."""
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f'{os.getpid()}\n'.encode(), 0)
+
+    def release(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def create(run_dir, args_dict, env, lock, resuming):
+    """Make the run directory (under `lock`, re-checked there: another process may have started the same --out since
+    prepare), remove what a kill left, and write env.json and args.json (args.json last: it marks the run)."""
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+    except OSError as e:
+        raise_disk_full(e, run_dir)
+        raise
+    lock.acquire()
+    if not resuming and _present(run_dir):
+        raise UsageError(f'run directory {run_dir} was created by another process meanwhile; pass --resume to '
+                         f'continue it or --out to start a new one')
+    lock.claim()
     for f in os.listdir(run_dir):            # a kill inside atomic_write leaves its temporary file
         if f.startswith('.tmp-'):
             os.unlink(os.path.join(run_dir, f))
@@ -127,27 +238,59 @@ def create(run_dir, args_dict, env):
 # ------------------------------------------------------------------------------------------------
 
 def save_checkpoint(run_dir, state):
-    """Write checkpoint.pt atomically; the previous one is kept as checkpoint.prev.pt."""
+    """Write checkpoint.pt atomically; the previous one is kept as checkpoint.prev.pt. The new file is complete on
+    disk before the old ones move, so a full disk (exit 2) leaves both checkpoints as they were."""
     import io
     buf = io.BytesIO()
     torch.save(state, buf)
-    path, prev = os.path.join(run_dir, 'checkpoint.pt'), os.path.join(run_dir, 'checkpoint.prev.pt')
-    if os.path.exists(path):
-        os.replace(path, prev)
-    atomic_write(path, buf.getvalue())
+    path, prev = (os.path.join(run_dir, n) for n in CHECKPOINTS)
+    tmp = _write_temp(path, buf.getvalue())
+    try:
+        if os.path.exists(path):
+            os.replace(path, prev)
+        os.replace(tmp, path)
+    finally:
+        _discard(tmp)
 
 
-def load_checkpoint(run_dir, log=print):
-    """The newest readable checkpoint; a corrupt or truncated newest falls back to the previous one."""
-    for name in ('checkpoint.pt', 'checkpoint.prev.pt'):
+def _load_first(run_dir):
+    """(name, state, warnings) of the newest readable checkpoint; (None, None, warnings) when none is."""
+    warnings = []
+    for name in CHECKPOINTS:
         path = os.path.join(run_dir, name)
         if not os.path.exists(path):
             continue
         try:
-            return torch.load(path, map_location='cpu', weights_only=False)
+            return name, torch.load(path, map_location='cpu', weights_only=False), warnings
         except Exception as e:
-            log(f'warning: {path} is unreadable ({type(e).__name__}); trying the previous checkpoint')
-    return None
+            warnings.append(f'warning: {path} is unreadable ({type(e).__name__}); trying the previous checkpoint')
+    return None, None, warnings
+
+
+def load_checkpoint(run_dir, log=print):
+    """The newest readable checkpoint; a corrupt or truncated newest falls back to the previous one."""
+    _, state, warnings = _load_first(run_dir)
+    for w in warnings:
+        log(w)
+    return state
+
+
+def resume_state(run_dir, args_dict, log=print):
+    """The checkpoint --resume continues from (None: the run wrote none yet), checked before anything is written:
+    checkpoints that are all unreadable, or one written by another configuration, are refused (UsageError)."""
+    names = [n for n in CHECKPOINTS if os.path.exists(os.path.join(run_dir, n))]
+    name, state, warnings = _load_first(run_dir)
+    if names and state is None:
+        raise UsageError(f'no readable checkpoint in {run_dir} ({" and ".join(names)} unreadable), so it cannot '
+                         f'resume; restore a checkpoint, or start again with another --out')
+    saved = state.get('config') if isinstance(state, dict) else None
+    k = _first_diff(saved, run_config(args_dict)) if saved is not None else None
+    if k is not None:
+        raise UsageError(f'{os.path.join(run_dir, name)} belongs to another run: {k} is {saved.get(k)!r} there but '
+                         f'{args_dict.get(k)!r} in args.json; restore the run\'s own checkpoint or use another --out')
+    for w in warnings:
+        log(w)
+    return state
 
 
 # ------------------------------------------------------------------------------------------------
@@ -156,8 +299,13 @@ def load_checkpoint(run_dir, log=print):
 
 def append_metrics(run_dir, record, tb=None):
     """One evaluation record -> a line of metrics.jsonl (and the same record to TensorBoard when `tb` is given)."""
-    with open(os.path.join(run_dir, 'metrics.jsonl'), 'a') as f:
-        f.write(json.dumps(record, default=_json_default) + '\n')
+    path = os.path.join(run_dir, 'metrics.jsonl')
+    try:   # a full disk may leave a torn last line: read_metrics drops it on resume (no checkpoint covers it)
+        with open(path, 'a') as f:
+            f.write(json.dumps(record, default=_json_default) + '\n')
+    except OSError as e:
+        raise_disk_full(e, path)
+        raise
     if tb is not None:
         tb.write(record)
 
@@ -214,18 +362,41 @@ def per_class_figure(values, title):
     return fig          # add_figure closes it
 
 
-def read_metrics(run_dir, step, truncate=True):
-    """On resume: the evaluations up to the checkpoint's step. Later ones (logged after the checkpoint)
-    are dropped from the file -- they will be recomputed identically."""
+def read_metrics(run_dir, step, log=print):
+    """On resume: the evaluations up to the checkpoint's step. Later ones (logged after the checkpoint) are dropped
+    -- they will be recomputed identically (write_metrics puts the kept ones back). A torn last line is one of them:
+    append_metrics runs before its evaluation's checkpoint, so a kill or a full disk inside it leaves a line that no
+    checkpoint covers. A damaged line before the last is refused by name (UsageError): evaluations would be lost."""
     path = os.path.join(run_dir, 'metrics.jsonl')
     if not os.path.exists(path):
         return []
-    with open(path) as f:
-        recs = [json.loads(line) for line in f if line.strip()]
-    keep = [r for r in recs if r['step'] <= step]
-    if truncate:
-        atomic_write(path, ''.join(json.dumps(r) + '\n' for r in keep).encode())
-    return keep
+    with open(path, 'rb') as f:
+        lines = [(i + 1, line) for i, line in enumerate(f.read().split(b'\n')) if line.strip()]
+    recs = []
+    for i, line in lines:
+        rec = _record(line)
+        if rec is None and i == lines[-1][0]:
+            log(f'repaired {path}: dropped its torn last line {i} (an evaluation after the checkpoint, recomputed)')
+        elif rec is None:
+            raise UsageError(f'{path} is damaged at line {i} of {lines[-1][0]} (not an evaluation record), so --resume '
+                             f'would lose evaluations; restore the file, or start again with another --out')
+        else:
+            recs.append(rec)
+    return [r for r in recs if r['step'] <= step]
+
+
+def _record(line):
+    try:
+        rec = json.loads(line)
+    except ValueError:          # also a line cut inside a multi-byte character (UnicodeDecodeError)
+        return None
+    return rec if isinstance(rec, dict) and isinstance(rec.get('step'), int) else None
+
+
+def write_metrics(run_dir, records):
+    """metrics.jsonl rewritten (atomically) to hold `records`: the resumed run appends after them."""
+    atomic_write(os.path.join(run_dir, 'metrics.jsonl'),
+                 ''.join(json.dumps(r, default=_json_default) + '\n' for r in records).encode())
 
 
 def count_groups(counts):
@@ -328,7 +499,8 @@ def task_state(task):
     """The checkpoint entries every task has (a task adds its own: EMA, samplers, bank ...)."""
     return {'step': task.step, 'elapsed': task.elapsed, 'gen': task.gen.get_state(), 'opt': task.opt.state_dict(),
             'sched': task.sched.state_dict(), 'model': task.model.state_dict(), 'first_bad': task.first_bad,
-            'bad_terms': task.bad_terms, 'log_sums': task.log_sums, 'log_n': task.log_n}
+            'bad_terms': task.bad_terms, 'log_sums': task.log_sums, 'log_n': task.log_n,
+            'config': run_config(vars(task.args))}   # resume_state refuses a checkpoint of another run
 
 
 def seat_generator(gen, state, seed):

@@ -717,26 +717,51 @@ def train(args, log=print):
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     run_dir = args.out or os.path.join(args.runs_dir, run_name(args))
+    lock = runio.RunLock(run_dir)        # rank 0 holds it from the first check to the end of the run
+    try:
+        return _run(args, run_dir, lock, device, dist, write, log)
+    finally:
+        lock.release()
+
+
+def _run(args, run_dir, lock, device, dist, write, log):
+    """Every check (arguments against the run directory, the checkpoint, metrics.jsonl, the data) before the first
+    write, so that a refused run leaves the directory byte-for-byte as it was."""
     args_dict = {k: v for k, v in vars(args).items()}
     resuming = runio.prepare(run_dir, args_dict, args.resume)
+    if write:
+        lock.acquire()                    # a second process on the same --out stops here (or in create)
+    state = runio.resume_state(run_dir, args_dict, log) if resuming else None
+    history = runio.read_metrics(run_dir, state['step'] if state else 0, log) if resuming else []
     if dist is not None:
         torch.distributed.barrier()                      # every rank checked the run dir before rank 0 creates it
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     task = make_task(args, device, log, dist)    # loads data: a DataError leaves no run directory behind
-    if write:
-        runio.create(run_dir, args_dict, runio.env_record(device))
-    state = runio.load_checkpoint(run_dir, log) if resuming else None
     if state is not None:
-        task.load_state_dict(state)
+        _load_state(task, state, run_dir)
         log(f'resumed {run_dir} at step {task.step}')
-    history = runio.read_metrics(run_dir, task.step, truncate=write) if resuming else []
+    if write:
+        runio.create(run_dir, args_dict, runio.env_record(device), lock, resuming)
+        if resuming:
+            runio.write_metrics(run_dir, history)
     tb = runio.TensorBoard(run_dir, task.step + 1 if resuming else None) if write and args.tensorboard else None
     try:
         return loop(task, run_dir, history, args, log, write, tb)
     finally:
         if tb is not None:
             tb.close()
+
+
+def _load_state(task, state, run_dir):
+    """A checkpoint written before checkpoints recorded their configuration may still not fit: refused, not a
+    state_dict traceback."""
+    try:
+        task.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as e:
+        raise UsageError(f'the checkpoint in {run_dir} does not fit this run ({type(e).__name__}: '
+                         f'{str(e).splitlines()[0][:120] if str(e) else "?"}); restore the run\'s own checkpoint '
+                         f'or use another --out') from None
 
 
 def loop(task, run_dir, history, args, log, write=True, tb=None):

@@ -13,6 +13,7 @@ data/train are imported lazily: a broken module must not stop the other test fil
 """
 import copy
 import functools
+import hashlib
 import json
 import os
 import signal
@@ -166,3 +167,15 @@ def read_metrics(run_dir):
 def read_json(path):
     with open(path) as f:
         return json.load(f)
+
+
+def snapshot(d):
+    """{relative path: (size, mtime_ns, sha256)} of every file under d (the 'untouched' oracle)."""
+    out = {}
+    for base, _, files in os.walk(d):
+        for f in files:
+            p = os.path.join(base, f)
+            st = os.stat(p)
+            with open(p, 'rb') as fh:
+                out[os.path.relpath(p, d)] = (st.st_size, st.st_mtime_ns, hashlib.sha256(fh.read()).hexdigest())
+    return out

@@ -9,7 +9,6 @@ The tiny sizes are chosen so that a case whose validation were missing still fai
 """
 import argparse
 import contextlib
-import hashlib
 import io
 import os
 import pickle
@@ -25,7 +24,7 @@ import pytest
 import runio
 import flags
 import train
-from conftest import ROOT, patch_small_data
+from conftest import ROOT, patch_small_data, snapshot
 
 # LTSSL: WRN-28-1, labeled counts lt_counts(40, 10, 10) (159 images), unlabeled m1 80 -- fits the small
 # synthetic set (SYNTH, as conftest's end-to-end tests); 2 steps if a check were missing.
@@ -70,18 +69,6 @@ def assert_rejected(rc, err, key):
     assert 'Traceback' not in err, err
     assert len(lines) == 1, f'expected ONE stderr line, got {len(lines)}:\n{err}'
     assert key.lower() in lines[0].lower(), f'the message does not name {key!r}: {lines[0]}'
-
-
-def snapshot(d):
-    """{relative path: (size, mtime_ns, sha256)} of every file under d (the 'untouched' oracle)."""
-    out = {}
-    for base, _, files in os.walk(d):
-        for f in files:
-            p = os.path.join(base, f)
-            st = os.stat(p)
-            with open(p, 'rb') as fh:
-                out[os.path.relpath(p, d)] = (st.st_size, st.st_mtime_ns, hashlib.sha256(fh.read()).hexdigest())
-    return out
 
 
 def write_imagenet127(root, size=32, files=None, corrupt=None, px=None):

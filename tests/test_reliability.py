@@ -11,6 +11,7 @@ module start and run in the background while the tests proceed. A step hook in t
 the training step to the test (a shared integer, or a '@step N' line), so that signals land at known
 points; it does not touch what a step computes.
 """
+import errno
 import json
 import multiprocessing
 import os
@@ -28,7 +29,7 @@ import torch
 
 import runio
 import train
-from conftest import ROOT, TESTS, patch_small_data
+from conftest import ROOT, TESTS, patch_small_data, snapshot
 
 BASE = ['--dataset', 'synthetic', '--width', '1', '--batch-size', '8', '--n1', '40', '--m1', '80', '--imb-l', '10',
         '--no-progress', '--device', 'cpu']
@@ -337,8 +338,9 @@ def test_sigkill_mid_checkpoint_write_then_random_kills_ltssl_bem(refs, tmp_path
     os.kill(p.pid, signal.SIGKILL)
     p.join(TIMEOUT)
     files = set(os.listdir(out))
-    # save_checkpoint moved checkpoint.pt (step 2) to checkpoint.prev.pt, the step-4 one is still a temp file
-    assert 'checkpoint.prev.pt' in files and 'checkpoint.pt' not in files, files
+    # the step-4 checkpoint is still a temp file; save_checkpoint rotates only after it is complete, so
+    # checkpoint.pt (step 2) is where it was
+    assert 'checkpoint.pt' in files and 'checkpoint.prev.pt' not in files, files
     assert any(f.startswith('.tmp-') for f in files), files
     assert ckpt_step(out) == 2
     kill_cycles(BEM, out, random.Random(0), kills=2, period=2, total=15, start=2)  # ~ steps 9, 12
@@ -457,3 +459,216 @@ def test_nan_policy_skip_completes(tmp_path):
     state = runio.load_checkpoint(str(out))
     assert all(torch.isfinite(v).all() for v in state['model'].values() if v.is_floating_point())
     assert_no_tmp(out)
+
+
+# ------------------------------------------------------------------------------------------------
+# A run directory that defends itself: written over only by its own --resume (lock, checkpoints, args.json,
+# metrics.jsonl, a full disk). Each refusal: exit 2, one stderr line, no traceback, the directory byte-for-byte
+# unchanged; a repaired resume ends where the uninterrupted run (`finished`) ended.
+# ------------------------------------------------------------------------------------------------
+
+# checkpoints at steps 2 (checkpoint.prev.pt) and 4 (checkpoint.pt), evaluations at 2 and 4
+DIR = BASE + ['--iters', '4', '--eval-every', '2']
+
+
+@pytest.fixture(scope='module')
+def finished(tmp_path_factory):
+    out = tmp_path_factory.mktemp('finished') / 'run'
+    assert run_inproc(DIR, out) == 0
+    assert ckpt_step(out) == 4 and os.path.exists(out / 'checkpoint.prev.pt')
+    return out
+
+
+def _copy(finished, tmp_path):
+    out = tmp_path / 'run'
+    shutil.copytree(finished, out)
+    return out
+
+
+def refused(argv, out, capsys, key, before=None):
+    """train.main refuses: exit 2, one line on stderr naming `key`, nothing on stdout, `out` unchanged."""
+    before = snapshot(out) if before is None else before
+    capsys.readouterr()
+    rc = run_inproc(argv, out)
+    o, err = capsys.readouterr()
+    assert rc == 2, f'exit {rc}\n{o}\n{err}'
+    assert 'Traceback' not in o + err and len(err.strip().splitlines()) == 1, err
+    assert not o.strip(), o
+    assert key.lower() in err.lower(), err
+    assert snapshot(out) == before
+    return err
+
+
+def test_run_dir_locked_by_another_process_is_refused_naming_it(finished, tmp_path, capsys):
+    out = _copy(finished, tmp_path)
+    os.remove(out / 'summary.json')
+    holder = subprocess.Popen([sys.executable, '-c', 'import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR); '
+                               'fcntl.flock(fd, fcntl.LOCK_EX); os.pwrite(fd, b"%d\\n" % os.getpid(), 0); '
+                               'print("held", flush=True); sys.stdin.read()', str(out / '.lock')],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == 'held'
+        err = refused(DIR + ['--resume'], out, capsys, f'in use by process {holder.pid}')
+        assert str(out / '.lock') in err
+    finally:
+        holder.communicate('')
+    assert run_inproc(DIR + ['--resume'], out) == 0          # the holder gone, the lock is free (no stale lock)
+    assert_same_run(out, finished)
+
+
+def test_two_processes_on_one_out_exactly_one_trains(finished, tmp_path):
+    out = tmp_path / 'run'
+    procs = []
+    for _ in range(2):
+        procs.append(fork_run(DIR, out)[0])
+        wait_until(lambda: os.path.exists(procs[-1].log), procs[-1], 'its log')   # fork_run numbers logs by file
+    for p in procs:
+        p.join(TIMEOUT)
+    codes = sorted(p.exitcode for p in procs)
+    assert codes == [0, 2], [child_log(p) for p in procs]
+    # the loser's stdout may hold the dataset line (a fresh --out is locked once it exists, after the data load)
+    log = child_log(next(p for p in procs if p.exitcode == 2))
+    errors = [line for line in log.splitlines() if line.startswith('error:')]
+    assert 'Traceback' not in log and len(errors) == 1 and len(log.splitlines()) <= 2, log
+    assert any(k in errors[0] for k in ('in use by process', 'another process', 'already exists')), log
+    assert_same_run(out, finished)                 # one run's records only, none interleaved
+
+
+def test_both_checkpoints_unreadable_is_refused(finished, tmp_path, capsys):
+    out = _copy(finished, tmp_path)
+    for f in ('checkpoint.pt', 'checkpoint.prev.pt'):
+        with open(out / f, 'r+b') as fh:
+            fh.truncate(100)
+    os.remove(out / 'summary.json')
+    refused(DIR + ['--resume'], out, capsys, 'no readable checkpoint')
+    os.remove(out / 'checkpoint.prev.pt')                    # a zero-byte checkpoint, no previous one
+    (out / 'checkpoint.pt').write_bytes(b'')
+    refused(DIR + ['--resume'], out, capsys, 'checkpoint.pt unreadable')
+
+
+def test_missing_or_invalid_args_json_with_checkpoints_is_refused(finished, tmp_path, capsys):
+    out = _copy(finished, tmp_path)
+    os.remove(out / 'args.json')
+    os.remove(out / 'summary.json')
+    refused(DIR + ['--resume'], out, capsys, 'no args.json')
+    refused(DIR + ['--seed', '3'], out, capsys, '--resume')          # another seed, no --resume: not written over
+    (out / 'args.json').write_text('[1, 2]\n')                       # valid JSON, not a run's arguments
+    refused(DIR + ['--resume'], out, capsys, 'args.json')
+
+
+def test_checkpoint_of_another_configuration_is_refused(finished, tmp_path, capsys):
+    out = _copy(finished, tmp_path)
+    other = tmp_path / 'la'
+    assert run_inproc(BASE + ['--iters', '2', '--eval-every', '2', '--alg', 'la'], other) == 0
+    shutil.copy(other / 'checkpoint.pt', out / 'checkpoint.pt')      # same shapes: only the record tells them apart
+    os.remove(out / 'summary.json')
+    err = refused(DIR + ['--resume'], out, capsys, 'alg')
+    assert "'la'" in err and "'fixmatch'" in err
+    # a checkpoint without the record (an older version) whose state does not fit: ACR's second head
+    acr = tmp_path / 'acr'
+    assert run_inproc(BASE + ['--iters', '2', '--eval-every', '2', '--alg', 'acr'], acr) == 0
+    state = torch.load(acr / 'checkpoint.pt', weights_only=False)
+    del state['config']
+    torch.save(state, out / 'checkpoint.pt')
+    before = snapshot(out)
+    capsys.readouterr()
+    assert run_inproc(DIR + ['--resume'], out) == 2
+    o, err = capsys.readouterr()
+    assert 'Traceback' not in o + err and len(err.strip().splitlines()) == 1 and 'does not fit' in err, err
+    assert snapshot(out) == before
+
+
+def _torn(path, keep_lines):
+    """metrics.jsonl cut in the middle of the line after the first `keep_lines` lines."""
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b''.join(lines[:keep_lines]) + lines[keep_lines][:len(lines[keep_lines]) // 2])
+
+
+def test_torn_last_metrics_line_is_repaired_on_resume(finished, tmp_path, capsys):
+    """Killed inside the step-4 evaluation's append (before its checkpoint): checkpoint.pt is the step-2 one and
+    metrics.jsonl ends in half a line. --resume drops it, recomputes step 4 and ends as the uninterrupted run."""
+    out = _copy(finished, tmp_path)
+    os.replace(out / 'checkpoint.prev.pt', out / 'checkpoint.pt')
+    os.remove(out / 'summary.json')
+    _torn(out / 'metrics.jsonl', 1)
+    capsys.readouterr()
+    assert run_inproc(DIR + ['--resume'], out) == 0
+    o = capsys.readouterr().out
+    assert 'repaired' in o and 'line 2' in o, o
+    assert_same_run(out, finished)
+
+
+def test_damaged_metrics_line_before_the_last_is_refused(finished, tmp_path, capsys):
+    out = _copy(finished, tmp_path)
+    os.remove(out / 'summary.json')
+    lines = (out / 'metrics.jsonl').read_bytes().splitlines(keepends=True)
+    (out / 'metrics.jsonl').write_bytes(lines[0][:50] + b'\n' + lines[1])
+    refused(DIR + ['--resume'], out, capsys, 'line 1')
+
+
+class _FullDisk:
+    """os.fsync of a file above `size` bytes, and runio's appends to metrics.jsonl after `after` of them, fail with
+    ENOSPC (an append writes half its line first, as a filling disk does)."""
+
+    def __init__(self, mp, size, appends=None):
+        real_fsync, real_open = os.fsync, open
+        self.appends = 0
+
+        def fsync(fd):
+            if os.fstat(fd).st_size > size:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            real_fsync(fd)
+
+        def open_(path, mode='r', *a, **k):
+            f = real_open(path, mode, *a, **k)
+            if mode == 'a' and appends is not None:
+                self.appends += 1
+                if self.appends > appends:
+                    write = f.write
+
+                    def torn(text):
+                        write(text[:len(text) // 2])
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                    f.write = torn
+            return f
+        mp.setattr(os, 'fsync', fsync)
+        mp.setattr(runio, 'open', open_, raising=False)
+
+
+def _disk_full_run(argv, out, capsys, **full):
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as mp:
+        _FullDisk(mp, **full)
+        rc = run_inproc(argv, out)
+    o, err = capsys.readouterr()
+    assert rc == 2, f'exit {rc}\n{o}\n{err}'
+    assert 'Traceback' not in o + err and len(err.strip().splitlines()) == 1 and 'no space left' in err, err
+    assert_no_tmp(out)
+    return err
+
+
+def test_disk_full_exits_2_keeps_the_last_checkpoint_and_resumes(finished, tmp_path, capsys):
+    out = tmp_path / 'run'
+    # the step-4 checkpoint does not fit: checkpoint.pt stays the step-2 one
+    err = _disk_full_run(DIR, out, capsys, size=10 ** 9, appends=1)      # the step-4 metrics line is torn
+    assert 'metrics.jsonl' in err
+    assert ckpt_step(out) == 2
+    # --resume while the disk is still full (the small JSON files fail too): refused, the run unchanged
+    before = {k: v for k, v in snapshot(out).items() if k != '.lock'}
+    _disk_full_run(DIR + ['--resume'], out, capsys, size=0)
+    assert {k: v for k, v in snapshot(out).items() if k != '.lock'} == before
+    assert run_inproc(DIR + ['--resume'], out) == 0           # space is back
+    assert_same_run(out, finished)
+
+
+def test_disk_full_during_a_checkpoint_keeps_both_checkpoints(finished, tmp_path, capsys):
+    out = _copy(finished, tmp_path)
+    os.remove(out / 'summary.json')
+    os.replace(out / 'checkpoint.prev.pt', out / 'checkpoint.pt')     # resume from step 2
+    runio.write_metrics(str(out), read_metrics(out)[:1])
+    before = snapshot(out / 'checkpoint.pt')
+    err = _disk_full_run(DIR + ['--resume'], out, capsys, size=100_000)   # every checkpoint write fails
+    assert 'checkpoint.pt' in err
+    assert snapshot(out / 'checkpoint.pt') == before and not os.path.exists(out / 'checkpoint.prev.pt')
+    assert run_inproc(DIR + ['--resume'], out) == 0
+    assert_same_run(out, finished)
