@@ -117,3 +117,20 @@ def test_plugin_calls_equal_train_step(alg, monkeypatch):
         assert torch.allclose(getattr(a.bem, k).double(), getattr(b.bem, k).double(), rtol=1e-6), k
     for p, q in zip(a.model.parameters(), b.model.parameters()):
         assert torch.allclose(p, q, rtol=1e-5, atol=1e-7)
+
+
+def test_readme_loops_are_the_examples_code():
+    """The README's two loops are cut from the examples (dedented), so they cannot drift from the code that runs."""
+    import re
+    import textwrap
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    readme = open(os.path.join(root, 'README.md'), encoding='utf-8').read()
+    sec = readme[readme.index('## Use BEM / jitter sampling in your own code'):]
+    blocks = re.findall(r'```python\n(.*?)```', sec[:sec.index('\n## ', 5)], re.S)
+    assert len(blocks) == 2
+    for block, name in zip(blocks, ('fixmatch_bem.py', 'lt_jitter.py')):
+        src = open(os.path.join(root, 'examples', name), encoding='utf-8').read().split('\n')
+        first = block.split('\n')[0]
+        i = next(k for k, line in enumerate(src) if line.strip() == first.strip())
+        n = block.rstrip('\n').count('\n') + 1
+        assert textwrap.dedent('\n'.join(src[i:i + n])) == block.rstrip('\n'), name
