@@ -105,6 +105,7 @@ def test_plugin_calls_equal_train_step(alg, monkeypatch):
         return out
     monkeypatch.setattr(a.bem, 'before_forward', spy)
     a.log_sums = {}
+    a.opt.zero_grad(set_to_none=True)   # what train_step does before the step's math
     a.math_step(r)
     mixed, mixes, logs = _user_step(b, r)
     assert torch.equal(seen['mixed'], mixed) and not torch.equal(mixed, b.unl_x[r['iu']].repeat(b.V, 1, 1, 1))
