@@ -428,7 +428,8 @@ def report(res, args):
         print(line)
 
 
-BREAKDOWN = {'augmentation': 'augmentation', 'bem_draw_mix': 'BEM draw+mix', 'fwd_bwd': 'fwd+bwd',
+BREAKDOWN = {'augmentation': 'augmentation', 'bem_draw_mix': 'BEM draw+mix', 'forward': 'forward+loss',
+             'backward': 'guard+backward',
              'opt_ema': 'optimiser+EMA', 'bem_update': 'BEM update'}
 
 

@@ -174,12 +174,12 @@ def stage_speed(c):
                              else ''])
         b = r['breakdown']
         brk.append([r['name'], r['mu'] or '-'] + [f'{b.get(k, 0.0):.2f}' for k in
-                   ('augmentation', 'bem_draw_mix', 'fwd_bwd', 'opt_ema', 'bem_update')]
+                   ('augmentation', 'bem_draw_mix', 'forward', 'backward', 'opt_ema', 'bem_update')]
                    + [f'{r["eval_ms_per_10k"]:.0f}'])
     c.md += [_table(['config', 'mu', 'pipeline', 'ms/step', 'img/s', '(b)/row', 'TFLOP/s', '% bf16 peak',
                      'peak MiB', 'compile s'], rows), '',
              'Breakdown of (a) eager, ms/step (synchronised around each piece):', '',
-             _table(['config', 'mu', 'augmentation', 'BEM draw+mix', 'fwd+bwd', 'optimiser+EMA', 'BEM update',
+             _table(['config', 'mu', 'augmentation', 'BEM draw+mix', 'forward+loss', 'guard+backward', 'optimiser+EMA', 'BEM update',
                      'eval ms/10k img'], brk), '']
     if c.speed.get('skipped'):
         c.md += ['Skipped by the budget: ' + ', '.join(c.speed['skipped']), '']
