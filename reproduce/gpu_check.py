@@ -302,8 +302,9 @@ def _isnum(s):
 # ================================================================================================
 
 def fmnist_lt_size(gamma=100, n_max=6000, C=10):
-    """Training images of Fashion-MNIST-LT under the LDAM construction (n_k = int(n_max gamma^(-k/(C-1))))."""
-    return sum(int(n_max * gamma ** (-k / (C - 1))) for k in range(C))
+    """Training images of Fashion-MNIST-LT: the counts data.py builds (data.lt_counts, IMBALANCECIFAR's formula)."""
+    import data  # here, not at the top: the orchestrator itself stays free of torch
+    return sum(data.lt_counts(n_max, C, gamma))
 
 
 def fidelity_plan(c, avail):

@@ -11,18 +11,18 @@ import sys
 
 import matplotlib
 import numpy as np
-import torch
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+import data  # noqa: E402
 import jitter as J  # noqa: E402
 
 
 def lt_counts(n_max, C, imb=100):
-    """Cao et al. CIFAR-LT: n_i = int(n_max imb^{-i/(C-1)})."""
-    return np.array([int(n_max * (1 / imb) ** (i / (C - 1))) for i in range(C)], dtype=np.float64)
+    """CIFAR-LT's per-class counts, as data.py builds them (one formula, data.lt_counts)."""
+    return np.array(data.lt_counts(n_max, C, imb), dtype=np.float64)
 
 
 def redundancy(n):
@@ -67,11 +67,10 @@ def schedule(kind, setting, seed=0):
     st = dict(J.SETTINGS[setting])
     E = st.pop("epochs")
     st = {k: st[k] for k in ("alpha", "beta", "gamma", "delta_fixed", "delta_fixed_from")}
-    gen = torch.Generator().manual_seed(seed)
     out = []
     for e in range(E):
         fixed = e >= st["delta_fixed_from"]
-        out.append(J.delta_t(e, E, xi=1.0 if fixed else J.draw_xi(J.XI_DEFAULT[kind], gen), **st))
+        out.append(J.delta_t(e, E, xi=1.0 if fixed else J.draw_xi(J.XI_DEFAULT[kind], seed, e), **st))
     return np.array(out)
 
 

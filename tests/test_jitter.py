@@ -551,3 +551,27 @@ def test_batch_sampler_gives_the_device_sampler_batches_and_resumes_mid_epoch(ki
     resumed.set_epoch(2)
     seen += [b[0].tolist() for b in _loader(resumed)]
     assert seen == want
+
+
+def test_theory_figure_runs_and_its_schedule_is_the_samplers(tmp_path):
+    """reproduce/jitter_fig_theory.sh writes its figure (CI's smoke run once died here on a stale call), and panel
+    (d)'s δt per epoch is the δt a real sampler of that kind and preset sets at each epoch (same seed)."""
+    root = pathlib.Path(__file__).resolve().parents[1]
+    out = tmp_path / 'theory.png'
+    r = subprocess.run([sys.executable, str(root / 'reproduce' / 'jitter_theory_plots.py'), '--out', str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert out.stat().st_size > 10_000
+    sys.path.insert(0, str(root / 'reproduce'))
+    import jitter_theory_plots as plots
+    labels = torch.arange(10).repeat_interleave(torch.tensor([50, 30, 20, 10, 8, 6, 5, 4, 3, 2]))
+    for kind, setting in (('jitter1', 'ride'), ('jitter2', 'single'), ('jitter-noreplace', 'ride')):
+        st = dict(J.SETTINGS[setting])
+        E = st.pop('epochs')
+        sched = {k: st[k] for k in ('alpha', 'beta', 'gamma', 'delta_fixed', 'delta_fixed_from')}
+        s = J.make_sampler(kind, labels, 10, 16, E, gen=torch.Generator().manual_seed(0), **sched)
+        seen = []
+        for e in range(E):
+            s.set_epoch(e)
+            seen.append(s.delta)
+        np.testing.assert_allclose(plots.schedule(kind, setting, seed=0), seen, rtol=0, atol=0)
