@@ -613,7 +613,7 @@ def guard(task, loss, logs):
         nan = torch.where(task.step_t == task.args.inject_nan, float('nan'), 1.0)
         k = next(iter(logs))
         logs[k], loss = logs[k] * nan, loss * nan
-    bad = ~torch.isfinite(loss)
+    bad = ~torch.isfinite(loss) | _bn_bad(task)
     task.first_bad.copy_(torch.where(bad & (task.first_bad < 0), task.step_t, task.first_bad))
     for k, v in logs.items():
         if k not in task.bad_terms:
@@ -623,6 +623,24 @@ def guard(task, loss, logs):
         task.bad_terms[k] |= ~torch.isfinite(v)
         task.log_sums[k] += v.detach().float()     # log_n (a host int) is counted by train_step, outside the math
     return bool(bad.item()) if task.args.nan_policy == 'skip' else False   # opt-in: one host sync per step
+
+
+BN_TERM = 'BatchNorm running statistics'
+
+
+def _bn_bad(task):
+    """Whether a BatchNorm running mean/var is non-finite (they change in the forward, outside the loss): one max-abs
+    per buffer and one flag, on the device (no sync), accumulated into bad_terms like a loss term."""
+    if not hasattr(task, 'bn_stats'):
+        task.bn_stats = [t for m in task.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                         and m.track_running_stats for t in (m.running_mean, m.running_var)]
+    if not task.bn_stats:
+        return torch.zeros((), dtype=torch.bool, device=task.device)
+    bad = ~torch.isfinite(torch.stack(torch._foreach_norm(task.bn_stats, float('inf')))).all()
+    if BN_TERM not in task.bad_terms:
+        task.bad_terms[BN_TERM] = torch.zeros((), dtype=torch.bool, device=task.device)
+    task.bad_terms[BN_TERM] |= bad
+    return bad
 
 
 def backward(task, loss, logs):
@@ -635,11 +653,18 @@ def backward(task, loss, logs):
 
 
 def check_finite(task):
+    """The host side of the NaN guard (every --log-every steps): non-finite BatchNorm statistics stop the run under
+    either --nan-policy (skipping steps cannot repair them); the hint names the flag most likely at fault."""
     s = int(task.first_bad.item())
-    if s >= 0 and task.args.nan_policy == 'stop':
-        terms = [k for k, v in task.bad_terms.items() if bool(v.item())] or ['total']
-        raise NonFinite(f'non-finite loss at step {s} (term {", ".join(terms)}); the last good checkpoint '
-                        f'is kept -- lower --lr, or pass --nan-policy skip to skip such steps')
+    terms = [k for k, v in task.bad_terms.items() if bool(v.item())] if s >= 0 else []
+    if s < 0 or (task.args.nan_policy != 'stop' and BN_TERM not in terms):
+        return
+    loss_terms = [k for k in terms if k != BN_TERM]
+    if BN_TERM in terms and not loss_terms:      # a NaN loss poisons the weights, then the statistics: name the loss
+        hint = 'lower --bn-momentum or --lr' if getattr(task.args, 'bn_momentum', None) is not None else 'lower --lr'
+        raise NonFinite(f'non-finite {BN_TERM} at step {s}; the last good checkpoint is kept -- {hint}')
+    raise NonFinite(f'non-finite loss at step {s} (term {", ".join(loss_terms or ["total"])}); the last good checkpoint '
+                    f'is kept -- lower --lr, or pass --nan-policy skip to skip such steps')
 
 
 @torch.no_grad()

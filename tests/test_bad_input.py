@@ -170,6 +170,27 @@ CASES = [
     ('tau1<0', LTSSL + ['--alg', 'acr', '--tau1', '-1'], 'tau1', None),
     ('est-epoch<0', LTSSL + ['--alg', 'acr', '--est-epoch', '-1'], 'est-epoch', None),
     ('labeled-pad=edge', LTSSL + ['--labeled-pad', 'edge'], 'labeled-pad', None),
+    # not finite, or outside what the number means (issue 23): refused at parse time, before anything is written
+    ('bn-momentum=nan', LTSSL + ['--bn-momentum', 'nan'], 'bn-momentum', None),
+    ('bn-momentum<0', LTSSL + ['--bn-momentum', '-5'], 'bn-momentum', None),
+    ('lr=inf', LTSSL + ['--lr', 'inf'], 'lr', None),
+    ('lr=nan', LTSSL + ['--lr', 'nan'], 'lr', None),
+    ('wd=inf', LTSSL + ['--wd', 'inf'], 'wd', None),
+    ('momentum=inf', LTSSL + ['--momentum', 'inf'], 'momentum', None),
+    ('momentum=1', LTSSL + ['--momentum', '1'], 'momentum', None),
+    ('imb-l=inf', LTSSL + ['--imb-l', 'inf'], 'imb-l', None),
+    ('imb-u=nan', LTSSL + ['--imb-u', 'nan'], 'imb-u', None),
+    ('tau1=inf', LTSSL + ['--alg', 'acr', '--tau1', 'inf'], 'tau1', None),
+    ('ema=nan', LTSSL + ['--ema', 'nan'], 'ema', None),
+    ('threshold=nan', LTSSL + ['--threshold', 'nan'], 'threshold', None),
+    ('jitter-alpha=inf', LT + ['--jitter-alpha', 'inf'], 'jitter-alpha', None),
+    ('jitter-beta=inf', LT + ['--jitter-beta', 'inf'], 'jitter-beta', None),
+    ('jitter-gamma=nan', LT + ['--jitter-gamma', 'nan'], 'jitter-gamma', None),
+    ('jitter-gamma<0', LT + ['--jitter-gamma', '-0.1'], 'jitter-gamma', None),
+    ('delta-fixed=2', LT + ['--delta-fixed', '2'], 'delta-fixed', None),
+    ('delta-fixed-from<0', LT + ['--delta-fixed', '0.5', '--delta-fixed-from', '-1'], 'delta-fixed-from', None),
+    # 40 * 50**(-k/9) truncated, by hand: [40, 25, 16, 10, 7, 4, 2, 1, 1, 0]: class 9 gets no labeled image
+    ('empty-labeled-class', LTSSL + ['--imb-l', '50'], '[40, 25, 16, 10, 7, 4, 2, 1, 1, 0]', None),
 ]
 
 
@@ -307,7 +328,10 @@ def _fmnist(tmp, damage):
         _write_idx_gz(raw / f'{split}-images-idx3-ubyte.gz', np.zeros((n, 28, 28)))
         _write_idx_gz(raw / f'{split}-labels-idx1-ubyte.gz', np.arange(n) % 10)
     bad = raw / 'train-images-idx3-ubyte.gz'
-    if damage == 'short':          # a copy cut short: the header promises 20 images
+    if damage in ('test-label', 'train-label'):      # a label outside 0-9: 12 in the test set, 1 of 20 train labels
+        split, n = ('t10k', 10) if damage == 'test-label' else ('train', 20)
+        _write_idx_gz(raw / f'{split}-labels-idx1-ubyte.gz', np.r_[np.arange(n - 1) % 10, 12])
+    elif damage == 'short':          # a copy cut short: the header promises 20 images
         _write_idx_gz(bad, np.zeros((20, 28, 28))[:, :10])
         import gzip
         body = gzip.decompress(bad.read_bytes())
@@ -331,6 +355,8 @@ def _cifar10_md5(tmp):
 CORRUPT_CASES = [      # (id, maker, dataset, key: the corrupt file's name)
     ('fmnist-short-idx', lambda t: _fmnist(t, 'short'), 'fmnist', 'train-images-idx3-ubyte.gz'),
     ('fmnist-not-gzip', lambda t: _fmnist(t, 'html'), 'fmnist', 'train-images-idx3-ubyte.gz'),
+    ('fmnist-test-label-12', lambda t: _fmnist(t, 'test-label'), 'fmnist', 't10k-labels-idx1-ubyte.gz'),
+    ('fmnist-train-label-12', lambda t: _fmnist(t, 'train-label'), 'fmnist', 'train-labels-idx1-ubyte.gz'),
     ('cifar10-md5', _cifar10_md5, 'cifar10', 'data_batch_1'),
 ]
 
