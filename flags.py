@@ -10,6 +10,7 @@ argparse types, so a bad value fails at parse time with one line that names the 
 import argparse
 import importlib.util
 import math
+import os
 import sys
 
 import data
@@ -162,8 +163,9 @@ def _lr_steps(text):
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2 (argparse's default prints the whole usage)
-        print(f'error: {message}; see python train.py --help', file=sys.stderr)
+    def error(self, message):  # one line, exit 2 (argparse's default prints the whole usage); torchrun: rank 0's
+        if os.environ.get('RANK', '0') == '0':
+            print(f'error: {message}; see python train.py --help', file=sys.stderr)
         sys.exit(2)
 
 
@@ -366,9 +368,12 @@ _ABC = ('--alg abc (--task ltssl)', lambda a: _ltssl(a) and a.alg == 'abc')
 _RIDE = ('--model ride (--task lt)', lambda a: _lt(a) and a.model == 'ride')
 _JITTER = ('a jitter sampler (--task lt, --sampler jitter1|jitter2|jitter-noreplace)',
            lambda a: _lt(a) and a.sampler in ('jitter1', 'jitter2', 'jitter-noreplace'))
+# the SSL recipe: unlabeled data (--m1, --imb-u, --setting: only the unlabeled counts), its batch (--mu), the
+# pseudo-label threshold and the epoch clock of the frameworks; --alg supervised trains on the labeled split alone
+_SSL = ('an SSL --alg (fixmatch|la|abc|acr, --task ltssl); --alg supervised uses the labeled split alone', _ssl)
 SCOPE = {
-    'iters': _LTSSL, 'epoch_steps': _LTSSL, 'mu': _LTSSL, 'ema': _LTSSL, 'threshold': _LTSSL, 'alg': _LTSSL,
-    'n1': _LTSSL, 'm1': _LTSSL, 'imb_l': _LTSSL, 'imb_u': _LTSSL, 'setting': _LTSSL, 'split': _LTSSL,
+    'iters': _LTSSL, 'epoch_steps': _SSL, 'mu': _SSL, 'ema': _LTSSL, 'threshold': _SSL, 'alg': _LTSSL,
+    'n1': _LTSSL, 'm1': _SSL, 'imb_l': _LTSSL, 'imb_u': _SSL, 'setting': _SSL, 'split': _LTSSL,
     'bem': _BEM, 'mix': _BEM, 'bank': _MIX, 'ess': _BANK, 'esm': _BANK, 'ecb_scope': _ECB,
     'ecb': ('mixing (--task ltssl, an SSL --alg, with --bem or --mix), or --ecb-scope all (ECB on every unlabeled '
             'term)', _ecb_place),

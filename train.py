@@ -825,25 +825,46 @@ def _error(e):
         print(f'error: {e}', file=sys.stderr)
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
+def say(*a, **k):
+    """print for the run's log lines; a closed stdout (`train.py ... | head -1`) silences them, the run goes on."""
     try:
+        print(*a, **k, flush=True)
+    except BrokenPipeError:
+        quiet_stdout()
+
+
+def quiet_stdout():
+    """Point stdout at /dev/null: the interpreter's final flush would otherwise raise BrokenPipeError again."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def main(argv=None):
+    try:
+        args = build_parser().parse_args(argv)
         args = resolve(args, given_flags(argv))
         if args.check_data:
             ok, msg = data.dataset_present(args.dataset, args.data_dir, args.img_size)
             _need(ok, msg + '; see README "Datasets" for where the files go')
             return 0
-        return train(args)
+        return train(args, log=say)
     except (UsageError, data.DataError) as e:
         _error(e)
         return 2
     except NonFinite as e:
         _error(e)
         return 3
+    except KeyboardInterrupt:            # Ctrl-C before the loop's handler (startup, data load): nothing half-written
+        _error('interrupted (Ctrl-C) before training started; run the command again (with --resume if the run '
+               'directory exists)')
+        return 128 + signal.SIGINT
 
 
 if __name__ == '__main__':
     code = main()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        quiet_stdout()
     sys.exit(code)

@@ -35,6 +35,7 @@ LT = ['--task', 'lt', '--dataset', 'synthetic', '--imb', '100', '--batch-size', 
       '--no-progress', '--device', 'cpu']
 LTSSL_NO_WIDTH = LTSSL[:2] + LTSSL[4:]     # for --model resnet50 (--width is a WRN flag, refused there)
 assert '--width' not in LTSSL_NO_WIDTH
+LTSSL_SUP = LTSSL[:LTSSL.index('--m1')] + LTSSL[LTSSL.index('--m1') + 2:]    # --alg supervised: no --m1
 SYNTH = dict(n_per_class=120, n_test=4)     # conftest's end-to-end size: 120 train / 4 test images per class
 
 
@@ -144,8 +145,8 @@ CASES = [
     ('device-cuda', LTSSL + ['--device', 'cuda'], 'cuda', 'skip-if-cuda'),
     # conflicting flags
     ('bem+lt', LT + ['--bem'], 'bem', None),
-    ('bem+supervised', LTSSL + ['--bem', '--alg', 'supervised'], 'bem', None),
-    ('mix+supervised', LTSSL + ['--mix', 'cutmix', '--alg', 'supervised'], 'mix', None),
+    ('bem+supervised', LTSSL_SUP + ['--bem', '--alg', 'supervised'], 'bem', None),
+    ('mix+supervised', LTSSL_SUP + ['--mix', 'cutmix', '--alg', 'supervised'], 'mix', None),
     ('ride-loss+resnet32', LT + ['--loss', 'ride', '--model', 'resnet32'], 'ride', None),
     ('ldam-loss+ride', LT + ['--loss', 'ldam', '--model', 'ride'], 'ldam', None),
     ('cam-refresh+resnet50', LTSSL_NO_WIDTH + ['--bem', '--cam-refresh', '--model', 'resnet50'], 'cam-refresh', None),
@@ -154,7 +155,7 @@ CASES = [
     ('ema-u+abc', LTSSL + ['--alg', 'abc', '--ema-u', '0.9'], 'ema-u', None),
     ('est-epoch+lt', LT + ['--est-epoch', '3'], 'est-epoch', None),
     ('tau12+la', LTSSL + ['--alg', 'la', '--tau12', '1'], 'tau12', None),
-    ('tau2+supervised', LTSSL + ['--alg', 'supervised', '--tau2', '1'], 'tau2', None),
+    ('tau2+supervised', LTSSL_SUP + ['--alg', 'supervised', '--tau2', '1'], 'tau2', None),
     ('acr-count+fixmatch', LTSSL + ['--acr-count', 'presence'], 'acr-count', None),
     ('labeled-pad+lt', LT + ['--labeled-pad', 'zeros'], 'labeled-pad', None),
     # found while writing this catalogue (were accepted, then a traceback or a silently wrong run)
@@ -230,8 +231,12 @@ SCOPE_CASES = [
     ('no-mixing+bank-size', LTSSL + ['--bank-size', '32'], '--bank-size', '--bem'),
     ('no-mixing+mix-views', LTSSL + ['--mix-views', 'second'], '--mix-views', '--bem'),
     ('synthetic+workers', LT + ['--workers', '2'], '--workers', 'imagenet_lt'),
-    ('supervised+ess', LTSSL + ['--alg', 'supervised', '--ess', 'mul'], '--ess', 'SSL --alg'),
-    ('supervised+no-bank', LTSSL + ['--alg', 'supervised', '--no-bank'], '--no-bank', 'SSL --alg'),
+    ('supervised+ess', LTSSL_SUP + ['--alg', 'supervised', '--ess', 'mul'], '--ess', 'SSL --alg'),
+    # --alg supervised trains on the labeled split alone: the SSL recipe changes nothing there (issue 23)
+    *[(f'supervised+{f[2:]}', LTSSL_SUP + ['--alg', 'supervised', f, v], f, 'SSL --alg')
+      for f, v in (('--m1', '80'), ('--mu', '2'), ('--threshold', '0.9'), ('--epoch-steps', '10'),
+                   ('--setting', 'reversed'), ('--imb-u', '2'))],
+    ('supervised+no-bank', LTSSL_SUP + ['--alg', 'supervised', '--no-bank'], '--no-bank', 'SSL --alg'),
 ]
 
 
@@ -626,3 +631,37 @@ def test_docs_defaults_table_is_train_py_s(help_text):
     for names, default in rows:
         for flag in names:
             assert squeeze(f'default: {default}') in squeeze(blocks[flag]), (flag, default, blocks[flag])
+
+
+# ------------------------------------------------------------------------------------------------
+# entry points: Ctrl-C at startup, a closed stdout (issue 23)
+# ------------------------------------------------------------------------------------------------
+
+def test_ctrl_c_during_startup_is_quiet(tmp_path, capsys, monkeypatch):
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train.data, 'load_dataset', interrupted)     # Ctrl-C while the data loads
+    out = tmp_path / 'run'
+    rc, err = run_inproc(LTSSL + ['--out', out], capsys)
+    assert rc == 128 + signal.SIGINT and 'Traceback' not in err and len(err.strip().splitlines()) == 1, err
+    assert 'interrupted' in err
+    assert not out.exists()
+
+
+def test_closed_stdout_ends_quietly_and_the_run_completes(tmp_path):
+    """`train.py ... | head -1`: the reader goes after the first line; the run still finishes, exit 0, no
+    BrokenPipeError (one real interpreter: the final flush of a closed pipe happens only at exit)."""
+    from conftest import TESTS
+    out = tmp_path / 'run'
+    code = ('import sys; sys.path[:0] = [%r, %r]; import conftest, runpy, pytest; '
+            'conftest.patch_small_data(pytest.MonkeyPatch(), %r); sys.argv = ["train.py"] + sys.argv[1:]; '
+            'runpy.run_path("train.py", run_name="__main__")' % (TESTS, ROOT, SYNTH))
+    env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
+    p = subprocess.Popen([sys.executable, '-c', code, *map(str, LTSSL), '--out', str(out)], cwd=ROOT, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = p.stdout.readline()           # what `head -1` reads, then it exits
+    p.stdout.close()
+    err = p.stderr.read()
+    assert p.wait(timeout=120) == 0, err
+    assert first.startswith('synthetic:') and 'Traceback' not in err and 'BrokenPipe' not in err, err
+    assert runio.load_checkpoint(str(out))['step'] == 2 and (out / 'summary.json').exists()
