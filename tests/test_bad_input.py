@@ -665,3 +665,64 @@ def test_closed_stdout_ends_quietly_and_the_run_completes(tmp_path):
     assert p.wait(timeout=120) == 0, err
     assert first.startswith('synthetic:') and 'Traceback' not in err and 'BrokenPipe' not in err, err
     assert runio.load_checkpoint(str(out))['step'] == 2 and (out / 'summary.json').exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# report.py: the same standard (one line on stderr, exit 2, no traceback)
+# ------------------------------------------------------------------------------------------------
+
+def run_report(argv, capsys):
+    import report
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as mp:
+        patch_small_data(mp, SYNTH)
+        try:
+            rc = report.main([str(a) for a in argv])
+        except SystemExit as e:
+            rc = e.code
+    return rc, capsys.readouterr().err
+
+
+def _torn_summary_tree(tmp):
+    """runs/bem_table1/<row>/<setting>/seed{0,1,2}/summary.json, seed1's cut in half."""
+    for k in range(3):
+        d = tmp / 'runs' / 'bem_table1' / 'fixmatch' / 'c10-g100-n1500-m3000' / f'seed{k}'
+        d.mkdir(parents=True)
+        text = '{"finished": true, "mean_last20": 70.0, "last": 70.0, "best": 71.0}'
+        (d / 'summary.json').write_text(text[:len(text) // 2] if k == 1 else text)
+    return tmp / 'runs'
+
+
+@pytest.mark.parametrize('argv,key', [
+    pytest.param(['eval'], 'run', id='eval-missing-run'),
+    pytest.param([], 'table', id='missing-table'),
+    pytest.param(['curves'], 'runs', id='curves-missing-runs'),
+    pytest.param(['bem_table1', '--runs', '/nonexistent/runs'], '/nonexistent/runs', id='runs-nonexistent'),
+    pytest.param(['bem_table1', '--no-such'], '--no-such', id='unknown-option'),
+])
+def test_report_cli_errors(argv, key, capsys, tmp_path):
+    rc, err = run_report(argv + (['--out', tmp_path / 'res'] if argv and argv[0] == 'bem_table1' else []), capsys)
+    assert_rejected(rc, err, key)
+
+
+def test_report_table_names_a_torn_summary(tmp_path, capsys):
+    runs = _torn_summary_tree(tmp_path)
+    rc, err = run_report(['bem_table1', '--runs', runs, '--out', tmp_path / 'res'], capsys)
+    assert_rejected(rc, err, str(runs / 'bem_table1' / 'fixmatch' / 'c10-g100-n1500-m3000' / 'seed1' / 'summary.json'))
+
+
+def test_report_unwritable_outputs(existing_run, tmp_path, capsys):
+    """eval writes RUN_DIR/eval/, curves its PNG: where they cannot be written (root-proof: a file in the way), one
+    line names the path; the run directory is unchanged."""
+    run, _ = existing_run
+    copy = tmp_path / 'run'
+    import shutil
+    shutil.copytree(run, copy)
+    (copy / 'eval').write_text('a file where eval/ goes\n')
+    before = snapshot(copy)
+    rc, err = run_report(['eval', copy, '--device', 'cpu'], capsys)
+    assert_rejected(rc, err, str(copy / 'eval'))
+    (tmp_path / 'plots').write_text('a file\n')
+    rc, err = run_report(['curves', copy, '--out', tmp_path / 'plots' / 'c.png'], capsys)
+    assert_rejected(rc, err, str(tmp_path / 'plots'))
+    assert snapshot(copy) == before
