@@ -726,3 +726,18 @@ def test_report_unwritable_outputs(existing_run, tmp_path, capsys):
     rc, err = run_report(['curves', copy, '--out', tmp_path / 'plots' / 'c.png'], capsys)
     assert_rejected(rc, err, str(tmp_path / 'plots'))
     assert snapshot(copy) == before
+
+
+# ------------------------------------------------------------------------------------------------
+# reproduce/common.sh's knobs: checked when it is sourced, before any plan or run
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('knob,value', [('SEEDS', 'abc'), ('SEEDS', '0'), ('SEEDS', '-1'), ('ONLY', '('),
+                                        ('GPUS', 'a,b'), ('GPUS', '0,,1'), ('RUNS_PER_GPU', '0'),
+                                        ('RUNS_PER_GPU', 'x')])
+def test_reproduce_knobs(knob, value, tmp_path):
+    env = dict(os.environ, **{knob: value}, RUNS=str(tmp_path / 'runs'), RESULTS=str(tmp_path / 'results'))
+    p = subprocess.run(['bash', '-c', 'source reproduce/common.sh; echo sourced'], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=30)
+    assert_rejected(p.returncode, p.stderr, f'{knob}={value}')
+    assert 'sourced' not in p.stdout and not (tmp_path / 'runs').exists()
