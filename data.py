@@ -358,6 +358,10 @@ def load_fmnist(root):
     for x, y, p in ((xs[0], xs[1], paths[1]), (xs[2], xs[3], paths[3])):
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
             raise DataError(f'{p} is corrupt ({len(y)} labels for {len(x)} images of shape {x.shape[1:]}); {_FMNIST_FIX}')
+        bad = np.flatnonzero(y >= NUM_CLASSES['fmnist'])     # would be dropped by the split, or break evaluation
+        if len(bad):
+            raise DataError(f'{p} is corrupt ({len(bad)} labels outside 0-9, the first {y[bad[0]]} at index '
+                            f'{bad[0]}); {_FMNIST_FIX}')
 
     def prep(x):
         x = np.pad(x, ((0, 0), (2, 2), (2, 2)))

@@ -11,10 +11,12 @@ import argparse
 import importlib.util
 import itertools
 import json
+import math
 import os
 import sys
 
 import bem
+import data
 import jitter
 import ltssl
 from runio import UsageError
@@ -144,14 +146,17 @@ def _checked(kind, ok, rule, fix=''):
             value = kind(text)
         except ValueError:
             value = None
-        if value is None or not ok(value):
-            raise argparse.ArgumentTypeError(f'must be {rule}, got {text!r}' + (f'; {fix}' if fix else ''))
+        finite = value is None or kind is not float or math.isfinite(value)   # nan passes no test, inf passes v > 0
+        if value is None or not finite or not ok(value):
+            what = rule if finite else f'a finite number {rule}'
+            raise argparse.ArgumentTypeError(f'must be {what}, got {text!r}' + (f'; {fix}' if fix else ''))
         return value
     return parse
 
 
 POS, NAT = _checked(int, lambda v: v > 0, 'a positive integer'), _checked(int, lambda v: v >= 0, 'an integer >= 0')
-POS_F, NONNEG_F = _checked(float, lambda v: v > 0, 'positive'), _checked(float, lambda v: v >= 0, '>= 0')
+POS_F, NONNEG_F = _checked(float, lambda v: v > 0, '> 0'), _checked(float, lambda v: v >= 0, '>= 0')
+UNIT = _checked(float, lambda v: 0 <= v <= 1, 'in [0,1]')
 GAMMA = _checked(float, lambda v: v >= 1, '>= 1 (an imbalance ratio N_1/N_C)')
 RATE = _checked(float, lambda v: 0 <= v < 1, 'in [0,1)')
 TAU = _checked(float, lambda v: v >= 0, '>= 0', 'ACR uses 2')
@@ -166,8 +171,9 @@ def _lr_steps(text):
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2 (argparse's default prints the whole usage)
-        print(f'error: {message}; see python train.py --help', file=sys.stderr)
+    def error(self, message):  # one line, exit 2 (argparse's default prints the whole usage); torchrun: rank 0's
+        if os.environ.get('RANK', '0') == '0':
+            print(f'error: {message}; see python train.py --help', file=sys.stderr)
         sys.exit(2)
 
 
@@ -206,7 +212,7 @@ def build_parser():
     a('--mu', type=POS, help='unlabeled/labeled batch ratio')
     a('--lr', type=POS_F)
     a('--wd', type=NONNEG_F)
-    a('--momentum', type=NONNEG_F)
+    a('--momentum', type=_checked(float, lambda v: 0 <= v < 1, 'in [0,1)', 'SGD momentum; ACR and RIDE use 0.9'))
     a('--no-nesterov', dest='nesterov', action='store_false', help='plain momentum instead of Nesterov')
     a('--ema', type=RATE, help='EMA decay of the evaluated model (ltssl)')
     a('--threshold', type=_checked(float, lambda v: 0 < v < 1, 'in (0,1)', 'FixMatch uses 0.95'),
@@ -223,7 +229,8 @@ def build_parser():
     a('--model', choices=['wrn', 'resnet50', 'resnet32', 'ride'], help='ltssl: wrn|resnet50; lt: resnet32|ride '
       '(RIDE ResNet-32; ResNeXt-50 on imagenet_lt)')
     a('--width', type=POS, help='WRN width')
-    a('--bn-momentum', type=float, help='WRN BatchNorm momentum')
+    a('--bn-momentum', type=_checked(float, lambda v: 0 <= v <= 1, 'in [0,1]', 'ACR uses 0.001'),
+      help='WRN BatchNorm momentum')
     # -- framework options (ltssl.py); ACR's only with --alg acr
     a('--acr-count', choices=['counts', 'presence'], help="ACR's u_py histogram: counts = sum of the confident "
       "pseudo-labels per class; presence = ACR's statement now_mask[q] += w (index_put: the last occurrence's "
@@ -249,7 +256,7 @@ def build_parser():
     a('--ecb-scope', choices=['mixed', 'target', 'all'], help='where the ECB weights act: mixed = both labels of '
       'mixed samples only (lam < 1; unmixed views, ACR L_u^b and ABC L_con keep their own loss); target = the target '
       'label of mixed samples only (ESS already drew the pasted class); all = every unlabeled term')
-    a('--tau-c', type=_checked(float, lambda v: 0 <= v <= 1, 'in [0,1]'), help='CAM threshold')
+    a('--tau-c', type=UNIT, help='CAM threshold')
     a('--bank-size', type=POS, help='per class per queue')
     a('--beta', type=_checked(float, lambda v: 0 < v < 1, 'in (0,1)', 'BEM uses 0.999'),
       help='effective-number beta (BEM Eq. 2)')
@@ -268,9 +275,9 @@ def build_parser():
     a('--group-l2norm', choices=['multi', 'single4', 'expand', 'off'])
     a('--jitter-alpha', type=NONNEG_F, help='jitter schedule alpha')
     a('--jitter-beta', type=POS_F, help='jitter schedule beta')
-    a('--jitter-gamma', type=float, help='jitter schedule floor gamma')
-    a('--delta-fixed', type=float, help='fixed delta_t from --delta-fixed-from on')
-    a('--delta-fixed-from', type=int, help='epoch')
+    a('--jitter-gamma', type=UNIT, help='jitter schedule floor gamma')
+    a('--delta-fixed', type=UNIT, help='fixed delta_t from --delta-fixed-from on')
+    a('--delta-fixed-from', type=NAT, help='epoch')
     a('--lr-steps', type=_lr_steps, help='lt: epochs of the two lr decays, e.g. 160,180')
     a('--ride-stage1', choices=['ce', 'ldam'], help='RIDE loss before DRW')
     # -- engineering
@@ -405,10 +412,13 @@ _RIDE = ('--model ride (--task lt)', lambda a: _lt(a) and a.model == 'ride')
 _JITTER = ('a jitter sampler (--task lt, --sampler jitter1|jitter2|jitter-noreplace)',
            lambda a: _lt(a) and a.sampler in ('jitter1', 'jitter2', 'jitter-noreplace'))
 _N_PROFILE = ('--task ltssl, on a folder with --folder-counts exp', lambda a: _ltssl(a) and _profile(a))
-_M_PROFILE = ('--task ltssl, on a folder with --folder-counts exp and no DIR/unlabeled/ (that folder is the '
-              'unlabeled set as it is)', lambda a: _ltssl(a) and _profile(a) and not _unlabeled_dir(a))
+# the SSL recipe: unlabeled data (--m1, --imb-u, --setting: only the unlabeled counts), its batch (--mu), the
+# pseudo-label threshold and the epoch clock of the frameworks; --alg supervised trains on the labeled split alone
+_SSL = ('an SSL --alg (fixmatch|la|abc|acr, --task ltssl); --alg supervised uses the labeled split alone', _ssl)
+_M_PROFILE = ('an SSL --alg (--task ltssl), on a folder with --folder-counts exp and no DIR/unlabeled/ (that folder '
+              'is the unlabeled set as it is)', lambda a: _ssl(a) and _profile(a) and not _unlabeled_dir(a))
 SCOPE = {
-    'iters': _LTSSL, 'epoch_steps': _LTSSL, 'mu': _LTSSL, 'ema': _LTSSL, 'threshold': _LTSSL, 'alg': _LTSSL,
+    'iters': _LTSSL, 'epoch_steps': _SSL, 'mu': _SSL, 'ema': _LTSSL, 'threshold': _SSL, 'alg': _LTSSL,
     'n1': _N_PROFILE, 'imb_l': _N_PROFILE, 'm1': _M_PROFILE, 'imb_u': _M_PROFILE, 'setting': _M_PROFILE,
     'split': ('--task ltssl, on a folder without DIR/unlabeled/ (that folder is the unlabeled set as it is)',
               lambda a: _ltssl(a) and not _unlabeled_dir(a)),
@@ -484,6 +494,7 @@ def validate(args):
               f'it at 256, 1280 -> 5 images); drop --imb {args.imb}')
         return
     _need(args.m1 > 0 or args.alg == 'supervised', f'--m1 must be positive, got {args.m1}')
+    check_labeled_counts(args)
     _need(not (args.bem and args.alg == 'supervised'), '--bem needs unlabeled data; use --alg fixmatch|la|abc|acr')
     _need(args.mix == 'none' or args.alg != 'supervised', f'--mix {args.mix} needs unlabeled data; use an SSL --alg')
     _need(args.mix != 'saliencymix' or bem.has_saliency(), '--mix saliencymix needs OpenCV\'s contrib module '
@@ -492,6 +503,20 @@ def validate(args):
           'samples); drop --mix none, or add --ecb-scope all to weight every unlabeled term')
     _need(args.model == 'wrn' or not (args.cam_refresh or (args.mix == 'cammix' and not args.bank)), '--cam-refresh '
           'and in-batch CamMix (--no-bank) take the CAM from the EMA model\'s head: they need --model wrn')
+
+
+def check_labeled_counts(args):
+    """Every class needs a labeled image (an empty class has a zero prior: LA's log-prior is -inf, the loss NaN).
+    The counts are the split's own formula (data.lt_counts); ImageNet-127 takes ACR's fixed 10 % split."""
+    C = data.NUM_CLASSES.get(args.dataset)
+    if C is None or args.dataset == 'imagenet127':
+        return
+    n = data.lt_counts(args.n1, C, args.imb_l)
+    empty = [c for c, k in enumerate(n) if k == 0]
+    shown = n if C <= 10 else n[:3] + ['...'] + n[-3:]
+    _need(not empty, f'--n1 {args.n1} --imb-l {args.imb_l:g} gives labeled counts {shown}: '
+          f'{len(empty)} classes ({", ".join(map(str, empty[:5]))}{" ..." if len(empty) > 5 else ""}) get no '
+          f'labeled image; use --imb-l <= {args.n1} or a larger --n1')
 
 
 def check_world(args, world):

@@ -19,6 +19,7 @@ Only runs whose summary.json says "finished": true count.
 """
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -79,6 +80,11 @@ def die(msg):
     sys.exit(2)
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):       # one line, exit 2 (argparse's default prints the whole usage block)
+        die(f'{message}; see python {self.prog} --help')
+
+
 def read_json(path):
     try:
         return json.loads(Path(path).read_text())
@@ -127,7 +133,10 @@ def load_runs(runs, cells):
     for row, setting, d in cells:
         for path in sorted((runs / d).glob('seed*/summary.json')):
             s = read_json(path)
-            if s and s.get('finished'):
+            if not isinstance(s, dict):       # torn (a full disk, a copy cut short): named, not silently n - 1
+                die(f'{path} is unreadable (not a JSON summary); delete it and rerun that seed\'s train.py command '
+                    f'with --resume to rewrite it')
+            if s.get('finished'):
                 args = read_json(path.parent / 'args.json')
                 made = run_protocol(s, args)
                 recs.append({'row': row, 'setting': setting, 'seed': path.parent.name, 'dir': path.parent,
@@ -855,7 +864,7 @@ def confusion_png(cm, counts, names, path, title):
 
 
 def _eval_parser():
-    ap = argparse.ArgumentParser(prog='report.py eval', description='evaluate a run\'s checkpoint on its test set')
+    ap = _Parser(prog='report.py eval', description='evaluate a run\'s checkpoint on its test set')
     ap.add_argument('run', help='run directory (holds args.json and checkpoint.pt)')
     ap.add_argument('--checkpoint', default='last', choices=['last', 'prev'],
                     help='checkpoint.pt (last) or checkpoint.prev.pt (the one before)')
@@ -1046,7 +1055,7 @@ def curves_figure(runs, path):
 
 
 def curves_main(argv):
-    ap = argparse.ArgumentParser(prog='report.py curves', description='training curves of one or several runs')
+    ap = _Parser(prog='report.py curves', description='training curves of one or several runs')
     ap.add_argument('runs', nargs='+', help='run directories (each holds metrics.jsonl)')
     ap.add_argument('--out', default=None, help='PNG path (default: RUN_DIR/curves.png for one run, '
                     'results/curves.png for several)')
@@ -1072,10 +1081,19 @@ def _emit(path, md):
 
 
 def main(argv=None):
+    """The CLI; a file that cannot be written (a read-only run directory, --out below a file) ends in one line."""
+    try:
+        return _main(argv)
+    except OSError as e:
+        die(f'cannot write {e.filename or "the output"} ({e.strerror}); check its permissions or choose another '
+            f'--out')
+
+
+def _main(argv):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in SUBCOMMANDS:
         return SUBCOMMANDS[argv[0]](argv[1:])
-    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap = _Parser(prog='report.py', description=__doc__.split('\n')[0])
     ap.add_argument('table', help=f'one of {", ".join([*TABLES, "fig1", "fig_cammix", "sampler"])}')
     ap.add_argument('targets', nargs='*', help='sampler: jitter table names and/or run dirs (seed<k>)')
     ap.add_argument('--runs', default='runs', help='runs root (reproduce/*.sh: runs, or runs/smoke)')
@@ -1104,6 +1122,8 @@ def main(argv=None):
     if name not in TABLES and name not in FIGURES.values():
         die(f'unknown table {a.table!r}; choose one of: {", ".join([*TABLES, "fig1", "fig_cammix"])}')
     runs, out = Path(a.runs), Path(a.out)
+    if not runs.is_dir() and not (name == 'bem_fig_cammix' and a.run):
+        die(f'--runs {runs} is not a directory; point it at the runs root (reproduce/*.sh: runs, or runs/smoke)')
     out.mkdir(parents=True, exist_ok=True)
     if name == 'bem_fig1':
         md = fig1(runs, out, a.paper)
@@ -1117,4 +1137,9 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    code = main()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:              # `report.py ... | head`: quiet
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(code)

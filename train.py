@@ -640,7 +640,7 @@ def guard(task, loss, logs):
         nan = torch.where(task.step_t == task.args.inject_nan, float('nan'), 1.0)
         k = next(iter(logs))
         logs[k], loss = logs[k] * nan, loss * nan
-    bad = ~torch.isfinite(loss)
+    bad = ~torch.isfinite(loss) | _bn_bad(task)
     task.first_bad.copy_(torch.where(bad & (task.first_bad < 0), task.step_t, task.first_bad))
     for k, v in logs.items():
         if k not in task.bad_terms:
@@ -652,12 +652,37 @@ def guard(task, loss, logs):
     return bool(bad.item()) if task.args.nan_policy == 'skip' else False   # opt-in: one host sync per step
 
 
+BN_TERM = 'BatchNorm running statistics'
+
+
+def _bn_bad(task):
+    """Whether a BatchNorm running mean/var is non-finite (they change in the forward, outside the loss): one max-abs
+    per buffer and one flag, on the device (no sync), accumulated into bad_terms like a loss term."""
+    if not hasattr(task, 'bn_stats'):
+        task.bn_stats = [t for m in task.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                         and m.track_running_stats for t in (m.running_mean, m.running_var)]
+    if not task.bn_stats:
+        return torch.zeros((), dtype=torch.bool, device=task.device)
+    bad = ~torch.isfinite(torch.stack(torch._foreach_norm(task.bn_stats, float('inf')))).all()
+    if BN_TERM not in task.bad_terms:
+        task.bad_terms[BN_TERM] = torch.zeros((), dtype=torch.bool, device=task.device)
+    task.bad_terms[BN_TERM] |= bad
+    return bad
+
+
 def check_finite(task):
+    """The host side of the NaN guard (every --log-every steps): non-finite BatchNorm statistics stop the run under
+    either --nan-policy (skipping steps cannot repair them); the hint names the flag most likely at fault."""
     s = int(task.first_bad.item())
-    if s >= 0 and task.args.nan_policy == 'stop':
-        terms = [k for k, v in task.bad_terms.items() if bool(v.item())] or ['total']
-        raise NonFinite(f'non-finite loss at step {s} (term {", ".join(terms)}); the last good checkpoint '
-                        f'is kept -- lower --lr, or pass --nan-policy skip to skip such steps')
+    terms = [k for k, v in task.bad_terms.items() if bool(v.item())] if s >= 0 else []
+    if s < 0 or (task.args.nan_policy != 'stop' and BN_TERM not in terms):
+        return
+    loss_terms = [k for k in terms if k != BN_TERM]
+    if BN_TERM in terms and not loss_terms:      # a NaN loss poisons the weights, then the statistics: name the loss
+        hint = 'lower --bn-momentum or --lr' if getattr(task.args, 'bn_momentum', None) is not None else 'lower --lr'
+        raise NonFinite(f'non-finite {BN_TERM} at step {s}; the last good checkpoint is kept -- {hint}')
+    raise NonFinite(f'non-finite loss at step {s} (term {", ".join(loss_terms or ["total"])}); the last good checkpoint '
+                    f'is kept -- lower --lr, or pass --nan-policy skip to skip such steps')
 
 
 @torch.no_grad()
@@ -819,25 +844,46 @@ def _error(e):
         print(f'error: {e}', file=sys.stderr)
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
+def say(*a, **k):
+    """print for the run's log lines; a closed stdout (`train.py ... | head -1`) silences them, the run goes on."""
     try:
+        print(*a, **k, flush=True)
+    except BrokenPipeError:
+        quiet_stdout()
+
+
+def quiet_stdout():
+    """Point stdout at /dev/null: the interpreter's final flush would otherwise raise BrokenPipeError again."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def main(argv=None):
+    try:
+        args = build_parser().parse_args(argv)
         args = rerun(args.args_from, argv) if args.args_from else resolve(args, given_flags(argv))
         if args.check_data:
             ok, msg = data.dataset_present(args.dataset, args.data_dir, args.img_size)
             _need(ok, msg + '; see README "Datasets" for where the files go')
             return 0
-        return train(args)
+        return train(args, log=say)
     except (UsageError, data.DataError) as e:
         _error(e)
         return 2
     except NonFinite as e:
         _error(e)
         return 3
+    except KeyboardInterrupt:            # Ctrl-C before the loop's handler (startup, data load): nothing half-written
+        _error('interrupted (Ctrl-C) before training started; run the command again (with --resume if the run '
+               'directory exists)')
+        return 128 + signal.SIGINT
 
 
 if __name__ == '__main__':
     code = main()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        quiet_stdout()
     sys.exit(code)

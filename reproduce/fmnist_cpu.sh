@@ -19,8 +19,9 @@ ROOT=${ROOT:-runs/fmnist_cpu}
 DRY_RUN=${DRY_RUN:-0}
 say() { if [ "$DRY_RUN" = 1 ]; then echo "+ $*"; else "$@"; fi; }
 say "$PYTHON" train.py --check-data --dataset fmnist
-SSL=(--dataset fmnist --n1 1000 --m1 2000 --imb-l 100 --setting consistent --split acr --width 1 --batch-size 32
-     --mu 1 --iters 250 --eval-every 125 --epoch-steps 25 --lr 0.1 --bn-momentum 0.1 --ema 0.99 --device cpu --no-progress)
+SUP=(--dataset fmnist --n1 1000 --imb-l 100 --split acr --width 1 --batch-size 32 --iters 250 --eval-every 125
+     --lr 0.1 --bn-momentum 0.1 --ema 0.99 --device cpu --no-progress)
+SSL=("${SUP[@]}" --m1 2000 --setting consistent --mu 1 --epoch-steps 25)   # + the unlabeled recipe (SSL --alg only)
 LT=(--task lt --dataset fmnist --imb 100 --model resnet32 --batch-size 64 --epochs 10 --iters-per-epoch 30 --lr 0.1
     --eval-every 5 --device cpu --no-progress)
 run() {  # run <dir> <flags...>
@@ -31,7 +32,8 @@ run() {  # run <dir> <flags...>
 }
 for seed in $SEEDS; do
   if [ "$ONLY" != lt ]; then
-    for alg in supervised fixmatch la abc acr; do run "$ROOT/ltssl/$alg/seed$seed" "${SSL[@]}" --alg $alg --seed $seed; done
+    run "$ROOT/ltssl/supervised/seed$seed" "${SUP[@]}" --alg supervised --seed $seed
+    for alg in fixmatch la abc acr; do run "$ROOT/ltssl/$alg/seed$seed" "${SSL[@]}" --alg $alg --seed $seed; done
     for alg in fixmatch acr; do run "$ROOT/ltssl/$alg+bem/seed$seed" "${SSL[@]}" --alg $alg --bem --seed $seed; done
   fi
   if [ "$ONLY" != ltssl ]; then

@@ -106,7 +106,7 @@ def stage_tests(c):
     out = c.runs / 'torchrun'
     _fresh(out)
     flags = ['--dataset', 'synthetic', '--alg', 'acr', '--bem', '--width', '1', '--batch-size', '8', '--n1', '40',
-             '--m1', '80', '--iters', '4', '--eval-every', '4', '--no-progress', '--device', c.device, '--out', out]
+             '--m1', '80', '--imb-l', '10', '--iters', '4', '--eval-every', '4', '--no-progress', '--device', c.device, '--out', out]
     rc2, secs2 = run([c.py, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=1', 'train.py']
                      + flags, max(5, budget - secs), c.env)
     done = (out / 'summary.json').exists()

@@ -35,6 +35,7 @@ LT = ['--task', 'lt', '--dataset', 'synthetic', '--imb', '100', '--batch-size', 
       '--no-progress', '--device', 'cpu']
 LTSSL_NO_WIDTH = LTSSL[:2] + LTSSL[4:]     # for --model resnet50 (--width is a WRN flag, refused there)
 assert '--width' not in LTSSL_NO_WIDTH
+LTSSL_SUP = LTSSL[:LTSSL.index('--m1')] + LTSSL[LTSSL.index('--m1') + 2:]    # --alg supervised: no --m1
 SYNTH = dict(n_per_class=120, n_test=4)     # conftest's end-to-end size: 120 train / 4 test images per class
 
 
@@ -144,8 +145,8 @@ CASES = [
     ('device-cuda', LTSSL + ['--device', 'cuda'], 'cuda', 'skip-if-cuda'),
     # conflicting flags
     ('bem+lt', LT + ['--bem'], 'bem', None),
-    ('bem+supervised', LTSSL + ['--bem', '--alg', 'supervised'], 'bem', None),
-    ('mix+supervised', LTSSL + ['--mix', 'cutmix', '--alg', 'supervised'], 'mix', None),
+    ('bem+supervised', LTSSL_SUP + ['--bem', '--alg', 'supervised'], 'bem', None),
+    ('mix+supervised', LTSSL_SUP + ['--mix', 'cutmix', '--alg', 'supervised'], 'mix', None),
     ('ride-loss+resnet32', LT + ['--loss', 'ride', '--model', 'resnet32'], 'ride', None),
     ('ldam-loss+ride', LT + ['--loss', 'ldam', '--model', 'ride'], 'ldam', None),
     ('cam-refresh+resnet50', LTSSL_NO_WIDTH + ['--bem', '--cam-refresh', '--model', 'resnet50'], 'cam-refresh', None),
@@ -154,7 +155,7 @@ CASES = [
     ('ema-u+abc', LTSSL + ['--alg', 'abc', '--ema-u', '0.9'], 'ema-u', None),
     ('est-epoch+lt', LT + ['--est-epoch', '3'], 'est-epoch', None),
     ('tau12+la', LTSSL + ['--alg', 'la', '--tau12', '1'], 'tau12', None),
-    ('tau2+supervised', LTSSL + ['--alg', 'supervised', '--tau2', '1'], 'tau2', None),
+    ('tau2+supervised', LTSSL_SUP + ['--alg', 'supervised', '--tau2', '1'], 'tau2', None),
     ('acr-count+fixmatch', LTSSL + ['--acr-count', 'presence'], 'acr-count', None),
     ('labeled-pad+lt', LT + ['--labeled-pad', 'zeros'], 'labeled-pad', None),
     # found while writing this catalogue (were accepted, then a traceback or a silently wrong run)
@@ -170,6 +171,27 @@ CASES = [
     ('tau1<0', LTSSL + ['--alg', 'acr', '--tau1', '-1'], 'tau1', None),
     ('est-epoch<0', LTSSL + ['--alg', 'acr', '--est-epoch', '-1'], 'est-epoch', None),
     ('labeled-pad=edge', LTSSL + ['--labeled-pad', 'edge'], 'labeled-pad', None),
+    # not finite, or outside what the number means (issue 23): refused at parse time, before anything is written
+    ('bn-momentum=nan', LTSSL + ['--bn-momentum', 'nan'], 'bn-momentum', None),
+    ('bn-momentum<0', LTSSL + ['--bn-momentum', '-5'], 'bn-momentum', None),
+    ('lr=inf', LTSSL + ['--lr', 'inf'], 'lr', None),
+    ('lr=nan', LTSSL + ['--lr', 'nan'], 'lr', None),
+    ('wd=inf', LTSSL + ['--wd', 'inf'], 'wd', None),
+    ('momentum=inf', LTSSL + ['--momentum', 'inf'], 'momentum', None),
+    ('momentum=1', LTSSL + ['--momentum', '1'], 'momentum', None),
+    ('imb-l=inf', LTSSL + ['--imb-l', 'inf'], 'imb-l', None),
+    ('imb-u=nan', LTSSL + ['--imb-u', 'nan'], 'imb-u', None),
+    ('tau1=inf', LTSSL + ['--alg', 'acr', '--tau1', 'inf'], 'tau1', None),
+    ('ema=nan', LTSSL + ['--ema', 'nan'], 'ema', None),
+    ('threshold=nan', LTSSL + ['--threshold', 'nan'], 'threshold', None),
+    ('jitter-alpha=inf', LT + ['--jitter-alpha', 'inf'], 'jitter-alpha', None),
+    ('jitter-beta=inf', LT + ['--jitter-beta', 'inf'], 'jitter-beta', None),
+    ('jitter-gamma=nan', LT + ['--jitter-gamma', 'nan'], 'jitter-gamma', None),
+    ('jitter-gamma<0', LT + ['--jitter-gamma', '-0.1'], 'jitter-gamma', None),
+    ('delta-fixed=2', LT + ['--delta-fixed', '2'], 'delta-fixed', None),
+    ('delta-fixed-from<0', LT + ['--delta-fixed', '0.5', '--delta-fixed-from', '-1'], 'delta-fixed-from', None),
+    # 40 * 50**(-k/9) truncated, by hand: [40, 25, 16, 10, 7, 4, 2, 1, 1, 0]: class 9 gets no labeled image
+    ('empty-labeled-class', LTSSL + ['--imb-l', '50'], '[40, 25, 16, 10, 7, 4, 2, 1, 1, 0]', None),
 ]
 
 
@@ -209,8 +231,12 @@ SCOPE_CASES = [
     ('no-mixing+bank-size', LTSSL + ['--bank-size', '32'], '--bank-size', '--bem'),
     ('no-mixing+mix-views', LTSSL + ['--mix-views', 'second'], '--mix-views', '--bem'),
     ('synthetic+workers', LT + ['--workers', '2'], '--workers', 'imagenet_lt'),
-    ('supervised+ess', LTSSL + ['--alg', 'supervised', '--ess', 'mul'], '--ess', 'SSL --alg'),
-    ('supervised+no-bank', LTSSL + ['--alg', 'supervised', '--no-bank'], '--no-bank', 'SSL --alg'),
+    ('supervised+ess', LTSSL_SUP + ['--alg', 'supervised', '--ess', 'mul'], '--ess', 'SSL --alg'),
+    # --alg supervised trains on the labeled split alone: the SSL recipe changes nothing there (issue 23)
+    *[(f'supervised+{f[2:]}', LTSSL_SUP + ['--alg', 'supervised', f, v], f, 'SSL --alg')
+      for f, v in (('--m1', '80'), ('--mu', '2'), ('--threshold', '0.9'), ('--epoch-steps', '10'),
+                   ('--setting', 'reversed'), ('--imb-u', '2'))],
+    ('supervised+no-bank', LTSSL_SUP + ['--alg', 'supervised', '--no-bank'], '--no-bank', 'SSL --alg'),
 ]
 
 
@@ -307,7 +333,10 @@ def _fmnist(tmp, damage):
         _write_idx_gz(raw / f'{split}-images-idx3-ubyte.gz', np.zeros((n, 28, 28)))
         _write_idx_gz(raw / f'{split}-labels-idx1-ubyte.gz', np.arange(n) % 10)
     bad = raw / 'train-images-idx3-ubyte.gz'
-    if damage == 'short':          # a copy cut short: the header promises 20 images
+    if damage in ('test-label', 'train-label'):      # a label outside 0-9: 12 in the test set, 1 of 20 train labels
+        split, n = ('t10k', 10) if damage == 'test-label' else ('train', 20)
+        _write_idx_gz(raw / f'{split}-labels-idx1-ubyte.gz', np.r_[np.arange(n - 1) % 10, 12])
+    elif damage == 'short':          # a copy cut short: the header promises 20 images
         _write_idx_gz(bad, np.zeros((20, 28, 28))[:, :10])
         import gzip
         body = gzip.decompress(bad.read_bytes())
@@ -331,6 +360,8 @@ def _cifar10_md5(tmp):
 CORRUPT_CASES = [      # (id, maker, dataset, key: the corrupt file's name)
     ('fmnist-short-idx', lambda t: _fmnist(t, 'short'), 'fmnist', 'train-images-idx3-ubyte.gz'),
     ('fmnist-not-gzip', lambda t: _fmnist(t, 'html'), 'fmnist', 'train-images-idx3-ubyte.gz'),
+    ('fmnist-test-label-12', lambda t: _fmnist(t, 'test-label'), 'fmnist', 't10k-labels-idx1-ubyte.gz'),
+    ('fmnist-train-label-12', lambda t: _fmnist(t, 'train-label'), 'fmnist', 'train-labels-idx1-ubyte.gz'),
     ('cifar10-md5', _cifar10_md5, 'cifar10', 'data_batch_1'),
 ]
 
@@ -600,3 +631,113 @@ def test_docs_defaults_table_is_train_py_s(help_text):
     for names, default in rows:
         for flag in names:
             assert squeeze(f'default: {default}') in squeeze(blocks[flag]), (flag, default, blocks[flag])
+
+
+# ------------------------------------------------------------------------------------------------
+# entry points: Ctrl-C at startup, a closed stdout (issue 23)
+# ------------------------------------------------------------------------------------------------
+
+def test_ctrl_c_during_startup_is_quiet(tmp_path, capsys, monkeypatch):
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train.data, 'load_dataset', interrupted)     # Ctrl-C while the data loads
+    out = tmp_path / 'run'
+    rc, err = run_inproc(LTSSL + ['--out', out], capsys)
+    assert rc == 128 + signal.SIGINT and 'Traceback' not in err and len(err.strip().splitlines()) == 1, err
+    assert 'interrupted' in err
+    assert not out.exists()
+
+
+def test_closed_stdout_ends_quietly_and_the_run_completes(tmp_path):
+    """`train.py ... | head -1`: the reader goes after the first line; the run still finishes, exit 0, no
+    BrokenPipeError (one real interpreter: the final flush of a closed pipe happens only at exit)."""
+    from conftest import TESTS
+    out = tmp_path / 'run'
+    code = ('import sys; sys.path[:0] = [%r, %r]; import conftest, runpy, pytest; '
+            'conftest.patch_small_data(pytest.MonkeyPatch(), %r); sys.argv = ["train.py"] + sys.argv[1:]; '
+            'runpy.run_path("train.py", run_name="__main__")' % (TESTS, ROOT, SYNTH))
+    env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
+    p = subprocess.Popen([sys.executable, '-c', code, *map(str, LTSSL), '--out', str(out)], cwd=ROOT, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = p.stdout.readline()           # what `head -1` reads, then it exits
+    p.stdout.close()
+    err = p.stderr.read()
+    assert p.wait(timeout=120) == 0, err
+    assert first.startswith('synthetic:') and 'Traceback' not in err and 'BrokenPipe' not in err, err
+    assert runio.load_checkpoint(str(out))['step'] == 2 and (out / 'summary.json').exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# report.py: the same standard (one line on stderr, exit 2, no traceback)
+# ------------------------------------------------------------------------------------------------
+
+def run_report(argv, capsys):
+    import report
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as mp:
+        patch_small_data(mp, SYNTH)
+        try:
+            rc = report.main([str(a) for a in argv])
+        except SystemExit as e:
+            rc = e.code
+    return rc, capsys.readouterr().err
+
+
+def _torn_summary_tree(tmp):
+    """runs/bem_table1/<row>/<setting>/seed{0,1,2}/summary.json, seed1's cut in half."""
+    for k in range(3):
+        d = tmp / 'runs' / 'bem_table1' / 'fixmatch' / 'c10-g100-n1500-m3000' / f'seed{k}'
+        d.mkdir(parents=True)
+        text = '{"finished": true, "mean_last20": 70.0, "last": 70.0, "best": 71.0}'
+        (d / 'summary.json').write_text(text[:len(text) // 2] if k == 1 else text)
+    return tmp / 'runs'
+
+
+@pytest.mark.parametrize('argv,key', [
+    pytest.param(['eval'], 'run', id='eval-missing-run'),
+    pytest.param([], 'table', id='missing-table'),
+    pytest.param(['curves'], 'runs', id='curves-missing-runs'),
+    pytest.param(['bem_table1', '--runs', '/nonexistent/runs'], '/nonexistent/runs', id='runs-nonexistent'),
+    pytest.param(['bem_table1', '--no-such'], '--no-such', id='unknown-option'),
+])
+def test_report_cli_errors(argv, key, capsys, tmp_path):
+    rc, err = run_report(argv + (['--out', tmp_path / 'res'] if argv and argv[0] == 'bem_table1' else []), capsys)
+    assert_rejected(rc, err, key)
+
+
+def test_report_table_names_a_torn_summary(tmp_path, capsys):
+    runs = _torn_summary_tree(tmp_path)
+    rc, err = run_report(['bem_table1', '--runs', runs, '--out', tmp_path / 'res'], capsys)
+    assert_rejected(rc, err, str(runs / 'bem_table1' / 'fixmatch' / 'c10-g100-n1500-m3000' / 'seed1' / 'summary.json'))
+
+
+def test_report_unwritable_outputs(existing_run, tmp_path, capsys):
+    """eval writes RUN_DIR/eval/, curves its PNG: where they cannot be written (root-proof: a file in the way), one
+    line names the path; the run directory is unchanged."""
+    run, _ = existing_run
+    copy = tmp_path / 'run'
+    import shutil
+    shutil.copytree(run, copy)
+    (copy / 'eval').write_text('a file where eval/ goes\n')
+    before = snapshot(copy)
+    rc, err = run_report(['eval', copy, '--device', 'cpu'], capsys)
+    assert_rejected(rc, err, str(copy / 'eval'))
+    (tmp_path / 'plots').write_text('a file\n')
+    rc, err = run_report(['curves', copy, '--out', tmp_path / 'plots' / 'c.png'], capsys)
+    assert_rejected(rc, err, str(tmp_path / 'plots'))
+    assert snapshot(copy) == before
+
+
+# ------------------------------------------------------------------------------------------------
+# reproduce/common.sh's knobs: checked when it is sourced, before any plan or run
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('knob,value', [('SEEDS', 'abc'), ('SEEDS', '0'), ('SEEDS', '-1'), ('ONLY', '('),
+                                        ('GPUS', 'a,b'), ('GPUS', '0,,1'), ('RUNS_PER_GPU', '0'),
+                                        ('RUNS_PER_GPU', 'x')])
+def test_reproduce_knobs(knob, value, tmp_path):
+    env = dict(os.environ, **{knob: value}, RUNS=str(tmp_path / 'runs'), RESULTS=str(tmp_path / 'results'))
+    p = subprocess.run(['bash', '-c', 'source reproduce/common.sh; echo sourced'], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=30)
+    assert_rejected(p.returncode, p.stderr, f'{knob}={value}')
+    assert 'sourced' not in p.stdout and not (tmp_path / 'runs').exists()

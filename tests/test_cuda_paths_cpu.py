@@ -116,7 +116,7 @@ def _task(device):
     import data
     ds = data.make_synthetic(n_per_class=100, n_test=4, seed=0)
     argv = ['--dataset', 'synthetic', '--alg', 'acr', '--bem', '--width', '1', '--batch-size', '8', '--n1', '40',
-            '--m1', '50', '--iters', '10', '--device', device, '--seed', '0']
+            '--m1', '50', '--imb-l', '10', '--iters', '10', '--device', device, '--seed', '0']
     args = flags.resolve(flags.build_parser().parse_args(argv))
     torch.manual_seed(0)
     return train.LTSSLTask(args, ds, torch.device(device), lambda *a, **k: None)

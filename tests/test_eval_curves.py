@@ -291,7 +291,8 @@ def test_demo_installs_fashion_mnist_as_root_with_apt(tmp_path):
     assert out.count("installing Debian's dataset-fashion-mnist") == 1
     assert 'install -y -qq dataset-fashion-mnist' in (tmp_path / 'apt.log').read_text()
     runs = [line for line in out.splitlines() if line.startswith('ran train.py')]
-    assert len(runs) == 3 and all('--dataset fmnist' in r and '--n1 1000 --m1 2000' in r for r in runs)
+    assert len(runs) == 3 and all('--dataset fmnist' in r and '--n1 1000' in r for r in runs)
+    assert all(('--m1 2000' in r) != ('--alg supervised' in r) for r in runs)     # supervised: no unlabeled recipe
     assert 'synthetic' not in out
 
 

@@ -672,3 +672,23 @@ def test_disk_full_during_a_checkpoint_keeps_both_checkpoints(finished, tmp_path
     assert snapshot(out / 'checkpoint.pt') == before and not os.path.exists(out / 'checkpoint.prev.pt')
     assert run_inproc(DIR + ['--resume'], out) == 0
     assert_same_run(out, finished)
+
+
+def test_nan_batchnorm_statistics_stop_the_run(tmp_path, capsys, monkeypatch):
+    """The loss stays finite for a step while a BatchNorm running variance is NaN (they change in the forward, not
+    through the loss): the guard names the statistics and --bn-momentum, exit 3, the step-3 checkpoint kept."""
+    orig = train.LTSSLTask.train_step
+
+    def poisoned(self):
+        orig(self)
+        if self.step == 4:
+            bn = next(m for m in self.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+            bn.running_var[0] = float('nan')
+    monkeypatch.setattr(train.LTSSLTask, 'train_step', poisoned)
+    out = tmp_path / 'run'
+    capsys.readouterr()
+    assert run_inproc(NAN + ['--nan-policy', 'skip'], out) == 3          # skipping steps cannot repair statistics
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and 'Traceback' not in err, err
+    assert 'BatchNorm running statistics at step 4' in err and '--bn-momentum' in err, err
+    assert ckpt_step(out) == 3 and 'summary.json' not in os.listdir(out)
