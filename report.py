@@ -16,6 +16,12 @@ Run-dir convention (written by reproduce/common.sh):
                              another table (dir is relative to <runs>, without seed<k>)
 Row and setting are directory names and the `row`/`setting` keys of reproduce/paper_numbers.csv.
 Only runs whose summary.json says "finished": true count.
+
+The file reads in four parts (search for "PART n"):
+    PART 1  tables beside the papers: finished runs -> one record each -> ours | paper | Δ cells, and the demo table
+    PART 2  figures from what runs recorded: BEM Fig. 1, the bank's dynamics, the jitter sampler, curves
+    PART 3  a checkpoint reloaded: eval (train.py's own evaluation loop, per class / group / confusion), fig_cammix
+    PART 4  the CLI: one subcommand per table or figure, every bad input one line and exit 2
 """
 import argparse
 import json
@@ -91,6 +97,10 @@ def read_json(path):
     except (OSError, ValueError):
         return None
 
+
+# ################################################################################################
+# PART 1. Tables beside the papers: run summaries -> markdown, ours | paper | Δ (bem_table*, jitter_table*, demo)
+# ################################################################################################
 
 # ================================================================================================
 # Runs -> one record per finished run
@@ -328,6 +338,65 @@ def table_md(table, runs, paper_csv):
 
 
 # ================================================================================================
+# make demo: supervised vs FixMatch (+BEM) on Fashion-MNIST-LT
+# ================================================================================================
+
+# The demo's rows at the demo's length, 2 seeds (docs/results.md "Fashion-MNIST-LT on CPU", bash
+# reproduce/fmnist_cpu.sh: its LTSSL part is the demo's recipe): top-1 % of the EMA model, mean ± std.
+DEMO_MEASURED = {'supervised': '30.5 ± 3.7', 'fixmatch': '40.7 ± 1.9', 'fixmatch+bem': '43.6 ± 11.2'}
+PAPER_STEPS = 250_000   # ACR's total_steps, the LTSSL tables' schedule (= flags.DEFAULTS['iters']; anchors.md §1.6)
+
+
+def demo_note(dataset, steps):
+    """The lines under the demo's table: what a number at this length is, what the same rows measured, how to
+    run longer."""
+    lines = [f'What these numbers are: top-1 after {steps:,} steps, {100 * steps / PAPER_STEPS:.2g} % of the papers\' '
+             f'{PAPER_STEPS:,}-step schedule: far from converged, so they check that the pipeline learns and how the '
+             f'rows order, not what the methods reach (the papers\' tables: bash reproduce/bem_table1.sh, on a GPU).']
+    if dataset == 'fmnist' and steps == 250:
+        ref = ', '.join(f'{k} {v} %' for k, v in DEMO_MEASURED.items())
+        lines.append(f'The same rows, same length, 2 seeds (docs/results.md, bash reproduce/fmnist_cpu.sh): {ref}; '
+                     f'the spread between seeds is as large as the gaps. Longer: ITERS=1500 EVAL=750 make demo '
+                     f'(6x the time).')
+    return '\n'.join(lines)
+
+
+def demo(runs, out):
+    """Table of the demo's runs (overall, head/tail halves, many/few) and a per-class accuracy PNG.
+    Rows in run order: the order the run directories were created (args.json is written once, at the start)."""
+    rows, curves = [], {}
+    started = lambda p: ((p / 'args.json').stat().st_mtime if (p / 'args.json').exists() else 0, p.name)  # noqa: E731
+    for run in sorted((p for p in runs.iterdir() if (p / 'summary.json').exists()), key=started):
+        s, a = read_json(run / 'summary.json'), read_json(run / 'args.json')
+        if not s or not s.get('finished'):
+            continue
+        name = run.name
+        rows.append([name, a['dataset'], s['steps'], s['last'], s['mean_last20'], s['head_half'], s['tail_half'],
+                     s['many'], s['few'], s['timing']['wall_time_s']])
+        curves[name] = s['per_class']
+    rows or die(f'no finished demo runs under {runs}')
+    stat = read_json(runs / rows[0][0] / 'summary.json')['statistic']
+    md = (f'# demo: long-tailed SSL on {rows[0][1]}-LT (gamma = 100, ACR split)\n\nStatistic: {stat}. '
+          f'head/tail = first/second half of the classes; many/few = classes with >100 / <20 labeled images.\n\n')
+    md += tabulate(rows, headers=['run', 'data', 'steps', 'last', 'mean_last20', 'head half', 'tail half',
+                                  'many', 'few', 'wall s'], tablefmt='github', floatfmt='.2f')
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for k, (name, pc) in enumerate(curves.items()):
+        ax.bar(np.arange(len(pc)) + (k - (len(curves) - 1) / 2) * 0.8 / len(curves), pc, 0.8 / len(curves), label=name)
+    ax.set(xlabel='class (0 = head)', ylabel='test accuracy %', title='per-class accuracy (final EMA model)')
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / 'demo_per_class.png', dpi=120)
+    note = demo_note(rows[0][1], rows[0][2])
+    return md + f'\n\n{note}\n\nper-class accuracy: {out / "demo_per_class.png"}\n'
+
+
+# ################################################################################################
+# PART 2. Figures from what runs recorded (summary.json, metrics.jsonl): fig1, dynamics, sampler, curves
+# ################################################################################################
+
+# ================================================================================================
 # BEM Fig. 1: (a)-(c) unlabeled quantity vs entropy per class, (d) BEM's gain per framework
 # ================================================================================================
 
@@ -419,87 +488,6 @@ def fig1(runs, out, paper_csv):
 
 
 # ================================================================================================
-# CamMix visualisation from a checkpoint
-# ================================================================================================
-
-def load_model(run, args):
-    """EMA weights of a WRN run (plain CAM needs the head to read the CAM feature map)."""
-    import models
-    import torch
-    if args.get('model', 'wrn') != 'wrn':
-        die(f'fig_cammix draws plain CAMs and needs a WRN run; {run} is {args.get("model")}')
-    state = torch.load(run / 'checkpoint.pt', map_location='cpu', weights_only=False)['ema']
-    state = {k.removeprefix('module.').removeprefix('_orig_mod.'): v for k, v in state.items()}
-    model = models.wrn28(state['heads.0.weight'].shape[0], args.get('width', 2), 'heads.1.weight' in state)
-    model.load_state_dict(state)
-    return model.eval()
-
-
-def cammix_images(run, n):
-    """Sources x[:n] are pasted into targets x[n:2n]; boxes from CAM (CamMix) and from saliency (SaliencyMix)."""
-    import torch
-    import augment
-    import bem
-    import data
-    args = read_json(run / 'args.json') or die(f'{run}/args.json is missing')
-    model, ds = load_model(run, args), data.load_dataset(args['dataset'], args.get('data_dir', './datasets'),
-                                                         args.get('img_size', 32), with_unlabeled=False)
-    pick = np.linspace(0, len(ds.test_x) - 1, 2 * n).astype(int)   # spread over the (class-ordered) test set
-    x = torch.as_tensor(ds.test_x[pick])
-    src, tgt = x[:n], x[n:2 * n]
-    with torch.no_grad():
-        logits, fmap = model(augment.normalize(src, ds.mean, ds.std))
-    summ = read_json(run / 'summary.json') or {}
-    head = 0 if summ.get('eval_head', 'standard') == 'standard' else len(model.heads) - 1  # ACR: balanced, ABC: abc
-    w = model.heads[head].weight[logits[head].argmax(1)].detach()    # CAM weights of the predicted class
-    size, cam = x.shape[-1], bem.cam(fmap, w)
-    box_c = bem.cam_boxes(cam, size, args.get('tau_c', 0.5))
-    box_c = bem.fallback_box(box_c, size, size, torch.Generator().manual_seed(0))  # as in training: CutMix box
-    lam = bem.paste(tgt, src, box_c)[1]
-    box_s = bem.saliency_box(src, lam)  # SaliencyMix box of the same area as CamMix's
-    return dict(src=src, tgt=tgt, cam=cam, box_c=box_c, box_s=box_s, mix_c=bem.paste(tgt, src, box_c)[0],
-                mix_s=bem.paste(tgt, src, box_s)[0])
-
-
-def fig_cammix(run, out, n=6):
-    if not (run / 'checkpoint.pt').exists():
-        die(f'{run}/checkpoint.pt not found; train the run first (reproduce/bem_fig_cammix.sh) or pass --run DIR')
-    try:
-        im = cammix_images(run, n)
-    except ImportError as e:
-        die(f'fig_cammix needs torch and the repo modules models, bem, data ({e})')
-    except Exception as e:  # noqa: BLE001  one line, not a traceback: the run or a module does not fit
-        die(f'fig_cammix could not use {run}: {type(e).__name__}: {e}')
-    from matplotlib.patches import Rectangle
-    plt = pyplot()
-    size = im['src'].shape[-1]
-    show = lambda t: t.permute(1, 2, 0).numpy()  # noqa: E731
-    cols = ['source', 'CAM; box: CamMix red, SalMix blue', 'target', 'CamMix', 'SaliencyMix']
-    fig, axes = plt.subplots(n, 5, figsize=(10, 2 * n), squeeze=False)
-    for i in range(n):
-        imgs = [im['src'][i], im['src'][i], im['tgt'][i], im['mix_c'][i], im['mix_s'][i]]
-        for j, ax in enumerate(axes[i]):
-            ax.imshow(show(imgs[j])), ax.set_xticks([]), ax.set_yticks([])
-            if i == 0:
-                ax.set_title(cols[j], fontsize=7)
-        axes[i, 1].imshow(im['cam'][i].float().numpy(), cmap='jet', alpha=0.5, extent=(0, size, size, 0))
-        for box, color in ((im['box_c'][i], 'red'), (im['box_s'][i], 'blue')):
-            x1, y1, x2, y2 = (int(v) for v in box)
-            axes[i, 1].add_patch(Rectangle((x1 - .5, y1 - .5), x2 - x1, y2 - y1, fill=False, color=color, lw=1.5))
-    fig.tight_layout()
-    fig.savefig(out / 'bem_fig_cammix.png', dpi=120)
-    return f'# bem_fig_cammix\n\nRun: {run}. Figure: bem_fig_cammix.png\n'
-
-
-def cammix_run(runs, run):
-    if run:
-        return Path(run)
-    cells = plan_cells(runs, 'bem_fig_cammix')
-    cells or die(f'no {runs}/bem_fig_cammix/plan.tsv; run reproduce/bem_fig_cammix.sh or pass --run DIR')
-    return runs / cells[0][2] / 'seed0'
-
-
-# ================================================================================================
 # BEM's bank over one run: the `bem` block of every evaluation record in metrics.jsonl
 # ================================================================================================
 
@@ -556,61 +544,6 @@ def dynamics(run, out):
             'label). Figure: bem_dynamics.png\n\n'
             + tabulate(body, ['class', 's_c', 'r_c', 'w_c', 'e^x', 'e^u', 'fill x', 'fill u', 'mass target',
                               'mass pasted', 'u queue full at step'], tablefmt='github', disable_numparse=True) + '\n')
-
-
-# ================================================================================================
-# make demo: supervised vs FixMatch (+BEM) on Fashion-MNIST-LT
-# ================================================================================================
-
-# The demo's rows at the demo's length, 2 seeds (docs/results.md "Fashion-MNIST-LT on CPU", bash
-# reproduce/fmnist_cpu.sh: its LTSSL part is the demo's recipe): top-1 % of the EMA model, mean ± std.
-DEMO_MEASURED = {'supervised': '30.5 ± 3.7', 'fixmatch': '40.7 ± 1.9', 'fixmatch+bem': '43.6 ± 11.2'}
-PAPER_STEPS = 250_000   # ACR's total_steps, the LTSSL tables' schedule (= flags.DEFAULTS['iters']; anchors.md §1.6)
-
-
-def demo_note(dataset, steps):
-    """The lines under the demo's table: what a number at this length is, what the same rows measured, how to
-    run longer."""
-    lines = [f'What these numbers are: top-1 after {steps:,} steps, {100 * steps / PAPER_STEPS:.2g} % of the papers\' '
-             f'{PAPER_STEPS:,}-step schedule: far from converged, so they check that the pipeline learns and how the '
-             f'rows order, not what the methods reach (the papers\' tables: bash reproduce/bem_table1.sh, on a GPU).']
-    if dataset == 'fmnist' and steps == 250:
-        ref = ', '.join(f'{k} {v} %' for k, v in DEMO_MEASURED.items())
-        lines.append(f'The same rows, same length, 2 seeds (docs/results.md, bash reproduce/fmnist_cpu.sh): {ref}; '
-                     f'the spread between seeds is as large as the gaps. Longer: ITERS=1500 EVAL=750 make demo '
-                     f'(6x the time).')
-    return '\n'.join(lines)
-
-
-def demo(runs, out):
-    """Table of the demo's runs (overall, head/tail halves, many/few) and a per-class accuracy PNG.
-    Rows in run order: the order the run directories were created (args.json is written once, at the start)."""
-    rows, curves = [], {}
-    started = lambda p: ((p / 'args.json').stat().st_mtime if (p / 'args.json').exists() else 0, p.name)  # noqa: E731
-    for run in sorted((p for p in runs.iterdir() if (p / 'summary.json').exists()), key=started):
-        s, a = read_json(run / 'summary.json'), read_json(run / 'args.json')
-        if not s or not s.get('finished'):
-            continue
-        name = run.name
-        rows.append([name, a['dataset'], s['steps'], s['last'], s['mean_last20'], s['head_half'], s['tail_half'],
-                     s['many'], s['few'], s['timing']['wall_time_s']])
-        curves[name] = s['per_class']
-    rows or die(f'no finished demo runs under {runs}')
-    stat = read_json(runs / rows[0][0] / 'summary.json')['statistic']
-    md = (f'# demo: long-tailed SSL on {rows[0][1]}-LT (gamma = 100, ACR split)\n\nStatistic: {stat}. '
-          f'head/tail = first/second half of the classes; many/few = classes with >100 / <20 labeled images.\n\n')
-    md += tabulate(rows, headers=['run', 'data', 'steps', 'last', 'mean_last20', 'head half', 'tail half',
-                                  'many', 'few', 'wall s'], tablefmt='github', floatfmt='.2f')
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    for k, (name, pc) in enumerate(curves.items()):
-        ax.bar(np.arange(len(pc)) + (k - (len(curves) - 1) / 2) * 0.8 / len(curves), pc, 0.8 / len(curves), label=name)
-    ax.set(xlabel='class (0 = head)', ylabel='test accuracy %', title='per-class accuracy (final EMA model)')
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / 'demo_per_class.png', dpi=120)
-    note = demo_note(rows[0][1], rows[0][2])
-    return md + f'\n\n{note}\n\nper-class accuracy: {out / "demo_per_class.png"}\n'
 
 
 # ================================================================================================
@@ -694,248 +627,6 @@ def sampler_fig(runs, targets, out, name):
                       'epochs / (n_tail/n_head) '
                       '(1 = instance sampling).', '', tabulate(rows, head, tablefmt='github', disable_numparse=True),
                       '', f'figure: {png}']) + '\n'
-
-
-# ================================================================================================
-# eval: a run's checkpoint on its test set (USB eval.py / RIDE test.py): per class, per group, confusion
-# ================================================================================================
-
-_SHAPES, _COLOURS = ('square', 'disc', 'triangle', 'plus', 'bar'), ('red', 'blue')   # data.make_synthetic
-CLASS_NAMES = {
-    'cifar10': 'airplane automobile bird cat deer dog frog horse ship truck'.split(),
-    'stl10': 'airplane bird car cat deer dog horse monkey ship truck'.split(),
-    'fmnist': ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag',
-               'Ankle boot'],
-    'svhn': [str(d) for d in range(10)],
-    'synthetic': [f'{_COLOURS[c // 5]} {_SHAPES[c % 5]}' for c in range(10)],
-}
-
-
-def class_names(args, C):
-    """Names of the dataset's classes where it has them (CIFAR-100: its own meta file; a folder: its class folders,
-    head to tail as data.py numbers them), else class numbers."""
-    names = CLASS_NAMES.get(args.dataset)
-    if args.dataset == 'folder':
-        import data
-        names = data.folder_layout(args.data_dir).classes      # rebuilding the task has just checked the folder
-    elif args.dataset == 'cifar100':
-        import pickle
-        try:
-            with open(Path(args.data_dir) / 'cifar-100-python' / 'meta', 'rb') as f:
-                names = pickle.load(f, encoding='latin1')['fine_label_names']
-        except Exception:  # noqa: BLE001  names are a nicety: fall back to numbers
-            names = None
-    return list(names) if names is not None and len(names) == C else [str(c) for c in range(C)]
-
-
-def confusion(y, pred, C):
-    """counts[i, j] = test images of true class i predicted as j."""
-    return np.bincount(np.asarray(y) * C + np.asarray(pred), minlength=C * C).reshape(C, C)
-
-
-def head_to_tail(counts):
-    """Class order by training count, largest first (ties keep the class order)."""
-    return np.argsort(-np.asarray(counts), kind='stable')
-
-
-def normalised(cm, order):
-    """Rows and columns in `order`, each row divided by its true-class total (a row without images stays 0)."""
-    m = cm[np.ix_(order, order)].astype(float)
-    return m / np.maximum(m.sum(1, keepdims=True), 1)
-
-
-def run_args(run):
-    """args.json on top of this train.py's defaults; an argument this version does not know ends the call."""
-    import flags
-    a = read_json(run / 'args.json')
-    if not isinstance(a, dict):
-        die(f'{run}/args.json is missing or unreadable: {run} is not a run directory of train.py')
-    ns = flags.build_parser().parse_args([])
-    unknown = sorted(set(a) - set(vars(ns)))
-    if unknown or a.get('task') not in ('ltssl', 'lt'):
-        commit = (read_json(run / 'env.json') or {}).get('git_commit') or 'unknown'
-        die(f'{run} was written by another version of train.py (argument {(unknown or ["task"])[0]!r}); '
-            f'evaluate it from that version (git commit {commit}, in env.json)')
-    vars(ns).update(a)
-    return ns
-
-
-def load_weights(run, which, task, weights):
-    """Load the checkpoint's raw or EMA weights into the task's model; returns (model, checkpoint step)."""
-    import torch
-    path = run / ('checkpoint.pt' if which == 'last' else 'checkpoint.prev.pt')
-    if not path.exists():
-        die(f'{path} not found: the run has written no {"" if which == "last" else "previous "}checkpoint yet '
-            f'(one is written at each evaluation); train it further or use --checkpoint '
-            f'{"prev" if which == "last" else "last"}')
-    try:
-        state = torch.load(path, map_location='cpu', weights_only=False)
-    except Exception as e:  # noqa: BLE001
-        die(f'{path} is unreadable ({type(e).__name__}); try --checkpoint prev')
-    key = 'ema' if weights == 'ema' else 'model'
-    net = task.ema.model if weights == 'ema' else task.model
-    try:
-        sd = {k.removeprefix('module.').removeprefix('_orig_mod.'): v for k, v in state[key].items()}
-        net.load_state_dict(sd)
-        if hasattr(task, 'fw'):
-            task.fw.load_state_dict(state['fw'])        # a framework's test-time logits may read its state
-    except (KeyError, RuntimeError) as e:
-        die(f'{path} does not fit the model args.json describes ({type(e).__name__}: '
-            f'{str(e).splitlines()[0][:120]}); it was written by another version of train.py')
-    return net, int(state.get('step', -1))
-
-
-def build_task(args, device):
-    """The run's task exactly as train.py builds it (same data, split and test set); DataError -> exit 2."""
-    import data
-    import train
-    from runio import UsageError
-    try:
-        return train.make_task(args, device, lambda *a, **k: None)
-    except (UsageError, data.DataError) as e:
-        die(f'cannot rebuild the run\'s data: {e}')
-
-
-def predict(task, net, batch=1024):
-    """argmax of every head on the run's test set: (pred [H, N], y [N]) as numpy."""
-    import torch
-    import train
-    from augment import normalize
-    if hasattr(task, 'fw'):
-        head_fn = lambda out: task.fw.test_logits(out[0].float())              # noqa: E731  [H,B,C]
-    else:
-        head_fn = (lambda out: out[0][None]) if task.ride else (lambda out: out[None])  # noqa: E731
-    test = task.test_set()[0] if hasattr(task, 'test_set') else (task.test_x, task.test_y)   # LT / LTSSL
-    if isinstance(test, tuple):
-        x, y = test
-        test = ((x[i:i + batch], y[i:i + batch]) for i in range(0, len(x), batch))
-    net.eval()
-    preds, ys = [], []
-    with torch.no_grad():
-        for xb, yb in test:
-            with train.autocast(xb.device, bf16=None if getattr(task.args, 'eval_bf16', False) else False):
-                x = train.prep_input(normalize(xb, task.mean, task.std), task.channels_last)
-                logits = head_fn(net(x)).float()
-            preds.append(logits.argmax(-1).cpu())
-            ys.append(yb.cpu())
-    return torch.cat(preds, 1).numpy(), torch.cat(ys).numpy()
-
-
-def head_names(task):
-    """{head name: index} and the head the run reports."""
-    if hasattr(task, 'fw'):
-        return dict(task.fw.eval_heads), task._eval_name()
-    return {'model': 0}, 'model'
-
-
-def eval_stats(pred, y, counts, C):
-    """Top-1, mean per-class, RIDE's many/medium/few and the head/tail halves of one head, and its per-class %."""
-    import runio
-    per_class = 100 * np.diag(confusion(y, pred, C)) / np.maximum(np.bincount(y, minlength=C), 1)
-    top1 = 100 * float((pred == y).mean())
-    g = runio.head_stats([top1], per_class, counts)
-    out = {'top1': round(top1, 4), 'mean_per_class': round(float(per_class.mean()), 4)}
-    out.update({k: g[k] for k in ('many', 'medium', 'few', 'head_half', 'tail_half')})
-    return out, per_class
-
-
-def confusion_png(cm, counts, names, path, title):
-    plt = pyplot()
-    order = head_to_tail(counts)
-    m = normalised(cm, order)
-    C = len(order)
-    fig, ax = plt.subplots(figsize=(min(4 + 0.35 * C, 14), min(3.5 + 0.3 * C, 12)))
-    im = ax.imshow(m, cmap='Blues', vmin=0, vmax=1)
-    fig.colorbar(im, ax=ax, fraction=0.046, label='fraction of the true class')
-    if C <= 40:
-        labels = [f'{names[c]} ({counts[c]})' for c in order]
-        ax.set_xticks(range(C), labels, rotation=90, fontsize=7)
-        ax.set_yticks(range(C), labels, fontsize=7)
-        if C <= 12:
-            for i in range(C):
-                for j in range(C):
-                    if m[i, j] >= 0.005:
-                        ax.text(j, i, f'{m[i, j]:.2f}', ha='center', va='center', fontsize=6,
-                                color='white' if m[i, j] > 0.5 else 'black')
-    ax.set(xlabel='predicted class (head -> tail)', ylabel='true class (train count), head -> tail', title=title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def _eval_parser():
-    ap = _Parser(prog='report.py eval', description='evaluate a run\'s checkpoint on its test set')
-    ap.add_argument('run', help='run directory (holds args.json and checkpoint.pt)')
-    ap.add_argument('--checkpoint', default='last', choices=['last', 'prev'],
-                    help='checkpoint.pt (last) or checkpoint.prev.pt (the one before)')
-    ap.add_argument('--weights', default=None, choices=['ema', 'raw'],
-                    help='ltssl: ema (the evaluated model, default) or raw; lt keeps raw weights only')
-    ap.add_argument('--heads', default='all', help='all (default) or one head name (ABC: standard|abc, '
-                    'ACR: standard|balanced); confusion.png shows the reported head, or the one named')
-    ap.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'])
-    ap.add_argument('--data-dir', default=None, help='where the dataset is (default: the run\'s --data-dir)')
-    return ap
-
-
-def eval_main(argv):
-    a = _eval_parser().parse_args(argv)
-    import train
-    from runio import UsageError, count_groups, write_json
-    run = Path(a.run)
-    args = run_args(run)
-    args.data_dir = a.data_dir or args.data_dir
-    weights = a.weights or ('ema' if args.task == 'ltssl' else 'raw')
-    if args.task == 'lt' and weights == 'ema':
-        die('--weights ema: --task lt runs keep no EMA model (the jitter paper evaluates the final model); '
-            'use --weights raw')
-    if not (run / ('checkpoint.pt' if a.checkpoint == 'last' else 'checkpoint.prev.pt')).exists():
-        load_weights(run, a.checkpoint, None, weights)               # the one-line "not found" answer
-    try:
-        device = train.pick_device(a.device)
-    except UsageError as e:
-        die(str(e))
-    task = build_task(args, device)
-    net, step = load_weights(run, a.checkpoint, task, weights)
-    heads, reported = head_names(task)
-    chosen = list(heads) if a.heads == 'all' else [a.heads]
-    if any(h not in heads for h in chosen):
-        die(f'--heads {a.heads}: this {args.alg if args.task == "ltssl" else args.model} run has the heads '
-            f'{", ".join(heads)}; use all or one of them')
-    pred, y = predict(task, net)
-    C, counts = task.C, np.asarray(task.counts)
-    names = class_names(args, C)
-    groups = {g: [names[c] for c in np.flatnonzero(m)] for g, m in count_groups(counts).items()}
-    stats, per_class = {}, {}
-    for h in chosen:
-        stats[h], per_class[h] = eval_stats(pred[heads[h]], y, counts, C)
-    shown = reported if reported in chosen else chosen[0]
-    out = run / 'eval'
-    out.mkdir(exist_ok=True)
-    table = pd.DataFrame({'class': range(C), 'name': names, 'train_count': counts,
-                          **{f'accuracy_{h}' if len(chosen) > 1 else 'accuracy': per_class[h].round(3) for h in chosen}})
-    table.to_csv(out / 'per_class.csv', index=False)
-    cm = confusion(y, pred[heads[shown]], C)
-    confusion_png(cm, counts, names, out / 'confusion.png',
-                  f'{run.name}: {shown} head, {weights} weights, step {step} (rows normalised)')
-    summ = read_json(run / 'summary.json') or {}
-    rec = {'run': str(run), 'checkpoint': a.checkpoint, 'step': step, 'weights': weights, 'device': str(device),
-           'reported_head': reported, 'heads': stats, 'class_counts': counts.tolist(), 'class_names': names,
-           'groups': groups, 'order_head_to_tail': head_to_tail(counts).tolist(), 'confusion_head': shown,
-           'confusion_counts': cm.tolist(), 'summary_last': summ.get('last')}
-    write_json(str(out / 'eval.json'), rec)
-    cols = ['top1', 'mean_per_class', 'many', 'medium', 'few', 'head_half', 'tail_half']
-    rows = [[h + (' (reported)' if h == reported else ''), *[stats[h][k] for k in cols]] for h in chosen]
-    print(f'{run}: {args.task} {args.dataset} {args.alg if args.task == "ltssl" else args.model}, checkpoint '
-          f'{a.checkpoint} (step {step}), {weights} weights, {len(y)} test images on {device}\n')
-    print(tabulate(rows, ['head', 'top-1', 'mean per-class', 'many', 'medium', 'few', 'head half', 'tail half'],
-                   tablefmt='github', floatfmt='.2f', missingval='–'))
-    print('\nmany / medium / few: >100 / 20-100 / <20 training images (RIDE); head/tail half: the first/second '
-          'half of the classes.')
-    for g, members in groups.items():
-        shown_names = ', '.join(members[:12]) + (f', ... ({len(members)} classes)' if len(members) > 12 else '')
-        print(f'  {g}: {shown_names or "(none)"}')
-    print(f'wrote {out}/per_class.csv, eval.json, confusion.png')
-    return 0
 
 
 # ================================================================================================
@@ -1067,12 +758,310 @@ def curves_main(argv):
     return 0
 
 
+# ################################################################################################
+# PART 3. A checkpoint, reloaded: eval (per class, groups, confusion), fig_cammix (CAM / CamMix boxes)
+# ################################################################################################
+
+# ================================================================================================
+# eval: a run's checkpoint on its test set (USB eval.py / RIDE test.py): per class, per group, confusion
+# ================================================================================================
+
+_SHAPES, _COLOURS = ('square', 'disc', 'triangle', 'plus', 'bar'), ('red', 'blue')   # data.make_synthetic
+CLASS_NAMES = {
+    'cifar10': 'airplane automobile bird cat deer dog frog horse ship truck'.split(),
+    'stl10': 'airplane bird car cat deer dog horse monkey ship truck'.split(),
+    'fmnist': ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag',
+               'Ankle boot'],
+    'svhn': [str(d) for d in range(10)],
+    'synthetic': [f'{_COLOURS[c // 5]} {_SHAPES[c % 5]}' for c in range(10)],
+}
+
+
+def class_names(args, C):
+    """Names of the dataset's classes where it has them (CIFAR-100: its own meta file; a folder: its class folders,
+    head to tail as data.py numbers them), else class numbers."""
+    names = CLASS_NAMES.get(args.dataset)
+    if args.dataset == 'folder':
+        import data
+        names = data.folder_layout(args.data_dir).classes      # rebuilding the task has just checked the folder
+    elif args.dataset == 'cifar100':
+        import pickle
+        try:
+            with open(Path(args.data_dir) / 'cifar-100-python' / 'meta', 'rb') as f:
+                names = pickle.load(f, encoding='latin1')['fine_label_names']
+        except Exception:  # noqa: BLE001  names are a nicety: fall back to numbers
+            names = None
+    return list(names) if names is not None and len(names) == C else [str(c) for c in range(C)]
+
+
+def head_to_tail(counts):
+    """Class order by training count, largest first (ties keep the class order)."""
+    return np.argsort(-np.asarray(counts), kind='stable')
+
+
+def normalised(cm, order):
+    """Rows and columns in `order`, each row divided by its true-class total (a row without images stays 0)."""
+    m = cm[np.ix_(order, order)].astype(float)
+    return m / np.maximum(m.sum(1, keepdims=True), 1)
+
+
+def run_args(run):
+    """args.json on top of this train.py's defaults; an argument this version does not know ends the call."""
+    import flags
+    a = read_json(run / 'args.json')
+    if not isinstance(a, dict):
+        die(f'{run}/args.json is missing or unreadable: {run} is not a run directory of train.py')
+    ns = flags.build_parser().parse_args([])
+    unknown = sorted(set(a) - set(vars(ns)))
+    if unknown or a.get('task') not in ('ltssl', 'lt'):
+        commit = (read_json(run / 'env.json') or {}).get('git_commit') or 'unknown'
+        die(f'{run} was written by another version of train.py (argument {(unknown or ["task"])[0]!r}); '
+            f'evaluate it from that version (git commit {commit}, in env.json)')
+    vars(ns).update(a)
+    return ns
+
+
+def load_weights(run, which, task, weights):
+    """Load the checkpoint's raw or EMA weights into the task's model; returns (model, checkpoint step)."""
+    import torch
+    path = run / ('checkpoint.pt' if which == 'last' else 'checkpoint.prev.pt')
+    if not path.exists():
+        die(f'{path} not found: the run has written no {"" if which == "last" else "previous "}checkpoint yet '
+            f'(one is written at each evaluation); train it further or use --checkpoint '
+            f'{"prev" if which == "last" else "last"}')
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=False)
+    except Exception as e:  # noqa: BLE001
+        die(f'{path} is unreadable ({type(e).__name__}); try --checkpoint prev')
+    key = 'ema' if weights == 'ema' else 'model'
+    net = task.ema.model if weights == 'ema' else task.model
+    try:
+        sd = {k.removeprefix('module.').removeprefix('_orig_mod.'): v for k, v in state[key].items()}
+        net.load_state_dict(sd)
+        if hasattr(task, 'fw'):
+            task.fw.load_state_dict(state['fw'])        # a framework's test-time logits may read its state
+    except (KeyError, RuntimeError) as e:
+        die(f'{path} does not fit the model args.json describes ({type(e).__name__}: '
+            f'{str(e).splitlines()[0][:120]}); it was written by another version of train.py')
+    return net, int(state.get('step', -1))
+
+
+def build_task(args, device):
+    """The run's task exactly as train.py builds it (same data, split and test set); DataError -> exit 2."""
+    import data
+    import train
+    from runio import UsageError
+    try:
+        return train.make_task(args, device, lambda *a, **k: None)
+    except (UsageError, data.DataError) as e:
+        die(f'cannot rebuild the run\'s data: {e}')
+
+
+def head_names(task):
+    """{head name: index} and the head the run reports."""
+    if hasattr(task, 'fw'):
+        return dict(task.fw.eval_heads), task._eval_name()
+    return {'model': 0}, 'model'
+
+
+def eval_stats(cm, counts):
+    """Top-1, mean per-class, RIDE's many/medium/few and the head/tail halves of one head, and its per-class %,
+    from the head's confusion counts cm [C true, C predicted]."""
+    import runio
+    per_class = 100 * np.diag(cm) / np.maximum(cm.sum(1), 1)
+    top1 = 100 * float(np.trace(cm) / cm.sum())
+    g = runio.head_stats([top1], per_class, counts)
+    out = {'top1': round(top1, 4), 'mean_per_class': round(float(per_class.mean()), 4)}
+    out.update({k: g[k] for k in ('many', 'medium', 'few', 'head_half', 'tail_half')})
+    return out, per_class
+
+
+def confusion_png(cm, counts, names, path, title):
+    plt = pyplot()
+    order = head_to_tail(counts)
+    m = normalised(cm, order)
+    C = len(order)
+    fig, ax = plt.subplots(figsize=(min(4 + 0.35 * C, 14), min(3.5 + 0.3 * C, 12)))
+    im = ax.imshow(m, cmap='Blues', vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, label='fraction of the true class')
+    if C <= 40:
+        labels = [f'{names[c]} ({counts[c]})' for c in order]
+        ax.set_xticks(range(C), labels, rotation=90, fontsize=7)
+        ax.set_yticks(range(C), labels, fontsize=7)
+        if C <= 12:
+            for i in range(C):
+                for j in range(C):
+                    if m[i, j] >= 0.005:
+                        ax.text(j, i, f'{m[i, j]:.2f}', ha='center', va='center', fontsize=6,
+                                color='white' if m[i, j] > 0.5 else 'black')
+    ax.set(xlabel='predicted class (head -> tail)', ylabel='true class (train count), head -> tail', title=title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _eval_parser():
+    ap = _Parser(prog='report.py eval', description='evaluate a run\'s checkpoint on its test set')
+    ap.add_argument('run', help='run directory (holds args.json and checkpoint.pt)')
+    ap.add_argument('--checkpoint', default='last', choices=['last', 'prev'],
+                    help='checkpoint.pt (last) or checkpoint.prev.pt (the one before)')
+    ap.add_argument('--weights', default=None, choices=['ema', 'raw'],
+                    help='ltssl: ema (the evaluated model, default) or raw; lt keeps raw weights only')
+    ap.add_argument('--heads', default='all', help='all (default) or one head name (ABC: standard|abc, '
+                    'ACR: standard|balanced); confusion.png shows the reported head, or the one named')
+    ap.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'])
+    ap.add_argument('--data-dir', default=None, help='where the dataset is (default: the run\'s --data-dir)')
+    return ap
+
+
+def eval_main(argv):
+    a = _eval_parser().parse_args(argv)
+    import train
+    from runio import UsageError, count_groups, write_json
+    run = Path(a.run)
+    args = run_args(run)
+    args.data_dir = a.data_dir or args.data_dir
+    weights = a.weights or ('ema' if args.task == 'ltssl' else 'raw')
+    if args.task == 'lt' and weights == 'ema':
+        die('--weights ema: --task lt runs keep no EMA model (the jitter paper evaluates the final model); '
+            'use --weights raw')
+    if not (run / ('checkpoint.pt' if a.checkpoint == 'last' else 'checkpoint.prev.pt')).exists():
+        load_weights(run, a.checkpoint, None, weights)               # the one-line "not found" answer
+    try:
+        device = train.pick_device(a.device)
+    except UsageError as e:
+        die(str(e))
+    task = build_task(args, device)
+    net, step = load_weights(run, a.checkpoint, task, weights)
+    heads, reported = head_names(task)
+    chosen = list(heads) if a.heads == 'all' else [a.heads]
+    if any(h not in heads for h in chosen):
+        die(f'--heads {a.heads}: this {args.alg if args.task == "ltssl" else args.model} run has the heads '
+            f'{", ".join(heads)}; use all or one of them')
+    cms = task.confusion(net).round().long().cpu().numpy()       # [H, C, C]: train.py's own evaluation loop
+    C, counts = task.C, np.asarray(task.counts)
+    names = class_names(args, C)
+    groups = {g: [names[c] for c in np.flatnonzero(m)] for g, m in count_groups(counts).items()}
+    stats, per_class = {}, {}
+    for h in chosen:
+        stats[h], per_class[h] = eval_stats(cms[heads[h]], counts)
+    shown = reported if reported in chosen else chosen[0]
+    out = run / 'eval'
+    out.mkdir(exist_ok=True)
+    table = pd.DataFrame({'class': range(C), 'name': names, 'train_count': counts,
+                          **{f'accuracy_{h}' if len(chosen) > 1 else 'accuracy': per_class[h].round(3) for h in chosen}})
+    table.to_csv(out / 'per_class.csv', index=False)
+    cm = cms[heads[shown]]
+    confusion_png(cm, counts, names, out / 'confusion.png',
+                  f'{run.name}: {shown} head, {weights} weights, step {step} (rows normalised)')
+    summ = read_json(run / 'summary.json') or {}
+    rec = {'run': str(run), 'checkpoint': a.checkpoint, 'step': step, 'weights': weights, 'device': str(device),
+           'reported_head': reported, 'heads': stats, 'class_counts': counts.tolist(), 'class_names': names,
+           'groups': groups, 'order_head_to_tail': head_to_tail(counts).tolist(), 'confusion_head': shown,
+           'confusion_counts': cm.tolist(), 'summary_last': summ.get('last')}
+    write_json(str(out / 'eval.json'), rec)
+    cols = ['top1', 'mean_per_class', 'many', 'medium', 'few', 'head_half', 'tail_half']
+    rows = [[h + (' (reported)' if h == reported else ''), *[stats[h][k] for k in cols]] for h in chosen]
+    print(f'{run}: {args.task} {args.dataset} {args.alg if args.task == "ltssl" else args.model}, checkpoint '
+          f'{a.checkpoint} (step {step}), {weights} weights, {int(cm.sum())} test images on {device}\n')
+    print(tabulate(rows, ['head', 'top-1', 'mean per-class', 'many', 'medium', 'few', 'head half', 'tail half'],
+                   tablefmt='github', floatfmt='.2f', missingval='–'))
+    print('\nmany / medium / few: >100 / 20-100 / <20 training images (RIDE); head/tail half: the first/second '
+          'half of the classes.')
+    for g, members in groups.items():
+        shown_names = ', '.join(members[:12]) + (f', ... ({len(members)} classes)' if len(members) > 12 else '')
+        print(f'  {g}: {shown_names or "(none)"}')
+    print(f'wrote {out}/per_class.csv, eval.json, confusion.png')
+    return 0
+
+
+# ================================================================================================
+# CamMix visualisation from a checkpoint
+# ================================================================================================
+
+def load_model(run, args):
+    """EMA weights of a WRN run (plain CAM needs the head to read the CAM feature map)."""
+    import models
+    import torch
+    if args.get('model', 'wrn') != 'wrn':
+        die(f'fig_cammix draws plain CAMs and needs a WRN run; {run} is {args.get("model")}')
+    state = torch.load(run / 'checkpoint.pt', map_location='cpu', weights_only=False)['ema']
+    state = {k.removeprefix('module.').removeprefix('_orig_mod.'): v for k, v in state.items()}
+    model = models.wrn28(state['heads.0.weight'].shape[0], args.get('width', 2), 'heads.1.weight' in state)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def cammix_images(run, n):
+    """Sources x[:n] are pasted into targets x[n:2n]; boxes from CAM (CamMix) and from saliency (SaliencyMix)."""
+    import torch
+    import augment
+    import bem
+    import data
+    args = read_json(run / 'args.json') or die(f'{run}/args.json is missing')
+    model, ds = load_model(run, args), data.load_dataset(args['dataset'], args.get('data_dir', './datasets'),
+                                                         args.get('img_size', 32), with_unlabeled=False)
+    pick = np.linspace(0, len(ds.test_x) - 1, 2 * n).astype(int)   # spread over the (class-ordered) test set
+    x = torch.as_tensor(ds.test_x[pick])
+    src, tgt = x[:n], x[n:2 * n]
+    with torch.no_grad():
+        logits, fmap = model(augment.normalize(src, ds.mean, ds.std))
+    summ = read_json(run / 'summary.json') or {}
+    head = 0 if summ.get('eval_head', 'standard') == 'standard' else len(model.heads) - 1  # ACR: balanced, ABC: abc
+    w = model.heads[head].weight[logits[head].argmax(1)].detach()    # CAM weights of the predicted class
+    size, cam = x.shape[-1], bem.cam(fmap, w)
+    box_c = bem.cam_boxes(cam, size, args.get('tau_c', 0.5))
+    box_c = bem.fallback_box(box_c, size, size, torch.Generator().manual_seed(0))  # as in training: CutMix box
+    lam = bem.paste(tgt, src, box_c)[1]
+    box_s = bem.saliency_box(src, lam)  # SaliencyMix box of the same area as CamMix's
+    return dict(src=src, tgt=tgt, cam=cam, box_c=box_c, box_s=box_s, mix_c=bem.paste(tgt, src, box_c)[0],
+                mix_s=bem.paste(tgt, src, box_s)[0])
+
+
+def fig_cammix(run, out, n=6):
+    if not (run / 'checkpoint.pt').exists():
+        die(f'{run}/checkpoint.pt not found; train the run first (reproduce/bem_fig_cammix.sh) or pass --run DIR')
+    try:
+        im = cammix_images(run, n)
+    except ImportError as e:
+        die(f'fig_cammix needs torch and the repo modules models, bem, data ({e})')
+    except Exception as e:  # noqa: BLE001  one line, not a traceback: the run or a module does not fit
+        die(f'fig_cammix could not use {run}: {type(e).__name__}: {e}')
+    from matplotlib.patches import Rectangle
+    plt = pyplot()
+    size = im['src'].shape[-1]
+    show = lambda t: t.permute(1, 2, 0).numpy()  # noqa: E731
+    cols = ['source', 'CAM; box: CamMix red, SalMix blue', 'target', 'CamMix', 'SaliencyMix']
+    fig, axes = plt.subplots(n, 5, figsize=(10, 2 * n), squeeze=False)
+    for i in range(n):
+        imgs = [im['src'][i], im['src'][i], im['tgt'][i], im['mix_c'][i], im['mix_s'][i]]
+        for j, ax in enumerate(axes[i]):
+            ax.imshow(show(imgs[j])), ax.set_xticks([]), ax.set_yticks([])
+            if i == 0:
+                ax.set_title(cols[j], fontsize=7)
+        axes[i, 1].imshow(im['cam'][i].float().numpy(), cmap='jet', alpha=0.5, extent=(0, size, size, 0))
+        for box, color in ((im['box_c'][i], 'red'), (im['box_s'][i], 'blue')):
+            x1, y1, x2, y2 = (int(v) for v in box)
+            axes[i, 1].add_patch(Rectangle((x1 - .5, y1 - .5), x2 - x1, y2 - y1, fill=False, color=color, lw=1.5))
+    fig.tight_layout()
+    fig.savefig(out / 'bem_fig_cammix.png', dpi=120)
+    return f'# bem_fig_cammix\n\nRun: {run}. Figure: bem_fig_cammix.png\n'
+
+
+def cammix_run(runs, run):
+    if run:
+        return Path(run)
+    cells = plan_cells(runs, 'bem_fig_cammix')
+    cells or die(f'no {runs}/bem_fig_cammix/plan.tsv; run reproduce/bem_fig_cammix.sh or pass --run DIR')
+    return runs / cells[0][2] / 'seed0'
+
+
+# ################################################################################################
+# PART 4. CLI: one subcommand per table or figure; bad input -> one line, exit 2
+# ################################################################################################
+
 SUBCOMMANDS = {'eval': eval_main, 'curves': curves_main}
 
-
-# ================================================================================================
-# CLI
-# ================================================================================================
 
 def _emit(path, md):
     """Write a figure command's markdown beside its figure and print it."""

@@ -229,15 +229,15 @@ class LTSSLTask:
     def at_eval(self):
         return self.step % self.args.eval_every == 0 or self.step == self.total_steps
 
-    def eval_counts(self):
-        """The EMA model on the test set, every head: (correct [H,C], images per class [C]) on the device."""
-        return eval_counts(self.ema.model, self.test_x, self.test_y, self.mean, self.std, self.C,
-                           lambda out: self.fw.test_logits(out[0].float()), bf16=self.args.eval_bf16,
-                           channels_last=self.channels_last)
+    def confusion(self, model=None):
+        """The EMA model (or `model`) on the test set, every head: confusion counts [H,C,C] on the device."""
+        return eval_confusion(self.ema.model if model is None else model, self.test_x, self.test_y, self.mean,
+                              self.std, self.C, lambda out: self.fw.test_logits(out[0].float()),
+                              bf16=self.args.eval_bf16, channels_last=self.channels_last)
 
     def evaluate(self):
         names = {v: k for k, v in self.fw.eval_heads.items()}
-        top1, per_class = accuracies(*self.eval_counts())
+        top1, per_class = accuracies(self.confusion())
         self.model.train()
         rec = {'step': self.step, 'acc': {names[h]: round(float(top1[h]), 4) for h in names},
                'per_class': {names[h]: per_class[h].round(3).tolist() for h in names},
@@ -423,15 +423,15 @@ class LTTask:
         """(test data, reduce): every rank evaluates the whole device-resident test set, nothing to sum."""
         return (self.test_x, self.test_y), None
 
-    def eval_counts(self):
-        """The model on the test set (RIDE: the experts' mean): (correct [1,C], images per class [C]) on the device."""
+    def confusion(self, model=None):
+        """The model (or `model`) on the test set (RIDE: the experts' mean): confusion counts [1,C,C] on the device."""
         fn = (lambda out: out[0][None]) if self.ride else (lambda out: out[None])
         test, reduce = self.test_set()
-        return eval_counts(self.model, test, None, self.mean, self.std, self.C, fn, bf16=self.args.eval_bf16,
-                           reduce=reduce, channels_last=self.channels_last)
+        return eval_confusion(self.model if model is None else model, test, None, self.mean, self.std, self.C, fn,
+                              bf16=self.args.eval_bf16, reduce=reduce, channels_last=self.channels_last)
 
     def evaluate(self):
-        top1, per_class = accuracies(*self.eval_counts())
+        top1, per_class = accuracies(self.confusion())
         self.model.train()
         macc = float(per_class[0].mean())   # the paper's metric: mean per-class accuracy
         self.epoch_draws, draws = [], self.epoch_draws
@@ -686,34 +686,35 @@ def check_finite(task):
 
 
 @torch.no_grad()
-def eval_counts(model, x_u8, y, mean, std, num_classes, head_fn, batch=1024, bf16=False, reduce=None,
-                channels_last=False):
-    """Per head, the correctly classified test images of each class [H,C], and the test images per class [C]: on
-    the device, no host copy (train.py's tasks and report.py eval share this one evaluation loop).
+def eval_confusion(model, x_u8, y, mean, std, num_classes, head_fn, batch=1024, bf16=False, reduce=None,
+                   channels_last=False):
+    """Per head, the test set's confusion counts [H, C true, C predicted], on the device, no host copy: the one
+    evaluation loop (train.py's periodic evaluation and report.py eval both call it).
 
     x_u8, y: device tensors; or x_u8 = an iterable of (uint8 images, labels) device batches and y = None.
     fp32 unless bf16 (--eval-bf16): training runs under bf16 autocast, evaluation does not by default.
-    reduce: sums the per-class counts over ranks when each rank evaluated only its share of the test set.
+    reduce: sums the counts over ranks when each rank evaluated only its share of the test set.
     """
     model.eval()
     if y is None and isinstance(x_u8, tuple):
         x_u8, y = x_u8
     batches = ((x_u8[i:i + batch], y[i:i + batch]) for i in range(0, len(x_u8), batch)) if y is not None else x_u8
-    correct, total = None, 0
+    cm = None
     for xb, yb in batches:
         with autocast(xb.device, bf16=None if bf16 else False):  # fp32 by default; --eval-bf16: as training
             logits = head_fn(model(prep_input(augment.normalize(xb, mean, std), channels_last))).float()  # [H,B,C]
-        ok = (logits.argmax(-1) == yb).float()                                           # [H,B]
-        cls = (yb[:, None] == torch.arange(num_classes, device=yb.device)).float()       # one-hot, no range check
-        c, n = ok @ cls, cls.sum(0)                                                      # [H,C], [C]
-        correct, total = (c, n) if correct is None else (correct + c, total + n)
-    if reduce is not None:
-        correct, total = reduce(correct), reduce(total)
-    return correct, total
+        classes = torch.arange(num_classes, device=yb.device)
+        pred = (logits.argmax(-1)[..., None] == classes).float()                         # [H,B,C] one-hot
+        true = (yb[:, None] == classes).float()                                         # [B,C], no range check
+        c = torch.einsum('bt,hbp->htp', true, pred)                                     # [H,C,C]
+        cm = c if cm is None else cm + c
+    return cm if reduce is None else reduce(cm)
 
 
-def accuracies(correct, total):
-    """(top-1 [H], per-class accuracy [H,C]) in %, as numpy: the evaluation's one host copy."""
+def accuracies(cm):
+    """(top-1 [H], per-class accuracy [H,C]) in %, as numpy, from eval_confusion's counts: the evaluation's one
+    host copy."""
+    correct, total = cm.diagonal(dim1=1, dim2=2), cm[0].sum(1)                       # [H,C], images per class [C]
     return ((100 * correct.sum(1) / total.sum()).cpu().numpy(), (100 * correct / total.clamp(min=1)).cpu().numpy())
 
 

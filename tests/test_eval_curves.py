@@ -1,8 +1,8 @@
 """report.py eval / curves and train.py --tensorboard, on synthetic data (CPU, seconds).
 
-Oracles: a confusion matrix counted by hand on a six-image set; the training loop's own evaluation
-(train.evaluate, written to metrics.jsonl / summary.json during training) for what `eval` recomputes from the
-checkpoint through a separate prediction path; the metrics.jsonl records for what TensorBoard receives.
+Oracles: a confusion matrix counted by hand on a six-image set (train.eval_confusion, the one evaluation loop);
+the numbers the training loop wrote to metrics.jsonl / summary.json for what `eval` recomputes from the
+checkpoint it reloads (weights, heads, framework state); the metrics.jsonl records for what TensorBoard receives.
 """
 import csv
 import json
@@ -12,6 +12,7 @@ import signal
 
 import numpy as np
 import pytest
+import torch
 
 import report
 import flags
@@ -23,17 +24,26 @@ from conftest import LT_SYNTHETIC, TINY, TINY_LT, patch_small_data, read_json, r
 # the confusion matrix, by hand
 # ------------------------------------------------------------------------------------------------
 
+class Says(torch.nn.Module):
+    """A 'model' whose prediction is written in the image: pixel (0, 0, 0) = 10 x the predicted class."""
+    def forward(self, x):
+        return -(x[:, 0, 0, 0, None] - 10 * torch.arange(3.0)).abs()
+
+
 def test_confusion_hand_counted():
-    # six test images of 3 classes: true 0 0 0 1 1 2, predicted 0 1 0 1 1 0
-    y, pred = [0, 0, 0, 1, 1, 2], [0, 1, 0, 1, 1, 0]
-    cm = report.confusion(y, pred, 3)
-    assert cm.tolist() == [[2, 1, 0],     # class 0: two right, one taken for class 1
-                           [0, 2, 0],     # class 1: both right
-                           [1, 0, 0]]     # class 2: its one image taken for class 0
+    # six test images of 3 classes: true 0 0 0 1 1 2, predicted 0 1 0 1 1 0, in batches of 4 (two batches summed)
+    y, pred = torch.tensor([0, 0, 0, 1, 1, 2]), torch.tensor([0, 1, 0, 1, 1, 0])
+    x = (10 * pred).to(torch.uint8).view(6, 1, 1, 1).expand(6, 3, 2, 2).contiguous()
+    cm = train.eval_confusion(Says(), x, y, (0.0,) * 3, (1 / 255,) * 3, 3, lambda out: out[None], batch=4)
+    assert cm.shape == (1, 3, 3) and cm[0].tolist() == [[2, 1, 0],     # class 0: two right, one taken for class 1
+                                                        [0, 2, 0],     # class 1: both right
+                                                        [1, 0, 0]]     # class 2: its one image taken for class 0
+    top1, per_class = train.accuracies(cm)
+    assert top1[0] == pytest.approx(100 * 4 / 6) and per_class[0].tolist() == pytest.approx([200 / 3, 100, 0])
     # training counts 5, 20, 10: head -> tail order is class 1, class 2, class 0
     counts = [5, 20, 10]
     assert report.head_to_tail(counts).tolist() == [1, 2, 0]
-    m = report.normalised(cm, report.head_to_tail(counts))
+    m = report.normalised(cm[0].numpy(), report.head_to_tail(counts))
     # rows/columns in the order 1, 2, 0; each row over its true-class total (2, 1, 3 images)
     assert np.allclose(m, [[2 / 2, 0, 0],
                            [0, 0, 1 / 1],

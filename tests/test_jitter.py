@@ -447,7 +447,7 @@ def test_evaluation_is_fp32_unless_eval_bf16(monkeypatch):
     x, y = torch.randint(0, 255, (10, 3, 4, 4), dtype=torch.uint8), torch.arange(10) % 3
     for bf16 in (False, True):
         seen.clear()
-        train.eval_counts(model, x, y, (0.5,) * 3, (0.25,) * 3, 3, lambda out: out[None], batch=4, bf16=bf16)
+        train.eval_confusion(model, x, y, (0.5,) * 3, (0.25,) * 3, 3, lambda out: out[None], batch=4, bf16=bf16)
         assert seen == [None if bf16 else False] * 3                 # 3 batches of <= 4; None = as training
     assert not torch.is_autocast_enabled()
     assert flags.build_parser().parse_args([]).eval_bf16 is False and \
