@@ -723,9 +723,15 @@ def accuracies(cm):
 # ================================================================================================
 
 def make_task(args, device, log, dist=None):
+    """The run's data, then its task: what train() runs and report.py eval rebuilds."""
     ds = data.load_dataset(args.dataset, args.data_dir, args.img_size,
                            with_unlabeled=(args.task == 'ltssl' and args.alg != 'supervised'),
                            counts=args.folder_counts, labeled_share=args.labeled_share, device=device)
+    return task_on(args, ds, device, log, dist)
+
+
+def task_on(args, ds, device, log, dist=None):
+    """The task of `args` on a loaded dataset (bench.py times several configurations on one load)."""
     if args.task == 'ltssl':
         return LTSSLTask(args, ds, device, log, dist)
     return (ImageNetLTTask if ds.streaming else LTTask)(args, ds, device, log, dist)
