@@ -39,7 +39,8 @@ def init():
     cuda = torch.cuda.is_available()
     dist.init_process_group('nccl' if cuda else 'gloo')
     local = int(os.environ.get('LOCAL_RANK', '0'))
-    device = torch.device('cuda', local) if cuda else torch.device('cpu')
+    # more ranks than GPUs (gpu_check's two processes on one GPU) share them round-robin; NCCL may refuse that
+    device = torch.device('cuda', local % torch.cuda.device_count()) if cuda else torch.device('cpu')
     if cuda:
         torch.cuda.set_device(device)
     return Dist(dist.get_rank(), world, local, device)

@@ -606,6 +606,9 @@ def wrap_model(task, net, find_unused, channels_last=None):
     net = net.to(task.device, memory_format=torch.channels_last if cl else torch.preserve_format)
     if task.dist is not None:
         net = ddp.convert_bn(net, task.device)              # BatchNorm over the global batch
+        bns = sorted({type(m).__name__ for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._NormBase)})
+        task.log(f'torchrun: world {task.dist.world}, backend {torch.distributed.get_backend()}, DDP, '
+                 f'BatchNorm {"/".join(bns) or "none"} on {task.device}')   # what ran (gpu_check's DDP row reads it)
     task.fwd = ddp.wrap(net, task.dist, find_unused=find_unused) if task.dist is not None else net
     task.fwd = torch.compile(task.fwd) if task.args.compile == 'model' else task.fwd
     return net

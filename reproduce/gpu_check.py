@@ -15,6 +15,8 @@ import json
 import math
 import os
 import shlex
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -31,22 +33,94 @@ LT_METHODS = {'instance': ['--sampler', 'instance'], 'jitter1': ['--sampler', 'j
 BENCH_OF = {'fixmatch': ('fixmatch', 1), 'fixmatch+acr': ('acr', 1), 'fixmatch+acr+bem': ('acr_bem', 1)}
 SHARES = dict(tests=0.12, speed=0.45, throughput=0.13)   # of BUDGET_S; hours ~10 s; fidelity gets what is left
 REPORT_RESERVE_S = 15
+DDP_ONE_GPU = 'SKIP (one GPU)'   # NCCL's limit, not a failure of this code
 
 
 def log(*a):
     print(f'[gpu_check {time.strftime("%H:%M:%S")}]', *a, flush=True)
 
 
-def run(cmd, timeout, env=None, cwd=ROOT):
-    """Run a command, its output into our log; returns (rc, seconds). rc 124 on timeout."""
+CHILDREN = []   # the running child processes: a signal handler ends them (the script's one piece of shared state)
+
+
+class Cut(BaseException):
+    """SIGTERM / SIGINT (the device tool's timeout, Ctrl-C): ends the running stage; the report keeps the others.
+    A BaseException, so a stage's `except Exception` does not swallow it."""
+
+
+def on_signal(sig, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)   # one cut: the report is being written
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise Cut(sig)
+
+
+def stop_children(grace=10):
+    """SIGTERM every child (train.py then checkpoints and exits 143), SIGKILL what is left after `grace` s."""
+    for p in list(CHILDREN):
+        if p.poll() is None:
+            p.terminate()
+    end = time.time() + grace
+    for p in list(CHILDREN):
+        try:
+            p.wait(timeout=max(0.1, end - time.time()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def spawn(cmd, cwd=ROOT, env=None, **kw):
+    p = subprocess.Popen([str(x) for x in cmd], cwd=cwd, env=env, **kw)
+    CHILDREN.append(p)
+    return p
+
+
+def run(cmd, timeout, env=None, cwd=ROOT, capture=None):
+    """Run a command, its output into our log (and into the file `capture` as well); returns (rc, seconds). rc 124
+    on timeout (SIGTERM, then SIGKILL)."""
     log('+', ' '.join(shlex.quote(str(c)) for c in cmd))
     t0 = time.time()
+    sink = open(capture, 'w') if capture else None
+    p = spawn(cmd, cwd=cwd, env=env, stdout=sink or sys.stdout, stderr=subprocess.STDOUT if sink else sys.stderr)
     try:
-        rc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, timeout=max(1, timeout),
-                            stdout=sys.stdout, stderr=sys.stderr).returncode
+        rc = p.wait(timeout=max(1, timeout))
     except subprocess.TimeoutExpired:
+        p.terminate()
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
         rc = 124
+    finally:
+        if p.poll() is None:      # a Cut while waiting: the child goes too
+            stop_children()
+        CHILDREN.remove(p)
+        if sink:
+            sink.close()
+            sys.stdout.write(Path(capture).read_text(errors='replace'))
     return rc, time.time() - t0
+
+
+def preflight():
+    """The first seconds of a GPU run: is a CUDA device visible? One line and exit 2 if not (nothing measured on
+    the CPU is a GPU figure). Prints the device on success."""
+    import torch
+    if not torch.cuda.is_available():
+        print('gpu_check: no CUDA device visible (torch.cuda.is_available() is False); run it on the GPU machine, or '
+              'SMOKE=1 bash reproduce/gpu_check.sh for the CPU toy run', file=sys.stderr)
+        return 2
+    print(f'gpu_check: {torch.cuda.get_device_name(0)}, torch {torch.__version__}', flush=True)
+    return 0
+
+
+def compiler_check():
+    """(ok, line): torch.compile's GPU backend needs Triton and a C compiler for its launcher stubs."""
+    try:
+        import triton
+    except ImportError:
+        return False, 'Triton is not installed: compiled rows skipped, eager rows measured'
+    cc = os.environ.get('CC') or shutil.which('cc') or shutil.which('gcc') or shutil.which('clang')
+    if not cc:
+        return False, 'no C compiler (cc, gcc, clang) for Triton: compiled rows skipped, eager rows measured'
+    return True, f'Triton {triton.__version__}, C compiler {cc}'
 
 
 class Ctx:
@@ -65,6 +139,13 @@ class Ctx:
         self.device = 'cuda' if self.cuda else 'cpu'
         self.md, self.notes = [], []
         self.fmnist = self._fmnist()
+        self.compiles, line = compiler_check() if self.cuda else (True, '')
+        if line:
+            self.notes.append(line)
+        import bem
+        if not bem.has_saliency():   # opencv-python-headless without contrib (the lent GPU machine's build)
+            self.notes.append('cv2.saliency missing (OpenCV without contrib): SaliencyMix (bem_table5, --mix '
+                              'saliencymix) cannot run here; its tests skip by name, train.py refuses it in one line.')
 
     def left(self):
         return self.a.budget_s - (time.time() - self.t0)
@@ -102,24 +183,38 @@ def stage_tests(c):
                    budget * 0.7, c.env)
     counts = _junit_counts(junit)
     rows = [['pytest ' + ' '.join(CUDA_TESTS), _verdict(rc), counts, f'{secs:.0f}']]
-    # one torchrun process: ddp.init -> NCCL + SyncBatchNorm on CUDA (gloo + GlobalBatchNorm on CPU)
-    out = c.runs / 'torchrun'
-    _fresh(out)
-    flags = ['--dataset', 'synthetic', '--alg', 'acr', '--bem', '--width', '1', '--batch-size', '8', '--n1', '40',
-             '--m1', '80', '--imb-l', '10', '--iters', '4', '--eval-every', '4', '--no-progress', '--device', c.device, '--out', out]
-    rc2, secs2 = run([c.py, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=1', 'train.py']
-                     + flags, max(5, budget - secs), c.env)
-    done = (out / 'summary.json').exists()
-    rows.append(['torchrun 1 process (' + ('NCCL + SyncBatchNorm' if c.cuda else 'gloo + GlobalBatchNorm') + ')',
-                 _verdict(rc2 if done else rc2 or 1), 'summary.json written' if done else 'no summary', f'{secs2:.0f}'])
+    rows.append(ddp_row(c, max(5, budget - secs)))
     c.md += ['## 1. CUDA-only tests and CUDA smoke', '',
              'The CUDA-parametrised checks of tests/test_cuda_paths_cpu.py (select-mode augmentation vs group mode, '
              'device connected components vs cv2, fused SGD vs the update formula, channels_last + bf16 autocast vs '
              'fp32, a whole ACR+BEM step with every CUDA default vs the fp32 step), the host-sync test '
-             '(torch.cuda.set_sync_debug_mode), and one torchrun step.' + (' SMOKE: CPU, so the `cuda` cases '
+             '(torch.cuda.set_sync_debug_mode), and a 2-process torchrun run (DDP + global BatchNorm).' + (' SMOKE: CPU, so the `cuda` cases '
                                                                             'skip.' if c.smoke else ''), '',
              _table(['check', 'result', 'counts', 's'], rows), '']
-    c.tests_ok = rc == 0 and done
+    c.tests_ok = rc == 0 and rows[-1][1] in ('PASS', DDP_ONE_GPU)
+
+
+def ddp_row(c, timeout):
+    """Two torchrun processes (ddp.init: NCCL on CUDA, gloo on CPU; DDP; SyncBatchNorm on CUDA, GlobalBatchNorm2d
+    on CPU). What ran is read from train.py's own 'torchrun:' line, not assumed. On one GPU NCCL may refuse two
+    ranks on the same device: the row then says so (a GPU count limit, not a code failure)."""
+    out = c.runs / 'torchrun'
+    _fresh(out)
+    flags = ['--dataset', 'synthetic', '--alg', 'acr', '--bem', '--width', '1', '--batch-size', '8', '--n1', '40',
+             '--m1', '80', '--imb-l', '10', '--iters', '4', '--eval-every', '4', '--no-progress', '--out', out]
+    logf = c.runs / 'torchrun.log'
+    rc, secs = run([c.py, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'train.py'] + flags,
+                   timeout, c.env, capture=logf)
+    text = logf.read_text(errors='replace') if logf.exists() else ''
+    ran = next((ln.split('torchrun: ', 1)[1] for ln in text.splitlines() if 'torchrun: world' in ln), None)
+    done = (out / 'summary.json').exists()
+    if done and rc == 0:
+        return ['torchrun 2 processes', 'PASS', f'{ran or "(no torchrun line)"}; summary.json written', f'{secs:.0f}']
+    if 'Duplicate GPU' in text:
+        return ['torchrun 2 processes', DDP_ONE_GPU, 'NCCL refused two ranks on one GPU (Duplicate GPU detected): '
+                'the DDP path needs 2 GPUs to run here', f'{secs:.0f}']
+    why = next((ln.strip()[:160] for ln in reversed(text.splitlines()) if 'Error' in ln), 'no summary')
+    return ['torchrun 2 processes', _verdict(rc or 1), f'{ran or "no torchrun line"}; {why}', f'{secs:.0f}']
 
 
 def _fresh(d):
@@ -156,26 +251,49 @@ def stage_speed(c):
     else:   # full size: WRN-28-2 batch 64 mu 1 and 2, ResNet-32 batch 128; compiled rows for the target and LT
         args = ['--configs', 'fixmatch,acr,acr_bem,lt', '--mu', '1,2', '--compile-configs', 'acr_bem:1,lt']
     # --budget-s: no configuration starts after 80% of the share (compiled rows come last, so they go first)
-    rc, secs = run([c.py, 'bench.py', '--modes', 'eager,compile', '--budget-s', f'{budget * 0.8:.0f}',
-                    '--json', path] + args, budget, c.env)
-    c.speed = json.loads(path.read_text()) if path.exists() else {'configs': []}
+    modes = 'eager,compile' if c.compiles else 'eager'      # no Triton / C compiler: eager rows only (a note says so)
+    path.unlink(missing_ok=True)      # never a previous run's figures
+    cmd = [c.py, 'bench.py', '--modes', modes, '--budget-s', f'{budget * 0.8:.0f}', '--json', path] + args
+    try:
+        rc, secs = run(cmd, budget, c.env)
+    except Cut:     # bench rewrites its JSON after every row: a cut keeps what it measured
+        c.speed = _read_json(path) or {'configs': []}
+        speed_section(c, modes, args, 'cut by a signal: the rows measured before it')
+        raise
+    c.speed = _read_json(path) or {'configs': []}
+    speed_section(c, modes, args, f'{_verdict(rc)}, {secs:.0f} s')
+
+
+def _read_json(path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def speed_section(c, modes, args, how):
+    """The speed section from whatever bench.py's JSON holds (a failed compiled row is one line)."""
     c.md += ['## 2. Speed (bench.py, one process)', '',
-             f'`python bench.py --modes eager,compile {" ".join(args)}` ({_verdict(rc)}, {secs:.0f} s). '
-             + c.speed.get('header', ''), '']
+             f'`python bench.py --modes {modes} {" ".join(args)}` ({how}). ' + c.speed.get('header', ''), '']
+    if not c.speed['configs']:
+        c.md += ['bench.py measured nothing; see gpu_check.log.', '']
+        return
     rows, brk = [], []
     for r in c.speed['configs']:
         for p, label, ratio in (('a', '(a) eager', 'ratio'), ('a_compile', '(a) compiled', 'ratio_compile'),
                                 ('b', '(b) reference', None)):
-            if p in r:
+            if p in r and 'error' in r[p]:
+                rows.append([r['name'], r['mu'] or '-', label, f'FAILED: {r[p]["error"]}'[:140]] + [''] * 6)
+            elif p in r:
                 t = r[p]
                 rows.append([r['name'], r['mu'] or '-', label, f'{t["median_ms"]:.2f}', f'{t["images_per_s"]:.0f}',
-                             f'{r[ratio]:.2f}x' if ratio else '', f'{t["tflops"]:.2f}', f'{t["pct_peak"]:.1f}',
+                             f'{r[ratio]:.2f}x' if r.get(ratio) else '', f'{t["tflops"]:.2f}', f'{t["pct_peak"]:.1f}',
                              f'{t["peak_mem_mib"]:.0f}', f'{t.get("compile_s", float("nan")):.0f}' if 'compile_s' in t
                              else ''])
-        b = r['breakdown']
+        b = r.get('breakdown', {})
         brk.append([r['name'], r['mu'] or '-'] + [f'{b.get(k, 0.0):.2f}' for k in
                    ('augmentation', 'bem_draw_mix', 'forward', 'backward', 'opt_ema', 'bem_update')]
-                   + [f'{r["eval_ms_per_10k"]:.0f}'])
+                   + [f'{r["eval_ms_per_10k"]:.0f}' if 'eval_ms_per_10k' in r else ''])
     c.md += [_table(['config', 'mu', 'pipeline', 'ms/step', 'img/s', '(b)/row', 'TFLOP/s', '% bf16 peak',
                      'peak MiB', 'compile s'], rows), '',
              'Breakdown of (a) eager, ms/step (synchronised around each piece):', '',
@@ -253,8 +371,8 @@ def stage_throughput(c):
         cmd = [c.py, __file__, '--worker', '--k', str(k), '--seconds', str(secs), '--barrier', str(bar),
                '--device', c.device] + (['--smoke'] if c.smoke else [])
         log(f'throughput: {k} concurrent run(s)')
-        procs = [subprocess.Popen(cmd + ['--wid', str(i)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                  stderr=sys.stderr, text=True) for i in range(k)]
+        procs = [spawn(cmd + ['--wid', str(i)], env=env, stdout=subprocess.PIPE, stderr=sys.stderr, text=True)
+                 for i in range(k)]
         res = []
         for p in procs:
             try:
@@ -262,6 +380,7 @@ def stage_throughput(c):
                 res += [json.loads(line) for line in o.splitlines() if line.startswith('{')]
             except subprocess.TimeoutExpired:
                 p.kill()
+            CHILDREN.remove(p)
         if len(res) < k:
             rows.append([k, f'FAIL ({len(res)}/{k} workers reported)', '', '', ''])
             continue
@@ -367,36 +486,62 @@ def stage_fidelity(c):
     procs = []
     env = dict(c.env, OMP_NUM_THREADS='1')
     t0 = time.time()
-    for m, s, task, flags in runs:
-        out = root / task / m / f'seed{s}'
-        _fresh(out)                                       # a fresh schedule each time: steps depend on this GPU
-        cmd = [c.py, 'train.py'] + flags + ['--seed', str(s), '--out', str(out)]
-        log('+', ' '.join(cmd))
-        procs.append((m, s, task, out, subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=sys.stdout,
-                                                        stderr=sys.stderr)))
-    deadline = t0 + max(5, avail)
-    for *_, p in procs:
-        try:
+    cut = None
+    try:
+        for m, s, task, flags in runs:
+            out = root / task / m / f'seed{s}'
+            _fresh(out)                                   # a fresh schedule each time: steps depend on this GPU
+            cmd = [c.py, 'train.py'] + flags + ['--seed', str(s), '--out', str(out)]
+            log('+', ' '.join(cmd))
+            procs.append((m, s, task, out, spawn(cmd, env=env, stdout=sys.stdout, stderr=sys.stderr)))
+        deadline = t0 + max(5, avail)
+        for *_, p in procs:     # the steps were fitted to the time; a run still going at the deadline gets SIGTERM
             p.wait(timeout=max(1, deadline - time.time()))
-        except subprocess.TimeoutExpired:
-            p.terminate()
+    except subprocess.TimeoutExpired:
+        pass
+    except Cut as e:
+        cut = e
+    stop_children()   # SIGTERM: train.py checkpoints; its metrics.jsonl keeps every evaluation it made
     for *_, p in procs:
-        if p.poll() is None:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        CHILDREN.remove(p)
     wall = time.time() - t0
     c.md += ['## 3. Fidelity on Fashion-MNIST-LT' + ('' if c.fmnist else ' (here on `synthetic`: see the note above)'), '',
              f'gamma = 100, the demo\'s split (N1/M1 = 1000/2000, consistent, ACR first-k split); LT: imbalance 100. '
              f'{how}. Wall time {wall:.0f} s.', '']
     c.md += fidelity_tables(c, root, procs)
+    if cut is not None:
+        raise cut
 
 
 def _ms(vals):
     import numpy as np
     v = [x for x in vals if x is not None]
     return (float(np.mean(v)), float(np.std(v))) if v else (float('nan'), float('nan'))
+
+
+def run_summary(run):
+    """summary.json of a finished run; else, for a run stopped at the deadline, its last evaluation in
+    metrics.jsonl (the reported head's top-1 and per-class accuracy, marked unfinished); None if it never
+    evaluated."""
+    s = _read_json(run / 'summary.json')
+    if s and s.get('finished'):
+        return s
+    try:
+        recs = [json.loads(ln) for ln in (run / 'metrics.jsonl').read_text().splitlines() if ln.strip()]
+    except (OSError, ValueError):
+        return None
+    recs = [r for r in recs if isinstance(r, dict) and 'acc' in r]
+    if not recs:
+        return None
+    args = _read_json(run / 'args.json') or {}
+    head = 'model'
+    if args.get('task') == 'ltssl':
+        import ltssl
+        fw = ltssl.FRAMEWORK[args['alg']]
+        head = {v: k for k, v in fw.eval_heads.items()}[fw.eval_head]
+    last = recs[-1]
+    return {'last': last['acc'][head], 'per_class': last['per_class'][head], 'steps': last['step'],
+            'statistic': 'last evaluation', 'timing': {}, 'finished': False}
 
 
 def fidelity_tables(c, root, procs):
@@ -407,12 +552,11 @@ def fidelity_tables(c, root, procs):
                                        ('lt', LT_METHODS, 'instance', 'few')):
         stats = {}
         for m in methods:
-            ss = [json.loads(p.read_text()) for p in sorted((root / task / m).glob('seed*/summary.json'))]
-            ss = [s for s in ss if s.get('finished')]
+            ss = [s for s in map(run_summary, sorted((root / task / m).glob('seed*'))) if s]
             if ss:
                 stats[m] = ss
         if not stats:
-            out += [f'{task}: no finished run (see gpu_check.log).', '']
+            out += [f'{task}: no run evaluated (see gpu_check.log).', '']
             continue
         rows = []
         b = _ms([s['last'] for s in stats.get(base, [])])
@@ -423,9 +567,10 @@ def fidelity_tables(c, root, procs):
             spread = math.hypot(sd, b[1])
             verdict = ('baseline' if m == base else
                        f'{gain:+.2f} vs ±{spread:.2f} ({abs(gain) / spread:.1f}x spread)' if spread > 0 else f'{gain:+.2f}')
-            rows.append([m, len(ss), ss[0]['steps'], f'{mean:.2f} ± {sd:.2f}', cell('head_half'), cell('tail_half'),
+            steps = '/'.join(sorted({str(s['steps']) + ('' if s.get('finished') else ' (stopped)') for s in ss}))
+            rows.append([m, len(ss), steps, f'{mean:.2f} ± {sd:.2f}', cell('head_half'), cell('tail_half'),
                          cell(small) if any(s.get(small) is not None for s in ss) else '– (no class < 20 images)',
-                         cell('mean_last20'), verdict, f'{_ms([s["timing"]["images_per_s"] for s in ss])[0]:.0f}'])
+                         cell('mean_last20'), verdict, f'{_ms([s["timing"].get("images_per_s") for s in ss])[0]:.0f}'])
             import numpy as np
             curves[f'{task}:{m}'] = np.mean([s['per_class'] for s in ss], 0)
         stat = next(iter(stats.values()))[0]['statistic']
@@ -596,6 +741,7 @@ def main(argv=None):
     a('--seeds', type=int, default=int(os.environ.get('SEEDS', 1 if os.environ.get('SMOKE') == '1' else 2)))
     a('--data-dir', default=os.environ.get('DATA_DIR', './datasets'))
     a('--stages', default=os.environ.get('STAGES', 'tests,speed,throughput,fidelity,hours'))
+    a('--preflight', action='store_true', help='only check that a CUDA device is visible (exit 2 if not)')
     # worker mode (stage 5)
     a('--worker', action='store_true', help=argparse.SUPPRESS)
     a('--k', type=int, default=1, help=argparse.SUPPRESS)
@@ -607,39 +753,72 @@ def main(argv=None):
     os.chdir(ROOT)
     if args.worker:
         return worker(args)
+    if args.preflight:
+        return 0 if args.smoke else preflight()
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     c = Ctx(args)
     c.out.mkdir(parents=True, exist_ok=True)
     c.runs.mkdir(parents=True, exist_ok=True)
     c.speed, c.gain, c.tests_ok = {'configs': []}, {}, None
     stages = [s.strip() for s in args.stages.split(',')]
     log(f'device {c.gpu} | budget {args.budget_s:.0f} s | SMOKE={int(c.smoke)} | out {c.out}')
-    times, sections = [], {}
+    c.times, c.sections, c.state = [], {}, 'running'
     # hours before fidelity: it needs only the step times, and fidelity takes whatever budget is left
-    for num, name, fn in ((1, 'tests', stage_tests), (2, 'speed', stage_speed), (5, 'throughput', stage_throughput),
-                          (4, 'hours', stage_gpu_hours), (3, 'fidelity', stage_fidelity)):
-        if name not in stages:
-            continue
-        c.md = sections[num] = []
-        t = time.time()
-        try:
-            fn(c)
-        except Exception as e:   # noqa: BLE001 -- one broken stage must not cost the others their figures
-            import traceback
-            traceback.print_exc()
-            c.md += [f'## stage {name}: ERROR {type(e).__name__}: {e}', '']
-        times.append(f'{name} {time.time() - t:.0f} s')
-        log(f'stage {name} done in {time.time() - t:.0f} s; {c.left():.0f} s of the budget left')
-    import torch
-    head = [f'# gpu_check on {c.gpu}', '',
-            f'`{"SMOKE=1 " if c.smoke else ""}bash reproduce/gpu_check.sh` | BUDGET_S={args.budget_s:.0f} | torch '
-            f'{torch.__version__} | {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())} | wall '
-            f'{time.time() - c.t0:.0f} s ({", ".join(times)}) | log: gpu_check.log', '']
-    head += [f'Note: {n}' for n in c.notes] + ([''] if c.notes else [])
-    body = [line for num in sorted(sections) for line in sections[num]]
-    (c.out / 'gpu_check.md').write_text('\n'.join(head + body) + '\n')
-    log(f'report: {c.out / "gpu_check.md"}')
+    order = [(1, 'tests', stage_tests), (2, 'speed', stage_speed), (5, 'throughput', stage_throughput),
+             (4, 'hours', stage_gpu_hours), (3, 'fidelity', stage_fidelity)]
+    order = [st for st in order if st[1] in stages]
+    cut = None
+    try:
+        for k, (num, name, fn) in enumerate(order):
+            c.md = c.sections[num] = []
+            t = time.time()
+            try:
+                fn(c)
+            except Cut as e:
+                cut = e.args[0]
+                c.md += [f'## stage {name}: CUT by signal {cut} after {time.time() - t:.0f} s (what it measured '
+                         'before the cut is above)', '']
+            except Exception as e:   # noqa: BLE001 -- one broken stage must not cost the others their figures
+                import traceback
+                traceback.print_exc()
+                c.md += [f'## stage {name}: ERROR {type(e).__name__}: {e}', '']
+            c.times.append(f'{name} {time.time() - t:.0f} s')
+            left = [n for _, n, _ in order[k + 1:]]
+            c.state = (f'cut by signal {cut} in stage {name}; not run: {", ".join(left) or "none"}' if cut else
+                       f'done: {", ".join(n for _, n, _ in order[:k + 1])}' + (f'; to come: {", ".join(left)}'
+                                                                              if left else ''))
+            write_report(c)
+            log(f'stage {name} {"cut" if cut else "done"} in {time.time() - t:.0f} s; {c.left():.0f} s left')
+            if cut:
+                break
+    except Cut as e:   # between stages, or while a report was written
+        cut = e.args[0]
+        c.state = f'cut by signal {cut} between stages'
+        write_report(c)
+    finally:
+        stop_children(grace=5)
+    if cut:
+        return 128 + cut
+    body = [line for num in sorted(c.sections) for line in c.sections[num]]
     ok = c.tests_ok is not False and not any(line.startswith('## stage') for line in body)
     return 0 if ok else 1
+
+
+def write_report(c):
+    """gpu_check.md from the stages so far (rewritten after each stage; temp file + rename: never torn)."""
+    import torch
+    head = [f'# gpu_check on {c.gpu}', '',
+            f'`{"SMOKE=1 " if c.smoke else ""}bash reproduce/gpu_check.sh` | BUDGET_S={c.a.budget_s:.0f} | torch '
+            f'{torch.__version__} | {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())} | wall '
+            f'{time.time() - c.t0:.0f} s ({", ".join(c.times)}) | log: gpu_check.log', '',
+            f'Stages: {c.state}.', '']
+    head += [f'Note: {n}' for n in c.notes] + ([''] if c.notes else [])
+    body = [line for num in sorted(c.sections) for line in c.sections[num]]
+    tmp = c.out / 'gpu_check.md.tmp'
+    tmp.write_text('\n'.join(head + body) + '\n')
+    os.replace(tmp, c.out / 'gpu_check.md')
+    log(f'report: {c.out / "gpu_check.md"}')
 
 
 if __name__ == '__main__':

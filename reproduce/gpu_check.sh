@@ -15,7 +15,9 @@
 #   SEEDS (2; SMOKE 1), FMNIST_DIR (a folder holding the four Fashion-MNIST .gz files, e.g. carried with the working tree;
 #   else /usr/share/datasets/fashion-mnist and DATA_DIR/fashion-mnist; synthetic data when none is found),
 #   DATA_DIR (./datasets), STAGES (tests,speed,throughput,fidelity,hours), PYTHON (.venv/bin/python, else python3).
-# Exit status 0 when every stage ran and the tests passed, 1 otherwise (the report is written either way).
+# Exit status 0 when every stage ran and the tests passed, 1 otherwise, 2 without a visible CUDA device (one line,
+# in seconds, nothing run), 128+N when stopped by signal N. The report is rewritten after every stage, so a
+# timeout or a signal keeps every stage done before it (bench.py rewrites speed.json after every row).
 # On a lent device (15 min in all): copy the .gz files into the ignored datasets/fashion-mnist/ (found there without
 # FMNIST_DIR), then one call: command `bash reproduce/gpu_check.sh`, carry ["datasets/fashion-mnist"], timeout_s 560;
 # $OUT is the device tool's folder, so the report comes back. A second call with BUDGET_S=450 if the lease allows.
@@ -29,10 +31,18 @@ else
   OUT=${OUT:-results/gpu_check}; BUDGET_S=${BUDGET_S:-300}
 fi
 export OUT BUDGET_S SMOKE
+# first seconds: no visible CUDA device -> one line, exit 2 (SMOKE runs on the CPU on purpose)
+"$PYTHON" reproduce/gpu_check.py --preflight || exit $?
 mkdir -p "$OUT"
 start=$(date +%s)
-"$PYTHON" reproduce/gpu_check.py >"$OUT/gpu_check.log" 2>&1
-rc=$?
+# python in the background so that a SIGTERM/SIGINT to this script (the device tool's timeout) reaches it: it
+# writes the report of the stages done, stops its children, and exits 128+signal; the report is printed below
+"$PYTHON" reproduce/gpu_check.py >"$OUT/gpu_check.log" 2>&1 &
+pid=$!
+trap 'kill -TERM $pid 2>/dev/null' TERM INT
+wait $pid; rc=$?
+if kill -0 $pid 2>/dev/null; then wait $pid; rc=$?; fi   # `wait` returned on the trapped signal: wait for the report
+trap - TERM INT
 cat "$OUT/gpu_check.md" 2>/dev/null || { echo "gpu_check: no report; last log lines:"; tail -40 "$OUT/gpu_check.log"; }
 echo "gpu_check: exit $rc, $(( $(date +%s) - start )) s, report $OUT/gpu_check.md, log $OUT/gpu_check.log"
 exit $rc

@@ -187,3 +187,19 @@ def test_bad_modes_is_one_line_exit_2():
     p = subprocess.run([sys.executable, 'bench.py', '--quick', '--modes', 'eager,jit'], cwd=ROOT, capture_output=True,
                        text=True, timeout=120)
     assert p.returncode == 2 and p.stderr.count('\n') == 1 and 'eager,compile' in p.stderr, p.stderr
+
+
+def test_gpu_check_without_a_gpu_exits_2_in_one_line():
+    """Not SMOKE, no visible CUDA device: one line, exit 2, in seconds, and no report of CPU numbers."""
+    import os
+    import subprocess
+    import time
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES='', SMOKE='0', OUT=os.path.join(root, 'runs', 'gpu_check_nogpu'))
+    t0 = time.time()
+    r = subprocess.run(['bash', os.path.join(root, 'reproduce', 'gpu_check.sh')], env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and time.time() - t0 < 30, (r.returncode, r.stderr)
+    lines = (r.stdout + r.stderr).strip().splitlines()
+    assert len(lines) == 1 and 'no CUDA device' in lines[0] and 'Traceback' not in r.stderr, lines
+    assert not os.path.exists(env['OUT'])
