@@ -2,13 +2,14 @@
 
 Driven by reproduce/gpu_check.sh (read its header). Stages, in this order, each inside its share of BUDGET_S:
   1 tests       pytest of the CUDA-parametrised checks (tests/test_cuda_paths_cpu.py, the host-sync test) and a
-                1-process torchrun step (NCCL + SyncBatchNorm on CUDA, gloo + GlobalBatchNorm on CPU)
+                2-process torchrun run (NCCL + SyncBatchNorm on CUDA, gloo + GlobalBatchNorm on CPU)
   2 speed       bench.py --modes eager,compile in one process -> speed.json
   5 throughput  images/s of 1, 2, 4 concurrent ACR+BEM runs on the one GPU (workers meet at a file barrier)
   3 fidelity    FixMatch, +BEM, +ACR, ACR+BEM and ResNet-32 instance / jitter1 / jitter2, SEEDS seeds each, all
                 at once on the GPU; steps from the step times of 2 and the concurrency gain of 5
   4 GPU-hours   every reproduce/ table's DRY_RUN plan x the step times of 2 (FLOP-scaled where not measured)
-Writes $OUT/gpu_check.md, speed.json, fidelity.png, throughput.png (the log goes to gpu_check.log via the .sh).
+Writes $OUT/gpu_check.md (after every stage), speed.json, fidelity.png, throughput.png (the log goes to
+gpu_check.log via the .sh). SIGTERM/SIGINT: the report keeps the finished stages, exit 128+signal.
 """
 import argparse
 import json
