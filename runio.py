@@ -175,6 +175,14 @@ def _read_args(run_dir, present):
     return old
 
 
+
+def _holder_pid(raw):
+    """The pid on the lock file's first line; 'unknown' when it holds none (a holder that died before writing it,
+    or a line torn by a shorter pid written over a longer one)."""
+    first = raw.decode(errors='replace').split('\n', 1)[0].strip()
+    return first if first.isdigit() else 'unknown'
+
+
 class RunLock:
     """One process per run directory for the run's lifetime: fcntl.flock on RUN_DIR/.lock (the kernel drops it when
     the process ends, kill -9 included, so a stale lock cannot block a --resume). The holder writes its pid into the
@@ -195,7 +203,7 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            pid = os.pread(fd, 32, 0).decode(errors='replace').strip() or 'unknown'
+            pid = _holder_pid(os.pread(fd, 32, 0))
             os.close(fd)
             raise UsageError(f'run directory {self.run_dir} is in use by process {pid} (it holds {self.path}); wait '
                              f'for it to end, or choose another --out') from None

@@ -502,6 +502,7 @@ def refused(argv, out, capsys, key, before=None):
 def test_run_dir_locked_by_another_process_is_refused_naming_it(finished, tmp_path, capsys):
     out = _copy(finished, tmp_path)
     os.remove(out / 'summary.json')
+    (out / '.lock').write_text('99999999999\n')    # a longer stale pid: the holder's shorter one leaves a torn line
     holder = subprocess.Popen([sys.executable, '-c', 'import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR); '
                                'fcntl.flock(fd, fcntl.LOCK_EX); os.pwrite(fd, b"%d\\n" % os.getpid(), 0); '
                                'print("held", flush=True); sys.stdin.read()', str(out / '.lock')],
