@@ -741,3 +741,41 @@ def test_reproduce_knobs(knob, value, tmp_path):
                        capture_output=True, text=True, timeout=30)
     assert_rejected(p.returncode, p.stderr, f'{knob}={value}')
     assert 'sourced' not in p.stdout and not (tmp_path / 'runs').exists()
+
+
+@pytest.mark.parametrize('knob,value', [('SMOKE', 'yes'), ('DRY_RUN', 'true'), ('SLURM', '2'), ('PYTHON', '/nonexistent/python')])
+def test_reproduce_switches_and_python(knob, value, tmp_path):
+    """DRY_RUN=true must not run the whole table (it was read as "not 1"); a given PYTHON that cannot be run must not
+    fall back silently to another interpreter."""
+    env = dict(os.environ, **{knob: value}, RUNS=str(tmp_path / 'runs'), RESULTS=str(tmp_path / 'results'))
+    p = subprocess.run(['bash', '-c', 'source reproduce/common.sh; echo sourced'], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=30)
+    assert_rejected(p.returncode, p.stderr, f'{knob}={value}')
+    assert 'sourced' not in p.stdout and not (tmp_path / 'runs').exists()
+
+
+@pytest.mark.parametrize('script,knob,value', [
+    ('demo.sh', 'QUICK', '2'), ('demo.sh', 'DRY_RUN', 'yes'), ('demo.sh', 'SEED', 'abc'), ('demo.sh', 'ITERS', '0'),
+    ('demo.sh', 'PYTHON', '/nonexistent/python'), ('fmnist_cpu.sh', 'SEEDS', '0,1'), ('fmnist_cpu.sh', 'ONLY', 'ssl'),
+    ('fmnist_cpu.sh', 'DRY_RUN', '2')])
+def test_script_knobs(script, knob, value, tmp_path):
+    """The scripts that do not source common.sh check their knobs the same way (reproduce/knobs.sh), before the data
+    check or any run: nothing printed on stdout, nothing written."""
+    env = dict(os.environ, **{knob: value}, RUNS=str(tmp_path / 'runs'), RESULTS=str(tmp_path / 'results'),
+               ROOT=str(tmp_path / 'fm'))
+    p = subprocess.run(['bash', f'reproduce/{script}'], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+    assert_rejected(p.returncode, p.stderr, f'{knob}={value}')
+    assert p.stdout == '' and not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize('argv,key', [
+    (['demo', 'QUICK=2'], 'QUICK=2'), (['demo', 'DRY_RUN=yes'], 'DRY_RUN=yes'), (['demo', 'SEED=-1'], 'SEED=-1'),
+    (['smoke', 'ONLY=('], 'ONLY=('), (['smoke', 'DRY_RUN=x'], 'DRY_RUN=x'), (['demo', 'PYTHON=/nonexistent/py'],
+    'PYTHON=/nonexistent/py'), (['test', 'PY=/nonexistent/py'], 'PY=/nonexistent/py')])
+def test_make_targets_refuse_bad_knobs(argv, key, tmp_path):
+    """`make demo QUICK=2`: one line and exit 2 before anything is built (make's $(error), not a failed recipe's
+    second "*** Error" line). -n: were a check missing, make would only print the recipe (and exit 0)."""
+    env = {k: v for k, v in os.environ.items() if k not in ('MAKEFLAGS', 'MAKELEVEL', 'MFLAGS')}
+    p = subprocess.run(['make', '-n', *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+    assert_rejected(p.returncode, p.stderr, key)
+    assert p.stdout == ''
