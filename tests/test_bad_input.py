@@ -779,3 +779,57 @@ def test_make_targets_refuse_bad_knobs(argv, key, tmp_path):
     p = subprocess.run(['make', '-n', *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
     assert_rejected(p.returncode, p.stderr, key)
     assert p.stdout == ''
+
+
+# ------------------------------------------------------------------------------------------------
+# Ctrl-C: report.py, and a reproduce script's loop of runs (the whole script stops, each run resumable)
+# ------------------------------------------------------------------------------------------------
+
+def test_report_ctrl_c_is_one_line_and_keeps_the_old_table(tmp_path, capsys, monkeypatch):
+    import report
+    out = tmp_path / 'res'
+    out.mkdir()
+    (out / 'bem_table1.md').write_text('the previous table\n')
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(report, 'table_md', interrupted)
+    (tmp_path / 'runs').mkdir()
+    rc, err = run_report(['bem_table1', '--runs', tmp_path / 'runs', '--out', out], capsys)
+    assert rc == 130 and len(err.strip().splitlines()) == 1 and 'Traceback' not in err and 'interrupted' in err, err
+    assert sorted(os.listdir(out)) == ['bem_table1.md'] and (out / 'bem_table1.md').read_text() == 'the previous table\n'
+
+
+# A stand-in interpreter for the scripts: logs each call; a "training run" lasts until SIGINT and then exits 130 as
+# train.py does (checkpoint, exit 128 + 2; tests/test_reliability.py checks train.py's side of it).
+FAKE_PYTHON = '''#!/usr/bin/env bash
+echo "$*" >> "$FAKE_LOG"
+case " $* " in *" --check-data "*) exit 0;; esac
+[ "$1" = train.py ] || exit 0
+trap 'echo stopped >> "$FAKE_LOG"; exit 130' INT
+while :; do sleep 0.02; done
+'''
+
+
+@pytest.mark.parametrize('extra', [{}, {'GPUS': '0', 'RUNS_PER_GPU': '2'}], ids=['serial', 'parallel'])
+def test_ctrl_c_stops_a_reproduce_script_not_only_its_run(extra, tmp_path):
+    """Ctrl-C in the terminal (SIGINT to the foreground process group) while a table script trains: the running
+    train.py stops (exit 130, resumable) and the script stops with it: no next run, no report."""
+    py, log = tmp_path / 'py', tmp_path / 'calls'
+    py.write_text(FAKE_PYTHON)
+    py.chmod(0o755)
+    log.write_text('')
+    env = dict(os.environ, SMOKE='1', PYTHON=str(py), FAKE_LOG=str(log), RUNS=str(tmp_path / 'runs'),
+               RESULTS=str(tmp_path / 'res'), **extra)
+    p = subprocess.Popen(['bash', 'reproduce/bem_table1.sh'], cwd=ROOT, env=env, start_new_session=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    t0, runs = time.time(), 1 + ('GPUS' in extra)
+    while log.read_text().count('train.py --task') < runs and p.poll() is None and time.time() - t0 < 20:
+        time.sleep(0.02)
+    time.sleep(0.2)
+    os.killpg(p.pid, signal.SIGINT)
+    out, _ = p.communicate(timeout=30)
+    calls = log.read_text().splitlines()
+    assert p.returncode in (130, -signal.SIGINT), out          # bash ends by the signal itself (-2) or with 130
+    assert sum(c.startswith('train.py --task') for c in calls) == runs, calls      # no run after the Ctrl-C
+    assert calls.count('stopped') == runs and not any(c.startswith('report.py') for c in calls), calls
