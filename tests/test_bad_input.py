@@ -648,20 +648,24 @@ def test_ctrl_c_during_startup_is_quiet(tmp_path, capsys, monkeypatch):
     assert not out.exists()
 
 
-def test_closed_stdout_ends_quietly_and_the_run_completes(tmp_path):
+@pytest.mark.parametrize('both', [False, True], ids=['stdout', 'stdout+stderr-progress'])
+def test_closed_stdout_ends_quietly_and_the_run_completes(both, tmp_path):
     """`train.py ... | head -1`: the reader goes after the first line; the run still finishes, exit 0, no
-    BrokenPipeError (one real interpreter: the final flush of a closed pipe happens only at exit)."""
+    BrokenPipeError (one real interpreter: the final flush of a closed pipe happens only at exit). both:
+    `train.py --progress 2>&1 | head -1`, the progress bar's stderr closed too (tqdm's BrokenPipeError ended the
+    run with exit 1 after the first checkpoint)."""
     from conftest import TESTS
     out = tmp_path / 'run'
     code = ('import sys; sys.path[:0] = [%r, %r]; import conftest, runpy, pytest; '
             'conftest.patch_small_data(pytest.MonkeyPatch(), %r); sys.argv = ["train.py"] + sys.argv[1:]; '
             'runpy.run_path("train.py", run_name="__main__")' % (TESTS, ROOT, SYNTH))
     env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
-    p = subprocess.Popen([sys.executable, '-c', code, *map(str, LTSSL), '--out', str(out)], cwd=ROOT, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    argv = [*map(str, LTSSL), '--out', str(out)] + (['--progress'] if both else [])
+    p = subprocess.Popen([sys.executable, '-c', code, *argv], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT if both else subprocess.PIPE, text=True)
     first = p.stdout.readline()           # what `head -1` reads, then it exits
     p.stdout.close()
-    err = p.stderr.read()
+    err = '' if both else p.stderr.read()
     assert p.wait(timeout=120) == 0, err
     assert first.startswith('synthetic:') and 'Traceback' not in err and 'BrokenPipe' not in err, err
     assert runio.load_checkpoint(str(out))['step'] == 2 and (out / 'summary.json').exists()

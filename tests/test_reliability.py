@@ -715,3 +715,25 @@ def test_nan_batchnorm_statistics_stop_the_run(tmp_path, capsys, monkeypatch):
     assert len(err.splitlines()) == 1 and 'Traceback' not in err, err
     assert 'BatchNorm running statistics at step 4' in err and '--bn-momentum' in err, err
     assert ckpt_step(out) == 3 and 'summary.json' not in os.listdir(out)
+
+
+def test_sigint_during_an_evaluation_finishes_it_then_stops(finished, tmp_path, capsys, monkeypatch):
+    """Ctrl-C in the middle of the step-2 evaluation (in-process: the signal is sent from inside it): the evaluation
+    and its checkpoint complete, the run stops there (exit 130, no traceback), and --resume ends as the uninterrupted
+    run."""
+    orig = train.LTSSLTask.evaluate
+
+    def evaluate(self):
+        if self.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)      # the handler runs here, before the evaluation's forward
+        return orig(self)
+    out = tmp_path / 'run'
+    with monkeypatch.context() as mp:
+        mp.setattr(train.LTSSLTask, 'evaluate', evaluate)
+        capsys.readouterr()
+        assert run_inproc(DIR, out) == 128 + signal.SIGINT
+    o, err = capsys.readouterr()
+    assert 'stopped by signal 2 at step 2' in o and 'Traceback' not in o + err, o + err
+    assert ckpt_step(out) == 2 and [r['step'] for r in read_metrics(out)] == [2]
+    assert run_inproc(DIR + ['--resume'], out) == 0
+    assert_same_run(out, finished)
