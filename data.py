@@ -14,6 +14,7 @@ import gzip
 import math
 import os
 import pickle
+import unicodedata
 import zlib
 from dataclasses import dataclass, field
 
@@ -494,12 +495,21 @@ def _class_folders(d):
     if stray:
         raise DataError(f'{os.path.join(d, stray)} is not inside a class folder: {d} holds one folder per class '
                         f'({FOLDER_LAYOUT})')
+    twins = next(((a, b) for i, a in enumerate(names) for b in names[i + 1:] if _name_key(a) == _name_key(b)), None)
+    if twins:
+        raise DataError(f'class folders {twins[0]!r} and {twins[1]!r} of {d} differ only in case or Unicode form, so '
+                        f'reports could not tell them apart (and a case-insensitive copy merges them); merge or rename one')
     classes = {c: _images_under(os.path.join(d, c)) for c in names}
     empty = next((c for c, files in classes.items() if not files), None)
     if empty:
         raise DataError(f'class {empty!r} has no images in {os.path.join(d, empty)} (.jpg, .png, ...); add images '
                         f'or remove the folder')
     return classes
+
+
+def _name_key(name):
+    """A class name up to case and Unicode form ('café' typed on macOS is NFD, on Linux usually NFC)."""
+    return unicodedata.normalize('NFC', name).casefold()
 
 
 def folder_layout(root):
@@ -514,8 +524,10 @@ def folder_layout(root):
     if len(train) < 2:
         raise DataError(f'{train_dir} holds {len(train)} class folder(s); a classifier needs at least 2')
     for c in sorted(set(test) - set(train)):
-        raise DataError(f'class {c!r} of {test_dirs[0]} is missing from {train_dir}: the model cannot learn it; add '
-                        f'its training images or remove it from {test_dirs[0]}')
+        twin = next((t for t in train if _name_key(t) == _name_key(c)), None)
+        fix = (f'rename one: it differs from {twin!r} of {train_dir} only in case or Unicode form' if twin else
+               f'add its training images or remove it from {test_dirs[0]}')
+        raise DataError(f'class {c!r} of {test_dirs[0]} is missing from {train_dir}: the model cannot learn it; {fix}')
     for c in sorted(set(train) - set(test)):
         raise DataError(f'class {c!r} has no folder in {test_dirs[0]}, so its accuracy cannot be measured; add its '
                         f'test images')

@@ -15,7 +15,9 @@ step, not more data per step.
     The global BatchNorm's all-reduce is autograd-aware, so this is the gradient of the global score sum.
   * Only rank 0 writes files.
 """
+import contextlib
 import os
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -46,6 +48,17 @@ def init():
     return Dist(dist.get_rank(), world, local, device)
 
 
+@contextlib.contextmanager
+def autograd_collectives():
+    """torch.distributed.nn.functional, the public autograd-aware collectives (deprecated in favour of a private
+    API), with its FutureWarning silenced. Every use must be inside this: each catch_warnings exit resets the
+    warnings registry, so one unguarded call site would print its warning again at every step, on every rank."""
+    import torch.distributed.nn.functional as dnf
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', FutureWarning)
+        yield dnf
+
+
 class GlobalBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d with training statistics over all ranks. Two passes (the mean, then the squared deviations
     from it), two all_reduces: the one-pass E[x^2] - E[x]^2 cancels catastrophically in fp32 on small feature
@@ -54,14 +67,14 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x):
         if not self.training:
             return super().forward(x)
-        import torch.distributed.nn.functional as dnf
         C = x.shape[1]
         xf = x.float()
-        tot = dnf.all_reduce(torch.cat([xf.sum((0, 2, 3)), xf.new_full((1,), x.numel() / C)]))  # autograd-aware
-        n = tot[-1]
-        mean = tot[:C] / n
-        d = xf - mean[None, :, None, None]
-        var = dnf.all_reduce((d * d).sum((0, 2, 3))) / n
+        with autograd_collectives() as dnf:
+            tot = dnf.all_reduce(torch.cat([xf.sum((0, 2, 3)), xf.new_full((1,), x.numel() / C)]))  # autograd-aware
+            n = tot[-1]
+            mean = tot[:C] / n
+            d = xf - mean[None, :, None, None]
+            var = dnf.all_reduce((d * d).sum((0, 2, 3))) / n
         with torch.no_grad():
             m = self.momentum
             self.running_mean.mul_(1 - m).add_(m * mean)
@@ -97,10 +110,7 @@ def shard(segments, d):
 
 def gather(t, sizes, d, dim, autograd=True):
     """Inverse of shard: the global tensor with segments in their original order (autograd-aware)."""
-    import warnings
-    import torch.distributed.nn.functional as dnf
-    with warnings.catch_warnings():   # deprecated in favour of a private API; still the public autograd gather
-        warnings.simplefilter('ignore', FutureWarning)
+    with autograd_collectives() as dnf:
         parts = dnf.all_gather(t.contiguous()) if autograd else _gather_plain(t.contiguous())
     local = [s // d.world for s in sizes]
     per_rank = [p.split(local, dim) for p in parts]
@@ -144,16 +154,13 @@ def gather_rows(t, n, d, dim=0):
     Shards are padded to the largest one for the all_gather and trimmed after. Every rank then takes the same
     loss on the global batch; the gather's backward sums over ranks and DDP averages, which gives exactly the
     global-batch gradient whatever the shard sizes (module docstring)."""
-    import warnings
-    import torch.distributed.nn.functional as dnf
     sizes = [b - a for a, b in (row_range(n, d, r) for r in range(d.world))]
     pad = max(sizes) - t.shape[dim]
     if pad:
         shape = list(t.shape)
         shape[dim] = pad
         t = torch.cat([t, t.new_zeros(shape)], dim)
-    with warnings.catch_warnings():   # deprecated in favour of a private API; still the public autograd gather
-        warnings.simplefilter('ignore', FutureWarning)
+    with autograd_collectives() as dnf:
         parts = dnf.all_gather(t.contiguous())
     return torch.cat([p.narrow(dim, 0, s) for p, s in zip(parts, sizes)], dim)
 

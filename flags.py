@@ -576,8 +576,11 @@ def recorded_args(path):
     except (OSError, ValueError) as e:
         raise UsageError(f'--args-from {path}: {f} is unreadable ({type(e).__name__}); give a run directory of '
                          f'train.py or its args.json') from None
+    if not isinstance(rec, dict):
+        raise UsageError(f'--args-from {path}: {f} holds a JSON {type(rec).__name__}, not the object of flags that '
+                         f'train.py writes; give a run directory of train.py or its args.json')
     acts = {act.dest: act for act in build_parser()._actions}
-    unknown = sorted(set(rec) - set(acts)) if isinstance(rec, dict) else ['(not a dict)']
+    unknown = sorted(set(rec) - set(acts))
     if unknown:
         raise UsageError(f'--args-from {path}: argument {unknown[0]!r} is unknown to this train.py (written by '
                          f'another version); re-run it from that version (its git commit is in env.json)')

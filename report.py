@@ -1065,14 +1065,27 @@ SUBCOMMANDS = {'eval': eval_main, 'curves': curves_main}
 
 def _emit(path, md):
     """Write a figure command's markdown beside its figure and print it."""
-    path.write_text(md)
+    write_text(path, md)
     print(md)
+
+
+def write_text(path, text):
+    """A results file written whole or not at all (Ctrl-C or a full disk mid-write leaves the previous one)."""
+    tmp = path.with_name(f'.tmp-{path.name}')
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def main(argv=None):
     """The CLI; a file that cannot be written (a read-only run directory, --out below a file) ends in one line."""
     try:
         return _main(argv)
+    except KeyboardInterrupt:           # Ctrl-C: one line; every results file is either the old one or the new one
+        print('report.py: interrupted (Ctrl-C); run the command again', file=sys.stderr)
+        return 130
     except OSError as e:
         die(f'cannot write {e.filename or "the output"} ({e.strerror}); check its permissions or choose another '
             f'--out')
@@ -1120,7 +1133,7 @@ def _main(argv):
         md = fig_cammix(cammix_run(runs, a.run), out, a.n)
     else:
         md = table_md(name, runs, a.paper)
-    (out / f'{name}.md').write_text(md)
+    write_text(out / f'{name}.md', md)
     print(md)
     print(f'wrote {out / (name + ".md")}', file=sys.stderr)
 

@@ -846,12 +846,36 @@ def _stop_requested(stop, boundary, dist):
 
 def _progress(task, show):
     show = show if show is not None else sys.stderr.isatty()
-    return tqdm(total=task.total_steps, initial=task.step, disable=not show, dynamic_ncols=True, smoothing=0.05)
+    return tqdm(total=task.total_steps, initial=task.step, disable=not show, dynamic_ncols=True, smoothing=0.05,
+                file=QuietOnClose(sys.stderr))
+
+
+class QuietOnClose:
+    """A stream for the progress bar: when its pipe closes (`train.py --progress 2>&1 | head -1`) it goes quiet and
+    the run goes on (tqdm's BrokenPipeError ended the run with exit 1)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text):
+        self._quiet_on_close(self.stream.write, text)
+
+    def flush(self):
+        self._quiet_on_close(self.stream.flush)
+
+    def _quiet_on_close(self, fn, *a):
+        try:
+            fn(*a)
+        except BrokenPipeError:
+            quiet(self.stream)
+
+    def __getattr__(self, name):          # fileno, isatty ... (tqdm sizes the bar from the terminal)
+        return getattr(self.stream, name)
 
 
 def _error(e):
     if os.environ.get('RANK', '0') == '0':        # under torchrun, one line from rank 0, not one per process
-        print(f'error: {e}', file=sys.stderr)
+        QuietOnClose(sys.stderr).write(f'error: {e}\n')
 
 
 def say(*a, **k):
@@ -859,12 +883,13 @@ def say(*a, **k):
     try:
         print(*a, **k, flush=True)
     except BrokenPipeError:
-        quiet_stdout()
+        quiet(sys.stdout)
 
 
-def quiet_stdout():
-    """Point stdout at /dev/null: the interpreter's final flush would otherwise raise BrokenPipeError again."""
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+def quiet(stream):
+    """Point a closed stream's descriptor at /dev/null: the interpreter's final flush would otherwise raise
+    BrokenPipeError again."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
 def main(argv=None):
@@ -892,8 +917,6 @@ if __name__ == '__main__':
     code = main()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
-    try:
-        sys.stdout.flush()
-    except BrokenPipeError:
-        quiet_stdout()
+    for stream in (sys.stdout, sys.stderr):
+        QuietOnClose(stream).flush()
     sys.exit(code)

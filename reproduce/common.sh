@@ -39,8 +39,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-PYTHON=${PYTHON:-.venv/bin/python}
-command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+source reproduce/knobs.sh
+knob_python
 SEEDS=${SEEDS:-3}
 SMOKE=${SMOKE:-0}
 DRY_RUN=${DRY_RUN:-0}
@@ -61,13 +61,12 @@ RESULTS=${RESULTS:-results}
 SMOKE_SSL=${SMOKE_SSL:-"--dataset synthetic --img-size 32 --model wrn --width 1 --n1 150 --m1 300 --batch-size 8 --iters 4 --eval-every 4 --device cpu --no-progress"}
 SMOKE_LT=${SMOKE_LT:-"--dataset synthetic --epochs 2 --iters-per-epoch 3 --eval-every 2 --batch-size 32 --device cpu --no-progress"}
 if [ "$SMOKE" = 1 ]; then RUNS=$RUNS/smoke; RESULTS=$RESULTS/smoke; SEEDS=1; fi
-# The knobs are checked before anything runs: one line naming the knob and the fix, exit 2.
-_knob() { echo "reproduce: $1" >&2; exit 2; }
-[[ $SEEDS =~ ^[1-9][0-9]*$ ]] || _knob "SEEDS=$SEEDS must be a positive integer (seeds 0..SEEDS-1), e.g. SEEDS=3"
-[[ $RUNS_PER_GPU =~ ^[1-9][0-9]*$ ]] || _knob "RUNS_PER_GPU=$RUNS_PER_GPU must be a positive integer, e.g. 2"
-[[ -z $GPUS || $GPUS =~ ^[0-9]+(,[0-9]+)*$ ]] || _knob "GPUS=$GPUS must be comma-separated GPU indices, e.g. GPUS=0,1"
+# The knobs are checked before anything runs (reproduce/knobs.sh): one line naming the knob and the fix, exit 2.
+knob_switch SMOKE DRY_RUN SLURM
+knob_count SEEDS RUNS_PER_GPU
+[[ -z $GPUS || $GPUS =~ ^[0-9]+(,[0-9]+)*$ ]] || knob_fail "GPUS=$GPUS must be comma-separated GPU indices, e.g. GPUS=0,1"
 _rc=0; grep -Eq -- "$ONLY" <<<'' 2>/dev/null || _rc=$?
-[ "$_rc" -le 1 ] || _knob "ONLY=$ONLY is not an extended regular expression (grep -E); e.g. ONLY=c10 or ONLY='^fixmatch\+acr'"
+[ "$_rc" -le 1 ] || knob_fail "ONLY=$ONLY is not an extended regular expression (grep -E); e.g. ONLY=c10 or ONLY='^fixmatch\+acr'"
 
 # Flag groups shared by several scripts (a shared run dir needs identical flags in every script).
 RIDE4="--task lt --model ride --experts 4 --loss ride"           # RIDE 4 experts, RIDE loss (LDAM + DRW in stage 2)

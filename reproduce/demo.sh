@@ -13,12 +13,16 @@
 # gamma stays 100). FMNIST_DIR=<dir> points the Fashion-MNIST lookup at <dir> instead of the system folder (and
 # skips the install): FMNIST_DIR=$(mktemp -d) runs the synthetic fallback on any machine.
 # Environment: QUICK=1, SEED=0, DATA_DIR=./datasets, RUNS=runs, RESULTS=results, PYTHON=.venv/bin/python, DRY_RUN=1 (print the commands and
-# run nothing; only the read-only data check runs, since it decides which commands follow).
+# run nothing; only the read-only data check runs, since it decides which commands follow). A bad knob (QUICK=2,
+# SEED=abc, a PYTHON that cannot be run) stops it in one line, exit 2 (reproduce/knobs.sh); `demo.sh --knobs` checks
+# them and exits (the Makefile runs that before it builds anything).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-.venv/bin/python}; [ -x "$PYTHON" ] || PYTHON=python3
+source reproduce/knobs.sh
+knob_python
 QUICK=${QUICK:-0}
 DRY_RUN=${DRY_RUN:-0}
+knob_switch QUICK DRY_RUN
 DATA_DIR=${DATA_DIR:-./datasets}
 RUNS=${RUNS:-runs}
 RESULTS=${RESULTS:-results}
@@ -26,6 +30,9 @@ ITERS=${ITERS:-$([ "$QUICK" = 1 ] && echo 30 || echo 250)}
 EVAL=${EVAL:-$([ "$QUICK" = 1 ] && echo 30 || echo 125)}
 EPOCH=${EPOCH:-$([ "$QUICK" = 1 ] && echo 5 || echo 25)}
 SEED=${SEED:-0}
+knob_count ITERS EVAL EPOCH
+[[ $SEED =~ ^[0-9]+$ ]] || knob_fail "SEED=$SEED must be one seed (a non-negative integer), e.g. SEED=1"
+[ "${1:-}" != --knobs ] || exit 0
 say() { if [ "$DRY_RUN" = 1 ]; then echo "+ $*"; else "$@"; fi; }
 have_fmnist() { "$PYTHON" train.py --check-data --task ltssl --dataset fmnist --data-dir "$DATA_DIR" 2>/dev/null; }
 DATA=fmnist

@@ -12,11 +12,15 @@
 # DRY_RUN=1 (print the commands, run nothing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-.venv/bin/python}; [ -x "$PYTHON" ] || PYTHON=python3
+source reproduce/knobs.sh      # a bad knob: one line, exit 2, before anything runs
+knob_python
 SEEDS=${SEEDS:-"0 1"}
 ONLY=${ONLY:-}
 ROOT=${ROOT:-runs/fmnist_cpu}
 DRY_RUN=${DRY_RUN:-0}
+knob_seeds SEEDS
+knob_choice ONLY '' ltssl lt
+knob_switch DRY_RUN
 say() { if [ "$DRY_RUN" = 1 ]; then echo "+ $*"; else "$@"; fi; }
 say "$PYTHON" train.py --check-data --dataset fmnist
 SUP=(--dataset fmnist --n1 1000 --imb-l 100 --split acr --width 1 --batch-size 32 --iters 250 --eval-every 125

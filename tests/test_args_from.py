@@ -79,12 +79,16 @@ def _write(path, rec):
 
 @pytest.mark.parametrize('case,key', [('missing', 'unreadable'), ('unknown key', "'warp'"),
                                       ('bad value', 'seed'), ('bad choice', "'cifar11'"),
-                                      ('flag of another task', '--epochs')])
+                                      ('flag of another task', '--epochs'), ('torn', 'JSONDecodeError'),
+                                      ('not an object', 'JSON list'), ('not finite', 'finite')])
 def test_bad_args_from_exits_2(case, key, tmp_path, capsys):
     good = vars(flags.resolve(flags.build_parser().parse_args(TINY + ['--out', str(tmp_path / 'o')])))
     rec = {'missing': None, 'unknown key': {**good, 'warp': 9}, 'bad value': {**good, 'seed': -1},
-           'bad choice': {**good, 'dataset': 'cifar11'}, 'flag of another task': good}[case]
+           'bad choice': {**good, 'dataset': 'cifar11'}, 'flag of another task': good, 'torn': good,
+           'not an object': [good], 'not finite': {**good, 'lr': 'inf'}}[case]
     src = _write(tmp_path / 'r', rec) if rec else tmp_path / 'nothing'
+    if case == 'torn':                       # a copy cut short: half of the file
+        (src / 'args.json').write_text((src / 'args.json').read_text()[:60])
     extra = ['--epochs', '3'] if case == 'flag of another task' else []
     out = tmp_path / 'new'
     rc, err = run_inproc(['--args-from', src, '--out', out] + extra, capsys)

@@ -648,20 +648,24 @@ def test_ctrl_c_during_startup_is_quiet(tmp_path, capsys, monkeypatch):
     assert not out.exists()
 
 
-def test_closed_stdout_ends_quietly_and_the_run_completes(tmp_path):
+@pytest.mark.parametrize('both', [False, True], ids=['stdout', 'stdout+stderr-progress'])
+def test_closed_stdout_ends_quietly_and_the_run_completes(both, tmp_path):
     """`train.py ... | head -1`: the reader goes after the first line; the run still finishes, exit 0, no
-    BrokenPipeError (one real interpreter: the final flush of a closed pipe happens only at exit)."""
+    BrokenPipeError (one real interpreter: the final flush of a closed pipe happens only at exit). both:
+    `train.py --progress 2>&1 | head -1`, the progress bar's stderr closed too (tqdm's BrokenPipeError ended the
+    run with exit 1 after the first checkpoint)."""
     from conftest import TESTS
     out = tmp_path / 'run'
     code = ('import sys; sys.path[:0] = [%r, %r]; import conftest, runpy, pytest; '
             'conftest.patch_small_data(pytest.MonkeyPatch(), %r); sys.argv = ["train.py"] + sys.argv[1:]; '
             'runpy.run_path("train.py", run_name="__main__")' % (TESTS, ROOT, SYNTH))
     env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
-    p = subprocess.Popen([sys.executable, '-c', code, *map(str, LTSSL), '--out', str(out)], cwd=ROOT, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    argv = [*map(str, LTSSL), '--out', str(out)] + (['--progress'] if both else [])
+    p = subprocess.Popen([sys.executable, '-c', code, *argv], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT if both else subprocess.PIPE, text=True)
     first = p.stdout.readline()           # what `head -1` reads, then it exits
     p.stdout.close()
-    err = p.stderr.read()
+    err = '' if both else p.stderr.read()
     assert p.wait(timeout=120) == 0, err
     assert first.startswith('synthetic:') and 'Traceback' not in err and 'BrokenPipe' not in err, err
     assert runio.load_checkpoint(str(out))['step'] == 2 and (out / 'summary.json').exists()
@@ -741,3 +745,95 @@ def test_reproduce_knobs(knob, value, tmp_path):
                        capture_output=True, text=True, timeout=30)
     assert_rejected(p.returncode, p.stderr, f'{knob}={value}')
     assert 'sourced' not in p.stdout and not (tmp_path / 'runs').exists()
+
+
+@pytest.mark.parametrize('knob,value', [('SMOKE', 'yes'), ('DRY_RUN', 'true'), ('SLURM', '2'), ('PYTHON', '/nonexistent/python')])
+def test_reproduce_switches_and_python(knob, value, tmp_path):
+    """DRY_RUN=true must not run the whole table (it was read as "not 1"); a given PYTHON that cannot be run must not
+    fall back silently to another interpreter."""
+    env = dict(os.environ, **{knob: value}, RUNS=str(tmp_path / 'runs'), RESULTS=str(tmp_path / 'results'))
+    p = subprocess.run(['bash', '-c', 'source reproduce/common.sh; echo sourced'], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=30)
+    assert_rejected(p.returncode, p.stderr, f'{knob}={value}')
+    assert 'sourced' not in p.stdout and not (tmp_path / 'runs').exists()
+
+
+@pytest.mark.parametrize('script,knob,value', [
+    ('demo.sh', 'QUICK', '2'), ('demo.sh', 'DRY_RUN', 'yes'), ('demo.sh', 'SEED', 'abc'), ('demo.sh', 'ITERS', '0'),
+    ('demo.sh', 'PYTHON', '/nonexistent/python'), ('fmnist_cpu.sh', 'SEEDS', '0,1'), ('fmnist_cpu.sh', 'ONLY', 'ssl'),
+    ('fmnist_cpu.sh', 'DRY_RUN', '2')])
+def test_script_knobs(script, knob, value, tmp_path):
+    """The scripts that do not source common.sh check their knobs the same way (reproduce/knobs.sh), before the data
+    check or any run: nothing printed on stdout, nothing written."""
+    env = dict(os.environ, **{knob: value}, RUNS=str(tmp_path / 'runs'), RESULTS=str(tmp_path / 'results'),
+               ROOT=str(tmp_path / 'fm'))
+    p = subprocess.run(['bash', f'reproduce/{script}'], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+    assert_rejected(p.returncode, p.stderr, f'{knob}={value}')
+    assert p.stdout == '' and not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize('argv,key', [
+    (['demo', 'QUICK=2'], 'QUICK=2'), (['demo', 'DRY_RUN=yes'], 'DRY_RUN=yes'), (['demo', 'SEED=-1'], 'SEED=-1'),
+    (['smoke', 'ONLY=('], 'ONLY=('), (['smoke', 'DRY_RUN=x'], 'DRY_RUN=x'), (['demo', 'PYTHON=/nonexistent/py'],
+    'PYTHON=/nonexistent/py'), (['test', 'PY=/nonexistent/py'], 'PY=/nonexistent/py')])
+def test_make_targets_refuse_bad_knobs(argv, key, tmp_path):
+    """`make demo QUICK=2`: one line and exit 2 before anything is built (make's $(error), not a failed recipe's
+    second "*** Error" line). -n: were a check missing, make would only print the recipe (and exit 0)."""
+    env = {k: v for k, v in os.environ.items() if k not in ('MAKEFLAGS', 'MAKELEVEL', 'MFLAGS')}
+    p = subprocess.run(['make', '-n', *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+    assert_rejected(p.returncode, p.stderr, key)
+    assert p.stdout == ''
+
+
+# ------------------------------------------------------------------------------------------------
+# Ctrl-C: report.py, and a reproduce script's loop of runs (the whole script stops, each run resumable)
+# ------------------------------------------------------------------------------------------------
+
+def test_report_ctrl_c_is_one_line_and_keeps_the_old_table(tmp_path, capsys, monkeypatch):
+    import report
+    out = tmp_path / 'res'
+    out.mkdir()
+    (out / 'bem_table1.md').write_text('the previous table\n')
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(report, 'table_md', interrupted)
+    (tmp_path / 'runs').mkdir()
+    rc, err = run_report(['bem_table1', '--runs', tmp_path / 'runs', '--out', out], capsys)
+    assert rc == 130 and len(err.strip().splitlines()) == 1 and 'Traceback' not in err and 'interrupted' in err, err
+    assert sorted(os.listdir(out)) == ['bem_table1.md'] and (out / 'bem_table1.md').read_text() == 'the previous table\n'
+
+
+# A stand-in interpreter for the scripts: logs each call; a "training run" lasts until SIGINT and then exits 130 as
+# train.py does (checkpoint, exit 128 + 2; tests/test_reliability.py checks train.py's side of it).
+FAKE_PYTHON = '''#!/usr/bin/env bash
+echo "$*" >> "$FAKE_LOG"
+case " $* " in *" --check-data "*) exit 0;; esac
+[ "$1" = train.py ] || exit 0
+trap 'echo stopped >> "$FAKE_LOG"; exit 130' INT
+while :; do sleep 0.02; done
+'''
+
+
+@pytest.mark.parametrize('extra', [{}, {'GPUS': '0', 'RUNS_PER_GPU': '2'}], ids=['serial', 'parallel'])
+def test_ctrl_c_stops_a_reproduce_script_not_only_its_run(extra, tmp_path):
+    """Ctrl-C in the terminal (SIGINT to the foreground process group) while a table script trains: the running
+    train.py stops (exit 130, resumable) and the script stops with it: no next run, no report."""
+    py, log = tmp_path / 'py', tmp_path / 'calls'
+    py.write_text(FAKE_PYTHON)
+    py.chmod(0o755)
+    log.write_text('')
+    env = dict(os.environ, SMOKE='1', PYTHON=str(py), FAKE_LOG=str(log), RUNS=str(tmp_path / 'runs'),
+               RESULTS=str(tmp_path / 'res'), **extra)
+    p = subprocess.Popen(['bash', 'reproduce/bem_table1.sh'], cwd=ROOT, env=env, start_new_session=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    t0, runs = time.time(), 1 + ('GPUS' in extra)
+    while log.read_text().count('train.py --task') < runs and p.poll() is None and time.time() - t0 < 20:
+        time.sleep(0.02)
+    time.sleep(0.2)
+    os.killpg(p.pid, signal.SIGINT)
+    out, _ = p.communicate(timeout=30)
+    calls = log.read_text().splitlines()
+    assert p.returncode in (130, -signal.SIGINT), out          # bash ends by the signal itself (-2) or with 130
+    assert sum(c.startswith('train.py --task') for c in calls) == runs, calls      # no run after the Ctrl-C
+    assert calls.count('stopped') == runs and not any(c.startswith('report.py') for c in calls), calls

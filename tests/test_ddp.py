@@ -36,6 +36,8 @@ def test_two_gloo_processes_match_one_process(tmp_path):
                         'train.py', *ARGS, '--out', str(two)], cwd=ROOT, env=_env(), capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+    # the autograd collectives' deprecation warning was printed at every step by every rank (ddp.autograd_collectives)
+    assert 'FutureWarning' not in r.stderr, r.stderr[-2000:]
     # one run directory, written once (rank 0 only), complete
     assert sorted(p.name for p in tmp_path.iterdir()) == ['one', 'two']
     assert json.loads((two / 'summary.json').read_text())['finished'] is True
@@ -56,6 +58,24 @@ def test_batch_not_divisible_by_processes_is_bad_input(tmp_path):
     assert len(ours) == 1 and 'divisible' in ours[0], r.stderr[-2000:]
     assert 'exitcode  : 2' in r.stderr
     assert not (tmp_path / 'x').exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != 'linux', reason='torchrun/gloo test written for Linux')
+def test_refusal_after_the_process_group_starts_is_one_line(tmp_path):
+    """A refusal found after ddp.init (a run directory without --resume, checked by every rank): rank 0's one line,
+    the directory untouched; then the launcher's own report, whose exit code torchrun does not pass through (its
+    main raises ChildFailedError: exit 1, the ranks' `exitcode : 2` listed in it; docs/usage.md's catalogue)."""
+    out = tmp_path / 'x'
+    out.mkdir()
+    (out / 'args.json').write_text('{}\n')
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                        'train.py', *ARGS, '--out', str(out)], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                       timeout=300)
+    ours = [line for line in r.stderr.splitlines() if line.startswith('error:')]
+    assert r.returncode == 1 and len(ours) == 1 and '--resume' in ours[0], r.stderr[-2000:]
+    assert 'exitcode  : 2' in r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ['args.json'] and (out / 'args.json').read_text() == '{}\n'
 
 
 # ------------------------------------------------------------------------------------------------

@@ -149,6 +149,14 @@ BAD = {   # case -> (edit of a copied good folder, what the one line must name)
     'not an image': (lambda r: open(os.path.join(r, 'test', 'yak', '001.jpg'), 'w').write('hello'), 'test/yak/001.jpg'),
     'no test folder': (lambda r: shutil.rmtree(os.path.join(r, 'test')), '/test not found'),
     'stray file': (lambda r: open(os.path.join(r, 'train', 'notes.txt'), 'w').close(), 'train/notes.txt'),
+    'class of non-image files': (lambda r: [os.makedirs(os.path.join(r, 'train', 'gnu')),
+                                            open(os.path.join(r, 'train', 'gnu', 'notes.txt'), 'w').close()], "'gnu'"),
+    'class names clash': (lambda r: shutil.copytree(os.path.join(r, 'train', 'cat'), os.path.join(r, 'train', 'Cat')),
+                          "'Cat' and 'cat'"),
+    'test class differs in case': (lambda r: os.rename(os.path.join(r, 'test', 'owl'), os.path.join(r, 'test', 'Owl')),
+                                   "only in case"),
+    'unicode form clash': (lambda r: [os.rename(os.path.join(r, s, 'owl'), os.path.join(r, s, n)) for s, n in
+                                      (('train', 'caf\u00e9'), ('test', 'cafe\u0301'))], "only in case or Unicode"),
     'empty unlabeled': (lambda r: [os.remove(os.path.join(t, f)) for t, _, fs in os.walk(os.path.join(r, 'unlabeled'))
                                    for f in fs], '/unlabeled holds no images'),
 }

@@ -71,7 +71,8 @@ def run_inproc(argv, out):
 
 def _child(argv, step, hold, log):
     """Forked child: train.main with the step hook, output to `log`; `hold` > 0 = freeze inside the
-    hold-th checkpoint write (temporary file written, not yet renamed) and report it (hold := -1)."""
+    hold-th checkpoint write (temporary file written, not yet renamed) and report it (hold := -1) until the
+    test releases it (hold := 0) or kills the child."""
     sys.stdout = sys.stderr = open(log, 'w', buffering=1)
     mp = pytest.MonkeyPatch()
     patch_small_data(mp, SYNTH)
@@ -88,8 +89,9 @@ def _child(argv, step, hold, log):
             if os.fstat(fd).st_size > 100_000:         # a checkpoint, not one of the small JSON files
                 seen[0] += 1
                 if seen[0] == hold.value:
-                    hold.value = -1
-                    time.sleep(TIMEOUT)
+                    hold.value, t0 = -1, time.time()
+                    while hold.value == -1 and time.time() - t0 < TIMEOUT:
+                        time.sleep(0.01)
         mp.setattr(os, 'fsync', fsync)
     sys.exit(train.main(argv))
 
@@ -299,6 +301,27 @@ def test_sigint_checkpoints_and_resume_is_bit_exact(refs, tmp_path, capsys):
     assert run_inproc(SIG + ['--resume'], out) == 0
     assert f'resumed {out} at step {s}' in capsys.readouterr().out
     assert_same_run(out, refs.get('sig'))
+
+
+def test_sigint_during_a_checkpoint_write_finishes_it_then_stops(refs, tmp_path):
+    """Ctrl-C while the step-4 checkpoint is being written (its temporary file complete, not yet renamed): the write
+    completes (the handler only sets a flag), the run stops at that step's boundary (exit 130), and --resume ends
+    exactly where the uninterrupted run ends."""
+    out = tmp_path / 'run'
+    p, _, hold = fork_run(BEM, out, hold=2)
+    wait_until(lambda: hold.value == -1, p, 'the 2nd checkpoint write')
+    os.kill(p.pid, signal.SIGINT)
+    time.sleep(0.05)
+    hold.value = 0                                   # the write goes on
+    p.join(TIMEOUT)
+    log = child_log(p)
+    assert p.exitcode == 128 + signal.SIGINT and 'Traceback' not in log, log
+    assert 'stopped by signal 2 at step 4' in log
+    assert ckpt_step(out) == 4 and torch.load(out / 'checkpoint.prev.pt', weights_only=False)['step'] == 4
+    assert [r['step'] for r in read_metrics(out)] == [2, 4]
+    assert_no_tmp(out)
+    assert run_inproc(BEM + ['--resume'], out) == 0
+    assert_same_run(str(out), refs.get('bem'))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -693,3 +716,25 @@ def test_nan_batchnorm_statistics_stop_the_run(tmp_path, capsys, monkeypatch):
     assert len(err.splitlines()) == 1 and 'Traceback' not in err, err
     assert 'BatchNorm running statistics at step 4' in err and '--bn-momentum' in err, err
     assert ckpt_step(out) == 3 and 'summary.json' not in os.listdir(out)
+
+
+def test_sigint_during_an_evaluation_finishes_it_then_stops(finished, tmp_path, capsys, monkeypatch):
+    """Ctrl-C in the middle of the step-2 evaluation (in-process: the signal is sent from inside it): the evaluation
+    and its checkpoint complete, the run stops there (exit 130, no traceback), and --resume ends as the uninterrupted
+    run."""
+    orig = train.LTSSLTask.evaluate
+
+    def evaluate(self):
+        if self.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)      # the handler runs here, before the evaluation's forward
+        return orig(self)
+    out = tmp_path / 'run'
+    with monkeypatch.context() as mp:
+        mp.setattr(train.LTSSLTask, 'evaluate', evaluate)
+        capsys.readouterr()
+        assert run_inproc(DIR, out) == 128 + signal.SIGINT
+    o, err = capsys.readouterr()
+    assert 'stopped by signal 2 at step 2' in o and 'Traceback' not in o + err, o + err
+    assert ckpt_step(out) == 2 and [r['step'] for r in read_metrics(out)] == [2]
+    assert run_inproc(DIR + ['--resume'], out) == 0
+    assert_same_run(out, finished)
