@@ -15,6 +15,9 @@ runnable = $(shell command -v '$(1)' 2>/dev/null)
 ifeq ($(origin PYTHON),command line)
   $(if $(call runnable,$(PYTHON)),,$(error PYTHON=$(PYTHON) cannot be run; leave it out (make builds $(VENV)) or name a Python with torch))
 endif
+ifeq ($(origin PY),command line)   # checked also when $(VENV) is built already (the recipe below would not run)
+  $(if $(call runnable,$(PY)),,$(error PY=$(PY) cannot be run; name the Python that builds $(VENV), e.g. make PY=python3.11))
+endif
 ifneq ($(filter demo,$(GOALS)),)
   $(call knobs,bash reproduce/demo.sh --knobs)
 endif
