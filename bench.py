@@ -545,17 +545,17 @@ def run(args):
         r = bench_config(cfg, mu, args, ds, peak)
         r.update(key=cfg, name=CONFIGS[cfg][0], mu=mu)
         res['configs'].append(r)
+        save()                        # before the progress line: a reader of it finds the row on disk
         print(f'  {r["name"]} mu={mu}: (a) {r["a"]["median_ms"]:.2f} ms  (b) {r["b"]["median_ms"]:.2f} ms  '
               f'ratio {r["ratio"]:.2f}x', flush=True)
-        save()
     compiled = [r for r in res['configs'] if 'eager' in args.modes and wants_compile(r['key'], r['mu'], args)]
     for r in compiled:                # compiled rows last: eager figures first, compilation is slow
         if left() is not None and left() < 0:
             res['skipped'].append(f'{r["name"]} mu={r["mu"]} compiled')
             continue
         r['a_compile'] = isolated_compiled_row(r['key'], r['mu'], args, peak, compile_cap(args, left()))
-        print(f'  {r["name"]} mu={r["mu"]}: {compiled_text(r)}', flush=True)
         save()
+        print(f'  {r["name"]} mu={r["mu"]}: {compiled_text(r)}', flush=True)
     if not args.no_aug:
         res['augmentation'] = aug_bench(torch.as_tensor(ds.train_x[:args.aug_batch]), ds.mean, ds.std, args.aug_reps)
     save()
@@ -607,7 +607,7 @@ def isolated_compiled_row(cfg, mu, args, peak, cap):
         try:
             _, err = child.communicate(payload, timeout=cap)
         except subprocess.TimeoutExpired:
-            return {'error': f'TIMEOUT after {cap:.0f} s (--compile-timeout-s)'}
+            return {'error': f'TIMEOUT after {cap:g} s (--compile-timeout-s)'}
         finally:
             if child.poll() is None:
                 child.kill()
