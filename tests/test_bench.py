@@ -220,6 +220,7 @@ def test_json_holds_the_first_row_when_killed_after_it(tmp_path):
     assert not list(tmp_path.glob('.tmp-*'))   # the atomic writer left no temporary file
 
 
+@pytest.mark.slow   # 11-21 s on 2 loaded cores: two eager rows, (b) and a child process
 def test_failed_compiled_row_is_one_entry_and_the_run_goes_on(tmp_path):
     out = tmp_path / 'bench.json'
     env = dict(os.environ, BENCH_FAIL_COMPILE='acr_bem')
