@@ -15,11 +15,14 @@ measured). `--modes eager,compile` times (a) eager and compiled side by side ((b
 """
 import argparse
 import copy
+import json
 import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from functools import partial
@@ -31,10 +34,12 @@ import augment
 import data
 import flags
 import reference
+import runio
 import train
 
 CONFIGS = {'fixmatch': ('FixMatch', 'fixmatch', False), 'acr': ('FixMatch+ACR', 'acr', False),
-           'acr_bem': ('FixMatch+ACR+BEM', 'acr', True), 'lt': ('LT ResNet-32 jitter1', None, False)}
+           'acr_bem': ('FixMatch+ACR+BEM', 'acr', True),
+           'fixmatch_bem': ('FixMatch+BEM', 'fixmatch', True), 'lt': ('LT ResNet-32 jitter1', None, False)}
 FULL = dict(batch_size=64, lt_batch_size=128, width=2, warmup=5, steps=20, workers=4, aug_batch=256, aug_reps=3)
 QUICK = dict(batch_size=8, lt_batch_size=16, width=1, warmup=2, steps=3, workers=0, aug_batch=64, aug_reps=2)
 
@@ -63,6 +68,8 @@ def build_parser():
     a('--modes', default=None, help='comma list of eager,compile: the (a) rows per configuration (default eager, '
       'or compile with --compile)')
     a('--compile-configs', default=None, help='comma list of KEY or KEY:MU that get a compiled row (default all)')
+    a('--compile-timeout-s', type=float, default=None, help='seconds one compiled row may take, its cold compile '
+      'included (default: what --budget-s leaves, at least 60; no cap without it); past it the row is TIMEOUT')
     a('--budget-s', type=float, default=None, help='start no new configuration after this many seconds; the '
       'skipped ones are listed')
     a('--peak-tflops', type=float, default=None, help='CUDA peak for %% of peak (default from the device name: '
@@ -90,6 +97,9 @@ def fill_defaults(args):
     args.modes = [m.strip() for m in (args.modes or ('compile' if args.compile else 'eager')).split(',') if m.strip()]
     if not args.modes or set(args.modes) - {'eager', 'compile'}:
         raise flags.UsageError(f'--modes {",".join(args.modes)}: choose from eager,compile')
+    if args.compile_timeout_s is not None and (args.compile_timeout_s <= 0 or args.modes != ['eager', 'compile']):
+        raise flags.UsageError('--compile-timeout-s caps the isolated compiled rows of --modes eager,compile: give '
+                               'it a positive number of seconds with --modes eager,compile, or drop it')
     args.compile_configs = (None if args.compile_configs is None else
                             [c.strip() for c in args.compile_configs.split(',') if c.strip()])
     return args
@@ -219,7 +229,7 @@ def task_argv(cfg, mu, args, compile=None):
     _, alg, bem_on = CONFIGS[cfg]
     compile = args.compile if compile is None else compile
     argv = ['--dataset', args.dataset, '--data-dir', args.data_dir, '--device', args.device, '--seed', str(args.seed)]
-    argv += ['--compile'] if compile else []
+    argv += ['--compile', 'step'] if compile else []   # the whole step as one graph (issue 21 item 3)
     if cfg == 'lt':
         return argv + ['--task', 'lt', '--model', 'resnet32', '--sampler', 'jitter1',
                        '--batch-size', str(args.lt_batch_size)]
@@ -235,8 +245,7 @@ def build_task(argv, ds):
     args = flags.resolve(flags.build_parser().parse_args(argv))
     device = train.pick_device(args.device)
     torch.manual_seed(args.seed)
-    cls = train.LTSSLTask if args.task == 'ltssl' else train.LTTask
-    return cls(args, copy.copy(ds), device, lambda *a, **k: None)   # copy: ImageNet-127 remaps ds.test_y
+    return train.task_on(args, copy.copy(ds), device, lambda *a, **k: None)   # copy: ImageNet-127 remaps ds.test_y
 
 
 class Clock:
@@ -344,7 +353,10 @@ def _fresh(cfg, mu, args, ds, compile):
 
 
 def compiled_row(cfg, mu, args, ds, peak):
-    """(a) with train.py --compile: the first step's wall time (compilation) and the timed steps after warm-up."""
+    """(a) with train.py --compile step: the first step's wall time (compilation) and the timed steps after warm-up.
+    BENCH_FAIL_COMPILE=KEY or KEY:MU (for tests) makes that row raise, as a compiler error would."""
+    if os.environ.get('BENCH_FAIL_COMPILE') in (cfg, f'{cfg}:{mu}'):
+        raise RuntimeError(f'injected compile failure (BENCH_FAIL_COMPILE={cfg})\nsecond line')
     task, flops, step = _fresh(cfg, mu, args, ds, compile=True)
     dev, B, mem = task.device, task.images_per_step, Memory(task.device)
     compile_s = time_steps(step, 0, 1, dev)['mean_ms'] / 1e3   # wall time incl. the final sync
@@ -390,23 +402,32 @@ def header(args, device, peak_info):
 
 def report(res, args):
     from tabulate import tabulate
-    rows, brk = [], []
+    rows, brk, failed = [], [], []
     a_label = '(a) this repo' + (' compiled' if 'eager' not in args.modes else '')
     for r in res['configs']:
         for p, label, ratio in (('a', a_label, 'ratio'), ('a_compile', '(a) compiled', 'ratio_compile'),
                                 ('b', '(b) reference', None)):
             t = r.get(p)
+            if t and 'error' in t:
+                failed.append(f'{r["name"]} mu={r["mu"] or "-"} {compiled_text(r)}')
+                status = 'TIMEOUT' if t['error'].startswith('TIMEOUT') else 'FAILED'
+                rows.append([r['name'], r['mu'] or '-', label, '', status] + [''] * 7)
+                continue
             rows += [[r['name'], r['mu'] or '-', label, t['images_per_step'], f'{t["median_ms"]:.2f}',
                       f'{t["mean_ms"]:.2f}', f'{t["images_per_s"]:.0f}', f'{r[ratio]:.2f}x' if ratio else '(1)',
+                      f'{r["compiled_vs_eager"]:.2f}' if p == 'a_compile' else '',
                       f'{t["tflops"]:.3f}', f'{t["pct_peak"]:.2f}', f'{t["peak_mem_mib"]:.0f}']] if t else []
         b = r['breakdown']
         brk.append([r['name'], r['mu'] or '-'] + [f'{b.get(k, 0.0):.2f}' for k in BREAKDOWN]
                    + [f'{sum(b.values()):.2f}', f'{r["a"]["median_ms"]:.2f}', f'{r["eval_ms_per_10k"]:.0f}'])
     mem_label = res['configs'][0]['a']['mem_label'] if res['configs'] else ''
     print(tabulate(rows, headers=['config', 'mu', 'pipeline', 'img/step', 'ms/step (median)', 'ms/step (mean)',
-                                  'img/s', 'ratio (b)/(a)', 'TFLOP/s', '% peak', f'peak MiB [{mem_label}]']))
+                                  'img/s', 'ratio (b)/(a)', 'compiled/eager', 'TFLOP/s', '% peak',
+                                  f'peak MiB [{mem_label}]']))
+    for line in failed:
+        print(line)
     comp = [f'{r["name"]} mu={r["mu"] or "-"}: {r["a_compile"]["compile_s"]:.1f} s' for r in res['configs']
-            if 'a_compile' in r]
+            if 'compile_s' in r.get('a_compile', {})]
     if comp:
         print('torch.compile first step (compilation): ' + '; '.join(comp))
     print('\nbreakdown of (a), ms per step (median; synchronised around each piece):')
@@ -444,6 +465,9 @@ def targets(res, args, device):
             if p not in r:
                 continue
             kind = 'compiled' if p == 'a_compile' or 'eager' not in args.modes else 'eager'
+            if 'error' in r[p]:
+                out.append(f'SKIP: targets of FixMatch+ACR+BEM mu=1 ({kind}): row FAILED {r[p]["error"]}')
+                continue
             ms, x = r[p]['median_ms'], r[ratio]
             for what, ok, fig in (('<= 4 ms/step', ms <= 4.0, f'{ms:.2f} ms/step'),
                                   ('>= 4x vs (b)', x >= 4.0, f'{x:.2f}x')):
@@ -462,6 +486,9 @@ def targets(res, args, device):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ['--row-child']:
+        return row_child()
     args = build_parser().parse_args(argv)
     try:
         return run(fill_defaults(args))
@@ -507,44 +534,103 @@ def run(args):
     res = {'header': head, 'device': device_name(device), 'torch': torch.__version__,
            'threads': torch.get_num_threads(), 'peak_tflops': peak, 'measured_matmul_tflops': measured,
            'args': {k: v for k, v in vars(args).items()}, 'configs': [], 'skipped': []}
+    save = partial(save_so_far, res, args, device)
+    save()
     t_start = time.perf_counter()
-    over = lambda: args.budget_s is not None and time.perf_counter() - t_start > args.budget_s   # noqa: E731
+    left = lambda: None if args.budget_s is None else args.budget_s - (time.perf_counter() - t_start)  # noqa: E731
     for cfg, mu in [(c, mu) for c in args.configs for mu in ([None] if c == 'lt' else args.mu)]:
-        if over():
+        if left() is not None and left() < 0:
             res['skipped'].append(f'{CONFIGS[cfg][0]} mu={mu}')
             continue
         r = bench_config(cfg, mu, args, ds, peak)
         r.update(key=cfg, name=CONFIGS[cfg][0], mu=mu)
         res['configs'].append(r)
+        save()                        # before the progress line: a reader of it finds the row on disk
         print(f'  {r["name"]} mu={mu}: (a) {r["a"]["median_ms"]:.2f} ms  (b) {r["b"]["median_ms"]:.2f} ms  '
               f'ratio {r["ratio"]:.2f}x', flush=True)
-        write_json(res, args.json)
     compiled = [r for r in res['configs'] if 'eager' in args.modes and wants_compile(r['key'], r['mu'], args)]
     for r in compiled:                # compiled rows last: eager figures first, compilation is slow
-        if over():
+        if left() is not None and left() < 0:
             res['skipped'].append(f'{r["name"]} mu={r["mu"]} compiled')
             continue
-        r['a_compile'] = c = compiled_row(r['key'], r['mu'], args, ds, peak)
-        r['ratio_compile'] = r['b']['median_ms'] / c['median_ms']
-        print(f'  {r["name"]} mu={r["mu"]}: (a) compiled {c["median_ms"]:.2f} ms (first step {c["compile_s"]:.0f} s)  '
-              f'ratio {r["ratio_compile"]:.2f}x', flush=True)
-        write_json(res, args.json)
-    res['bem_overhead'] = bem_overhead(res, args)
+        r['a_compile'] = isolated_compiled_row(r['key'], r['mu'], args, peak, compile_cap(args, left()))
+        save()
+        print(f'  {r["name"]} mu={r["mu"]}: {compiled_text(r)}', flush=True)
     if not args.no_aug:
         res['augmentation'] = aug_bench(torch.as_tensor(ds.train_x[:args.aug_batch]), ds.mean, ds.std, args.aug_reps)
-    res['targets'] = targets(res, args, device)
+    save()
     report(res, args)
-    write_json(res, args.json)
     return 0
 
 
-def write_json(res, path):
-    """Every number so far, replaced atomically (a killed run leaves the last complete file)."""
-    if path:
-        import json
-        with open(path + '.tmp', 'w') as f:
-            json.dump(res, f, indent=1, default=float)
-        os.replace(path + '.tmp', path)
+def save_so_far(res, args, device):
+    """The derived figures of what is measured so far (ratios, BEM overhead, targets), and, with --json, every
+    number written atomically: the device tool kills a run at its timeout, and the last row must survive it."""
+    for r in res['configs']:
+        c = r.get('a_compile')
+        if c and 'median_ms' in c:
+            r['ratio_compile'] = r['b']['median_ms'] / c['median_ms']
+            r['compiled_vs_eager'] = c['median_ms'] / r['a']['median_ms']
+    res['bem_overhead'] = bem_overhead(res, args)
+    res['targets'] = targets(res, args, device)
+    if args.json:
+        runio.write_json(args.json, res)
+
+
+def compiled_text(r):
+    """One line of a compiled row: its time and ratios, or what stopped it."""
+    c = r['a_compile']
+    if 'error' in c:
+        return f'compiled: {"" if c["error"].startswith("TIMEOUT") else "FAILED "}{c["error"]}'
+    return (f'compiled {c["median_ms"]:.2f} ms (first step {c["compile_s"]:.0f} s)  compiled/eager '
+            f'{r["compiled_vs_eager"]:.2f}  ratio {r["ratio_compile"]:.2f}x')
+
+
+def compile_cap(args, left):
+    """Seconds one compiled row may take: --compile-timeout-s, else what --budget-s leaves (at least 60 s, so a
+    row started near the end still gets its compile), else no cap."""
+    if args.compile_timeout_s is not None:
+        return args.compile_timeout_s
+    return None if left is None else max(left, 60.0)
+
+
+def isolated_compiled_row(cfg, mu, args, peak, cap):
+    """compiled_row in a child process (bench.py --row-child): a compile failure, a crash of the compiler or its
+    kernels (an inductor/Triton abort takes the process with it) or a compile past `cap` seconds becomes
+    {'error': one line} and the run goes on. A child process, not a try/except in this one, because only a process
+    can be stopped mid-compile and survive a fatal error; it costs one import and one dataset load per row."""
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, 'row.json')
+        payload = json.dumps({'cfg': cfg, 'mu': mu, 'peak': peak, 'out': out, 'args': vars(args)})
+        child = subprocess.Popen([sys.executable, os.path.abspath(__file__), '--row-child'], stdin=subprocess.PIPE,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            _, err = child.communicate(payload, timeout=cap)
+        except subprocess.TimeoutExpired:
+            return {'error': f'TIMEOUT after {cap:g} s (--compile-timeout-s)'}
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        if os.path.exists(out):
+            with open(out) as f:
+                return json.load(f)
+        last = [line for line in err.splitlines() if line.strip()][-1:] or ['no output']
+        return {'error': f'exit code {child.returncode}: {last[0][:300]}'}
+
+
+def row_child():
+    """The child of isolated_compiled_row: one compiled row, written to the file the parent named."""
+    p = json.loads(sys.stdin.read())
+    args = argparse.Namespace(**p['args'])
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        row = compiled_row(p['cfg'], p['mu'], args, load_data(args), p['peak'])
+    except Exception as e:   # noqa: BLE001  (any failure of the compiler is the row's result, in one line)
+        row = {'error': f'{type(e).__name__}: {(str(e).strip().splitlines() or [""])[0][:300]}'}
+    runio.write_json(p['out'], row)
+    return 0
 
 
 if __name__ == '__main__':

@@ -14,6 +14,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -189,13 +190,13 @@ def test_bad_modes_is_one_line_exit_2():
     assert p.returncode == 2 and p.stderr.count('\n') == 1 and 'eager,compile' in p.stderr, p.stderr
 
 
-def test_gpu_check_without_a_gpu_exits_2_in_one_line():
+def test_gpu_check_without_a_gpu_exits_2_in_one_line(tmp_path):
     """Not SMOKE, no visible CUDA device: one line, exit 2, in seconds, and no report of CPU numbers."""
     import os
     import subprocess
     import time
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES='', SMOKE='0', OUT=os.path.join(root, 'runs', 'gpu_check_nogpu'))
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES='', SMOKE='0', OUT=str(tmp_path / 'gpu_check'))
     t0 = time.time()
     r = subprocess.run(['bash', os.path.join(root, 'reproduce', 'gpu_check.sh')], env=env, capture_output=True,
                        text=True, timeout=60)
@@ -203,3 +204,63 @@ def test_gpu_check_without_a_gpu_exits_2_in_one_line():
     lines = (r.stdout + r.stderr).strip().splitlines()
     assert len(lines) == 1 and 'no CUDA device' in lines[0] and 'Traceback' not in r.stderr, lines
     assert not os.path.exists(env['OUT'])
+
+
+# ------------------------------------------------------------------------------------------------
+# A run killed mid-way keeps what it measured; a compiled row that fails is one entry (issue 21 item 4)
+# ------------------------------------------------------------------------------------------------
+
+TINY = [sys.executable, 'bench.py', '--quick', '--threads', '1', '--steps', '2', '--warmup', '1', '--no-aug',
+        '--eval-images', '8', '--mu', '1']
+
+
+def test_json_holds_the_first_row_when_killed_after_it(tmp_path):
+    out = tmp_path / 'bench.json'
+    p = subprocess.Popen(TINY + ['--configs', 'acr_bem,fixmatch,acr', '--json', str(out)], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in p.stdout:          # the progress line of the first row is printed after its JSON is written
+            if line.startswith('  FixMatch+ACR+BEM mu=1: (a)'):
+                break
+        p.kill()                       # SIGKILL: no handler, no final write
+        p.wait(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    res = json.loads(out.read_text())
+    assert [r['key'] for r in res['configs']] == ['acr_bem'] and res['header'].startswith('bench: ')
+    ms = res['configs'][0]['a']['median_ms']
+    assert ms > 0 and res['configs'][0]['b']['median_ms'] > 0
+    # the targets of what was measured so far: the eager row's own figure, judged INFO off the GPU
+    assert res['targets'][0].startswith('INFO: target <= 4 ms/step') and f'{ms:.2f} ms/step' in res['targets'][0]
+    assert not list(tmp_path.glob('.tmp-*'))   # the atomic writer left no temporary file
+
+
+@pytest.mark.slow   # 11-21 s on 2 loaded cores: two eager rows, (b) and a child process
+def test_failed_compiled_row_is_one_entry_and_the_run_goes_on(tmp_path):
+    out = tmp_path / 'bench.json'
+    env = dict(os.environ, BENCH_FAIL_COMPILE='acr_bem')
+    p = subprocess.run(TINY + ['--configs', 'acr_bem,fixmatch', '--modes', 'eager,compile', '--compile-configs',
+                               'acr_bem', '--json', str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads(out.read_text())
+    bem_row, fm = res['configs']
+    assert bem_row['a_compile'] == {'error': 'RuntimeError: injected compile failure (BENCH_FAIL_COMPILE=acr_bem)'}
+    assert 'ratio_compile' not in bem_row and fm['key'] == 'fixmatch' and fm['a']['median_ms'] > 0
+    assert any(t.startswith('SKIP: targets') and 'FAILED RuntimeError' in t for t in res['targets'])
+    table = p.stdout.split('breakdown of (a)')[0]
+    assert table.count('FixMatch+ACR+BEM mu=1 compiled: FAILED RuntimeError: injected') == 1
+    assert 'second line' not in p.stdout and 'Traceback' not in p.stdout + p.stderr
+
+
+def test_compiled_row_past_its_cap_is_a_timeout():
+    args = bench.fill_defaults(bench.build_parser().parse_args(['--quick', '--modes', 'eager,compile']))
+    t0 = time.perf_counter()
+    row = bench.isolated_compiled_row('fixmatch', 1, args, 1.0, cap=0.5)   # the child's imports alone outlast it
+    assert row == {'error': 'TIMEOUT after 0.5 s (--compile-timeout-s)'} and time.perf_counter() - t0 < 10
+
+
+def test_compile_timeout_needs_the_isolated_rows():
+    with pytest.raises(bench.flags.UsageError, match='--modes eager,compile'):
+        bench.fill_defaults(bench.build_parser().parse_args(['--quick', '--compile-timeout-s', '30']))
