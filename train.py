@@ -595,7 +595,14 @@ def compile_step(task, math_step):
     if task.args.compile != 'step':
         return math_step
     _need(task.dist is None, '--compile step runs in one process; under torchrun use --compile model')
-    return torch.compile(math_step, mode='reduce-overhead' if task.device.type == 'cuda' else None)
+    compiled = torch.compile(math_step, mode='reduce-overhead' if task.device.type == 'cuda' else None)
+
+    def step(r):
+        # The first step runs eagerly: it creates the loss-log and NaN-guard accumulators (guard()). Created inside
+        # the graph, Inductor folds `zeros + loss.detach()` into the loss's own buffer and hands back a loss with no
+        # grad_fn (backward fails at step 1: torch 2.14, CPU), and the dict's new keys would recompile at step 2.
+        return compiled(r) if task.log_sums else math_step(r)
+    return step
 
 
 def wrap_model(task, net, find_unused, channels_last=None):
