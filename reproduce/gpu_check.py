@@ -774,6 +774,7 @@ def main(argv=None):
         for k, (num, name, fn) in enumerate(order):
             c.md = c.sections[num] = []
             t = time.time()
+            log(f'stage {name} started')
             try:
                 fn(c)
             except Cut as e:
