@@ -676,11 +676,13 @@ def _cell_cost(argv, c, cache):
 
 def _flops(name, a, imgs, size, C=10):
     import bench
+    import ltssl
     import models
+    two = ltssl.FRAMEWORK[a.alg].num_heads == 2 if getattr(a, 'alg', None) in ltssl.FRAMEWORK else False
     if name.startswith('wrn28-'):
-        m = models.wrn28(100, int(name.split('-')[1]), two_heads=a.alg in ('acr', 'abc'))
+        m = models.wrn28(100, int(name.split('-')[1]), two_heads=two)
     elif name == 'resnet50':
-        m = models.resnet50(127, two_heads=a.alg in ('acr', 'abc'))
+        m = models.resnet50(127, two_heads=two)
     elif name == 'ride':
         import ride
         m = ride.ride_resnet32(C, experts=a.experts, reduce=a.reduce)
