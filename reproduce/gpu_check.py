@@ -636,13 +636,12 @@ def _cell_cost(argv, c, cache):
     except Exception:   # noqa: BLE001 -- resolve checks against data; the flags are enough here
         pass
     if a.task == 'ltssl':
-        key = {'fixmatch': 'fixmatch', 'la': 'fixmatch', 'supervised': 'fixmatch', 'abc': 'acr',
-               'acr': 'acr'}[a.alg]
+        V, heads = fw_shape(a)
+        key = 'acr' if heads == 2 else 'fixmatch'     # the bench row of the same network (one head or two)
         key = 'acr_bem' if (a.bem or (a.mix not in (None, 'none'))) and key == 'acr' else key
         ms, row, exact = nearest_row(c, key, a.mu)
         if row is None:
             return None, 'no measured row'
-        V = 2 if a.alg in ('acr', 'abc') else (0 if a.alg == 'supervised' else 1)
         B = a.batch_size or 64
         imgs = B + (a.mu * B * (1 + V) if V else 0)
         size = a.img_size or 32
@@ -674,11 +673,20 @@ def _cell_cost(argv, c, cache):
     return steps * (ms if same else cache[ckey] / rate) / 1e3, 'measured' if same else 'FLOP-scaled'
 
 
+def fw_shape(a):
+    """(strong views, heads) of a run's framework, as train.py builds it (the framework declares both; ABC's views
+    follow --abc-views): built with placeholder counts, since only its shape is read."""
+    import ltssl
+    opts = {k: getattr(a, k) for k in ltssl.FRAMEWORK[a.alg].options if getattr(a, k, None) is not None}
+    fw = ltssl.make_framework(a.alg, num_classes=10, labeled_counts=[10] * 10, total_steps=max(a.iters or 1, 1),
+                              **opts)
+    return fw.strong_views, fw.num_heads
+
+
 def _flops(name, a, imgs, size, C=10):
     import bench
-    import ltssl
     import models
-    two = ltssl.FRAMEWORK[a.alg].num_heads == 2 if getattr(a, 'alg', None) in ltssl.FRAMEWORK else False
+    two = a.task == 'ltssl' and fw_shape(a)[1] == 2
     if name.startswith('wrn28-'):
         m = models.wrn28(100, int(name.split('-')[1]), two_heads=two)
     elif name == 'resnet50':
