@@ -427,6 +427,9 @@ def report(res, args):
                                   f'peak MiB [{mem_label}]']))
     for line in failed:
         print(line)
+    for r in res['configs']:
+        for note in r.get('a_compile', {}).get('compiler_notes', []):
+            print(f'{r["name"]} mu={r["mu"] or "-"} compiled: {note}')
     comp = [f'{r["name"]} mu={r["mu"] or "-"}: {r["a_compile"]["compile_s"]:.1f} s' for r in res['configs']
             if 'compile_s' in r.get('a_compile', {})]
     if comp:
@@ -615,9 +618,31 @@ def isolated_compiled_row(cfg, mu, args, peak, cap):
                 child.wait()
         if os.path.exists(out):
             with open(out) as f:
-                return json.load(f)
+                row = json.load(f)
+            notes = compiler_notes(err, row)
+            return dict(row, compiler_notes=notes) if notes else row
         last = [line for line in err.splitlines() if line.strip()][-1:] or ['no output']
         return {'error': f'exit code {child.returncode}: {last[0][:300]}'}
+
+
+def compiler_notes(stderr, row):
+    """What the compiler did not do, for the report: CUDA graphs skipped by Inductor (mode='reduce-overhead' then
+    runs the kernels without CUDA graphs: correct, only slower; TORCH_LOGS=cudagraphs names the reason), more graphs
+    than the 3 of tests/test_compile.py (a graph break or a recompilation), and the lines of the child's stderr
+    that say so (Dynamo's recompilation limit: the step falls back to eager). At most 4, each cut to 200 chars."""
+    notes = []
+    if row.get('cudagraph_skips'):
+        notes.append(f'CUDA graphs skipped {row["cudagraph_skips"]} time(s) (rerun with TORCH_LOGS=cudagraphs '
+                     'for the reason)')
+    if row.get('graphs', 0) > 3:
+        notes.append(f'{row["graphs"]} graphs (3 expected: a graph break or a recompilation; TORCH_LOGS='
+                     'graph_breaks,recompiles)')
+    keys = ('skipping cudagraphs', 'recompile_limit', 'cache_size_limit')
+    for line in stderr.splitlines():
+        text = line.strip()[:200]
+        if any(k in text for k in keys) and text not in notes:
+            notes.append(text)
+    return notes[:4]
 
 
 def row_child():
@@ -628,6 +653,9 @@ def row_child():
         torch.set_num_threads(args.threads)
     try:
         row = compiled_row(p['cfg'], p['mu'], args, load_data(args), p['peak'])
+        from torch._dynamo.utils import counters
+        row.update(graphs=counters['stats']['unique_graphs'],        # 3 expected (tests/test_compile.py)
+                   cudagraph_skips=counters['inductor']['cudagraph_skips'])
     except Exception as e:   # noqa: BLE001  (any failure of the compiler is the row's result, in one line)
         row = {'error': f'{type(e).__name__}: {(str(e).strip().splitlines() or [""])[0][:300]}'}
     runio.write_json(p['out'], row)

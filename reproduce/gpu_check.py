@@ -300,6 +300,10 @@ def speed_section(c, modes, args, how):
              'Breakdown of (a) eager, ms/step (synchronised around each piece):', '',
              _table(['config', 'mu', 'augmentation', 'BEM draw+mix', 'forward+loss', 'guard+backward', 'optimiser+EMA', 'BEM update',
                      'eval ms/10k img'], brk), '']
+    notes = [f'{r["name"]} mu={r["mu"] or "-"}: {n}' for r in c.speed['configs']
+             for n in r.get('a_compile', {}).get('compiler_notes', [])]
+    if notes:   # e.g. CUDA graphs skipped: the compiled step is correct but not what the target assumes
+        c.md += ['Compiler notes (from the compiled rows\' stderr):', ''] + [f'- {n}' for n in notes] + ['']
     if c.speed.get('skipped'):
         c.md += ['Skipped by the budget: ' + ', '.join(c.speed['skipped']), '']
     c.md += ['```'] + c.speed.get('targets', ['(bench.py wrote no targets)']) + ['```', '']

@@ -264,3 +264,14 @@ def test_compiled_row_past_its_cap_is_a_timeout():
 def test_compile_timeout_needs_the_isolated_rows():
     with pytest.raises(bench.flags.UsageError, match='--modes eager,compile'):
         bench.fill_defaults(bench.build_parser().parse_args(['--quick', '--compile-timeout-s', '30']))
+
+
+def test_compiler_notes_name_what_the_compiler_did_not_do():
+    """A compiled row's counters and stderr become report lines; a clean row has none."""
+    import bench
+    assert bench.compiler_notes('W ... some other warning\n', {'graphs': 3, 'cudagraph_skips': 0}) == []
+    err = ('W1207 torch/_dynamo/convert_frame.py] torch._dynamo hit config.recompile_limit (8)\n'
+           'W1207 torch/_dynamo/convert_frame.py] torch._dynamo hit config.recompile_limit (8)\n')
+    notes = bench.compiler_notes(err, {'graphs': 9, 'cudagraph_skips': 2})
+    assert notes[0].startswith('CUDA graphs skipped 2 time(s)') and notes[1].startswith('9 graphs (3 expected')
+    assert notes[2].endswith('recompile_limit (8)') and len(notes) == 3       # the repeated line once
