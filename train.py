@@ -597,12 +597,55 @@ def compile_step(task, math_step):
     _need(task.dist is None, '--compile step runs in one process; under torchrun use --compile model')
     compiled = torch.compile(math_step, mode='reduce-overhead' if task.device.type == 'cuda' else None)
 
+    marked = []
+
     def step(r):
         # The first step runs eagerly: it creates the loss-log and NaN-guard accumulators (guard()). Created inside
         # the graph, Inductor folds `zeros + loss.detach()` into the loss's own buffer and hands back a loss with no
         # grad_fn (backward fails at step 1: torch 2.14, CPU), and the dict's new keys would recompile at step 2.
-        return compiled(r) if task.log_sums else math_step(r)
+        if not task.log_sums:
+            return math_step(r)
+        if not marked:             # once, after the accumulators exist (a resumed run: after the checkpoint load)
+            for t in step_tensors(task):
+                torch._dynamo.mark_static_address(t)
+            marked.append(True)
+        return compiled(r)
     return step
+
+
+STEP_STATE = ('fw', 'bem', 'ema', 'criterion', 'model', 'log_sums', 'bad_terms', 'step_t', 'first_bad', 'drawn')
+_OWN_MODULES = {'bem', 'ltssl', 'train', 'ride', 'jitter', 'data', 'augment', 'models'}
+
+
+def step_tensors(task):
+    """Every tensor of the state a step reads and updates in place (the framework's and BEM's statistics and bank,
+    EMA, loss buffers, BatchNorm statistics, the accumulators, the lr). --compile step marks them static
+    (torch._dynamo.mark_static_address): CUDA graphs (mode='reduce-overhead') replay only over inputs at fixed
+    addresses, and skip a graph that mutates any other input. They keep their identity for the whole run
+    (tests/test_compile.py), so the marks add no recompilation."""
+    seen, out = set(), []
+
+    def walk(o, depth):
+        if id(o) in seen or depth > 5:
+            return
+        seen.add(id(o))
+        if isinstance(o, torch.Tensor):
+            out.append(o)
+        elif isinstance(o, torch.nn.Module):
+            out.extend(t for t in list(o.parameters()) + list(o.buffers()) if id(t) not in seen and not seen.add(id(t)))
+        elif isinstance(o, dict):
+            for v in o.values():
+                walk(v, depth + 1)
+        elif isinstance(o, (list, tuple)):
+            for v in o:
+                walk(v, depth + 1)
+        elif type(o).__module__ in _OWN_MODULES and hasattr(o, '__dict__'):
+            for v in vars(o).values():
+                walk(v, depth + 1)
+    for name in STEP_STATE:
+        walk(getattr(task, name, None), 0)
+    walk([g['lr'] for g in task.opt.param_groups], 0)
+    return out
 
 
 def wrap_model(task, net, find_unused, channels_last=None):
