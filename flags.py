@@ -395,8 +395,8 @@ def bem_built(a):
     return _mixing(a) or _ecb_acts(a)
 
 
-def _views(a):   # strong views of the run's framework
-    return {'acr': ltssl.ACR.strong_views, 'abc': a.abc_views}.get(a.alg, 1)
+def _views(a):   # strong views of the run's framework, as it declares them
+    return ltssl.shape_of(a.alg, **{k: getattr(a, k, None) for k in ltssl.FRAMEWORK[a.alg].options})[0]
 
 
 _LTSSL, _LT = ('--task ltssl', _ltssl), ('--task lt', _lt)

@@ -352,6 +352,15 @@ def make_framework(alg, *, num_classes, labeled_counts, total_steps, steps_per_e
     return fw.to(opts["device"]) if opts.get("device") is not None else fw
 
 
+def shape_of(alg, **opts):
+    """(strong views, heads) of alg's framework with these options (ABC's views follow abc_views; the supervised
+    baseline has none), read from the framework itself, built with placeholder counts: for code that plans runs
+    (flags.py's scope rules, gpu_check's GPU-hours) without the data."""
+    own = {k: v for k, v in opts.items() if k in FRAMEWORK[alg].options and v is not None}
+    fw = make_framework(alg, num_classes=2, labeled_counts=[1, 1], total_steps=1, **own)
+    return fw.strong_views, fw.num_heads
+
+
 def acr_cosine(total_steps):
     """LambdaLR multiplier of the learning rate at step k: max(0, cos(pi * 7/16 * k / K)), K = total_steps.
     ACR train.py get_cosine_schedule_with_warmup (= kekmodel FixMatch) with num_warmup_steps = 0 and

@@ -678,13 +678,9 @@ def _cell_cost(argv, c, cache):
 
 
 def fw_shape(a):
-    """(strong views, heads) of a run's framework, as train.py builds it (the framework declares both; ABC's views
-    follow --abc-views): built with placeholder counts, since only its shape is read."""
+    """(strong views, heads) of a run's framework, as the framework declares them (ltssl.shape_of)."""
     import ltssl
-    opts = {k: getattr(a, k) for k in ltssl.FRAMEWORK[a.alg].options if getattr(a, k, None) is not None}
-    fw = ltssl.make_framework(a.alg, num_classes=10, labeled_counts=[10] * 10, total_steps=max(a.iters or 1, 1),
-                              **opts)
-    return fw.strong_views, fw.num_heads
+    return ltssl.shape_of(a.alg, **{k: getattr(a, k, None) for k in ltssl.FRAMEWORK[a.alg].options})
 
 
 def _flops(name, a, imgs, size, C=10):

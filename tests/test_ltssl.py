@@ -381,3 +381,24 @@ def test_mix_reaches_every_unlabeled_term():
     m_back, m_abc = np.array([1.0, 0.0, 1.0]), np.array([1.0, 0.0, 0.0])   # step 0: ABC Bernoulli p = 1
     assert logs["Lu"].item() == pytest.approx(np.mean([m_back * ce(zs[v, 0], ys[v]) for v in range(2)]), rel=1e-5)
     assert logs["L_con"].item() == pytest.approx(sum((m_abc * ce(zs[v, 1], ys[v])).mean() for v in range(2)), rel=1e-5)
+
+
+@pytest.mark.parametrize('alg,extra', [('supervised', []), ('fixmatch', []), ('la', []), ('abc', []),
+                                       ('abc', ['--abc-views', '1']), ('acr', [])])
+def test_shape_of_is_what_a_run_builds(alg, extra):
+    """ltssl.shape_of (read by flags.py's scope rules and gpu_check's GPU-hours) against a real task: the views its
+    step makes and the heads of its network."""
+    import conftest
+    import flags
+    import train
+    argv = conftest.TINY + ['--alg', alg] + extra
+    if alg == 'supervised':                    # the SSL recipe's flags are refused for it
+        i = argv.index('--m1')
+        argv = argv[:i] + argv[i + 2:]
+    a = flags.resolve(flags.build_parser().parse_args(argv), flags.given_flags(argv))
+    with pytest.MonkeyPatch.context() as mp:
+        conftest.patch_small_data(mp, conftest.TINY_SYNTHETIC)
+        t = train.make_task(a, torch.device('cpu'), lambda *k, **kw: None)
+    logits, _ = t.model(torch.zeros(2, 3, 32, 32))
+    views = (t.images_per_step - a.batch_size) // (a.mu * a.batch_size) - 1 if t.ssl else 0
+    assert ltssl.shape_of(alg, **{k: getattr(a, k) for k in ltssl.FRAMEWORK[alg].options}) == (views, len(logits))
