@@ -590,7 +590,7 @@ def learning_rate(task, lr):
 def compile_step(task, math_step):
     """--compile step: the step's math (augmentation, BEM, forward, losses, NaN guard | backward | SGD, EMA) as one
     torch.compile'd function: Dynamo splits it at loss.backward() (AOTAutograd compiles the backward), so a step is
-    2 graphs (tests/test_compile.py counts them). CUDA: mode='reduce-overhead' (CUDA graphs; the shapes are static).
+    at most 3 graphs (tests/test_compile.py counts them; bench.py reports them per compiled row). CUDA: mode='reduce-overhead' (CUDA graphs; the shapes are static).
     --compile model compiles the network alone (wrap_model); off: eager."""
     if task.args.compile != 'step':
         return math_step
