@@ -110,7 +110,8 @@ DEFAULTS = {
                  f'RIDE CustomLR ({LT42}, {LT43}, {LT45}); the proportion reconstructed'),
     'ride_stage1': ('ce', 'jitter paper text (RIDE code: ldam)'),
     'compile': ('off', 'engineering: model = the network alone; step = the whole step (augmentation, BEM, losses, '
-                'SGD, EMA) as 2 graphs, CUDA graphs on CUDA'),
+                'SGD, EMA) as 3 graphs after one eager first step, its state marked static, CUDA graphs on CUDA '
+                '(docs/speed.md)'),
     'eval_bf16': (False, 'fp32: with s = 30 cosine logits bf16 flips near-ties'),
     'deterministic': (False, 'engineering'),
     'log_every': (50, 'engineering'),
