@@ -397,7 +397,7 @@ def bem_built(a):
 
 
 def _views(a):   # strong views of the run's framework, as it declares them
-    return ltssl.shape_of(a.alg, **{k: getattr(a, k, None) for k in ltssl.FRAMEWORK[a.alg].options})[0]
+    return ltssl.shape_of(a.alg, vars(a))[0]
 
 
 _LTSSL, _LT = ('--task ltssl', _ltssl), ('--task lt', _lt)

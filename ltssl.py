@@ -352,10 +352,11 @@ def make_framework(alg, *, num_classes, labeled_counts, total_steps, steps_per_e
     return fw.to(opts["device"]) if opts.get("device") is not None else fw
 
 
-def shape_of(alg, **opts):
-    """(strong views, heads) of alg's framework with these options (ABC's views follow abc_views; the supervised
-    baseline has none), read from the framework itself, built with placeholder counts: for code that plans runs
-    (flags.py's scope rules, gpu_check's GPU-hours) without the data."""
+def shape_of(alg, opts):
+    """(strong views, heads) of alg's framework under the options in the dict opts (a run's flags: the framework's
+    own are read, None = its default; ABC's views follow abc_views; the supervised baseline has none), read from the
+    framework itself, built with placeholder counts: for code that plans runs (flags.py's scope rules, gpu_check's
+    GPU-hours) without the data."""
     own = {k: v for k, v in opts.items() if k in FRAMEWORK[alg].options and v is not None}
     fw = make_framework(alg, num_classes=2, labeled_counts=[1, 1], total_steps=1, **own)
     return fw.strong_views, fw.num_heads

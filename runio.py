@@ -175,7 +175,6 @@ def _read_args(run_dir, present):
     return old
 
 
-
 def _holder_pid(raw):
     """The pid on the lock file's first line; 'unknown' when it holds none (a holder that died before writing it,
     or a line torn by a shorter pid written over a longer one)."""

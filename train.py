@@ -590,16 +590,16 @@ def learning_rate(task, lr):
 def compile_step(task, math_step):
     """--compile step: the step's math (augmentation, BEM, forward, losses, NaN guard | backward | SGD, EMA) as one
     torch.compile'd function: Dynamo splits it at loss.backward() (AOTAutograd compiles the backward), so a step is
-    at most 3 graphs (tests/test_compile.py counts them; bench.py reports them per compiled row). CUDA: mode='reduce-overhead' (CUDA graphs; the shapes are static).
-    --compile model compiles the network alone (wrap_model); off: eager."""
+    at most 3 graphs (tests/test_compile.py counts them; bench.py reports them per compiled row). CUDA:
+    mode='reduce-overhead' (CUDA graphs; the shapes are static). --compile model compiles the network alone (wrap_model); off: eager."""
     if task.args.compile != 'step':
         return math_step
     _need(task.dist is None, '--compile step runs in one process; under torchrun use --compile model')
     compiled = torch.compile(math_step, mode='reduce-overhead' if task.device.type == 'cuda' else None)
-
-    marked = []
+    marked = False
 
     def step(r):
+        nonlocal marked
         # The first step runs eagerly: it creates the loss-log and NaN-guard accumulators (guard()). Created inside
         # the graph, Inductor folds `zeros + loss.detach()` into the loss's own buffer and hands back a loss with no
         # grad_fn (backward fails at step 1: torch 2.14, CPU), and the dict's new keys would recompile at step 2.
@@ -608,7 +608,7 @@ def compile_step(task, math_step):
         if not marked:             # once, after the accumulators exist (a resumed run: after the checkpoint load)
             for t in step_tensors(task):
                 torch._dynamo.mark_static_address(t)
-            marked.append(True)
+            marked = True
         return compiled(r)
     return step
 
@@ -632,7 +632,8 @@ def step_tensors(task):
         if isinstance(o, torch.Tensor):
             out.append(o)
         elif isinstance(o, torch.nn.Module):
-            out.extend(t for t in list(o.parameters()) + list(o.buffers()) if id(t) not in seen and not seen.add(id(t)))
+            for t in list(o.parameters()) + list(o.buffers()):
+                walk(t, depth + 1)
         elif isinstance(o, dict):
             for v in o.values():
                 walk(v, depth + 1)

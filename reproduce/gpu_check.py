@@ -680,7 +680,7 @@ def _cell_cost(argv, c, cache):
 def fw_shape(a):
     """(strong views, heads) of a run's framework, as the framework declares them (ltssl.shape_of)."""
     import ltssl
-    return ltssl.shape_of(a.alg, **{k: getattr(a, k, None) for k in ltssl.FRAMEWORK[a.alg].options})
+    return ltssl.shape_of(a.alg, vars(a))
 
 
 def _flops(name, a, imgs, size, C=10):
